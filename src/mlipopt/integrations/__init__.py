@@ -1,0 +1,1 @@
+"""Bridges to training frameworks (nequip); each needs its extra installed."""

@@ -1,0 +1,213 @@
+"""Shared machinery of the block-structured optimizers (Muon, SOAP, SOAP-Muon).
+
+State lives in batched *buckets* (one stacked tensor per block shape) while training, so a step
+costs one batched call per shape. ``state_dict()`` converts it to ordinary per-parameter tensors
+(shaped like the parameter, plus per-block preconditioner lists), and ``load_state_dict()``
+rebuilds the buckets from them — checkpoints stay a faithful, portable torch optimizer state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from ._layout import GroupPlan, build_plan, resolve_layout
+
+NONFINITE_MODES = ("raise", "skip")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient contained NaN or inf and the optimizer was asked to refuse it."""
+
+
+class BlockOptimizer(torch.optim.Optimizer):
+    """Base class: param-group plans, non-finite gradient policy, state (de)serialisation.
+
+    Subclasses define ``_convention`` (``"muon"`` or ``"soap"``), ``_flat_keys`` (state tensors
+    shaped like the parameter: key -> ``"both"`` or ``"elem"`` for elementwise-only entries),
+    ``_init_bucket``/``_export_bucket`` for per-block state, and ``_step_plan``.
+    """
+
+    _convention = "soap"
+    _flat_keys: dict[str, str] = {}
+
+    def __init__(self, params: Any, defaults: dict[str, Any]):
+        if defaults.get("nonfinite", "raise") not in NONFINITE_MODES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {defaults['nonfinite']!r}")
+        super().__init__(params, defaults)
+        self._plans: dict[int, tuple[tuple[int, ...], list[GroupPlan]]] = {}
+        for group in self.param_groups:
+            self._validate_group(group)
+
+    # ----------------------------------------------------------------- groups and plans
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("step", 0)
+        group.setdefault("skipped_steps", 0)
+        group.setdefault("basis_failures", 0)
+        if hasattr(self, "_plans"):
+            self._validate_group(group)
+
+    def _validate_group(self, group: dict[str, Any]) -> None:
+        for key in ("blocks", "layouts", "param_names"):
+            if key in group and len(group[key]) != len(group["params"]):
+                raise ValueError(
+                    f"param group '{key}' has {len(group[key])} entries for {len(group['params'])} params"
+                )
+        for i, p in enumerate(group["params"]):
+            resolve_layout(group, i, p, self._convention)  # raises on malformed blocks
+
+    def _group_plans(self, group: dict[str, Any]) -> list[GroupPlan]:
+        indexed = [(i, p) for i, p in enumerate(group["params"]) if p.grad is not None]
+        key = tuple(id(p) for _, p in indexed)
+        cached = self._plans.get(id(group))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if cached is not None:
+            for plan in cached[1]:
+                self._export_plan(plan, group)
+        by_kind: dict[tuple, list[tuple[int, Tensor]]] = {}
+        for i, p in indexed:
+            by_kind.setdefault((p.dtype, p.device), []).append((i, p))
+        plans = []
+        for members in by_kind.values():
+            params = [p for _, p in members]
+            layouts = [resolve_layout(group, i, p, self._convention) for i, p in members]
+            plan = build_plan(params, layouts)
+            self._import_plan(plan, group)
+            plans.append(plan)
+        self._plans[id(group)] = (key, plans)
+        return plans
+
+    # ----------------------------------------------------------------- state import/export
+    def _import_plan(self, plan: GroupPlan, group: dict[str, Any]) -> None:
+        """Build the plan's bucket/elementwise storage from ``self.state`` (zeros where new)."""
+        known = [bool(self.state.get(p)) for p in plan.params]
+        for key in self._flat_keys:
+            parts = []
+            for p, has in zip(plan.params, known):
+                saved = self.state[p].get(key) if has else None
+                parts.append(saved if saved is not None else torch.zeros_like(p))
+            flat = plan.flat(parts)
+            for bucket in plan.buckets:
+                if self._flat_keys[key] == "both":
+                    bucket.state[key] = bucket.positions.gather(flat).reshape(bucket.count, *bucket.shape).clone()
+            plan.state[key] = plan.elem.gather(flat).clone()
+        for bucket in plan.buckets:
+            self._init_bucket(plan, bucket, group, known)
+        plan.new_elem = not all(known)
+        for p in plan.params:
+            self.state.pop(p, None)
+
+    def _export_plan(self, plan: GroupPlan, group: dict[str, Any]) -> None:
+        """Write the plan's storage into ``self.state`` as fresh per-parameter tensors."""
+        has_elem = {i for i, _ in plan.elem_members}
+        flats = {}
+        for key, scope in self._flat_keys.items():
+            flat = torch.zeros(plan.total, dtype=plan.params[0].dtype, device=plan.params[0].device)
+            if scope == "both":
+                for bucket in plan.buckets:
+                    bucket.positions.scatter_(flat, bucket.state[key])
+            plan.elem.scatter_(flat, plan.state[key])
+            flats[key] = plan.split(flat)
+        for i, p in enumerate(plan.params):
+            entry: dict[str, Any] = {}
+            for key, scope in self._flat_keys.items():
+                if scope == "both" or i in has_elem:
+                    entry[key] = flats[key][i].clone()
+            self.state[p] = entry
+        for bucket in plan.buckets:
+            self._export_bucket(plan, bucket)
+
+    def _sync_state(self) -> None:
+        for group in self.param_groups:
+            cached = self._plans.get(id(group))
+            if cached is not None:
+                for plan in cached[1]:
+                    self._export_plan(plan, group)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Per-parameter state (a snapshot: later steps do not change the returned tensors)."""
+        self._sync_state()
+        try:
+            return super().state_dict()
+        finally:
+            for group in self.param_groups:
+                cached = self._plans.get(id(group))
+                for plan in cached[1] if cached else []:
+                    for p in plan.params:
+                        self.state.pop(p, None)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._plans = {}
+        for group in self.param_groups:
+            self._validate_group(group)
+
+    def _init_bucket(self, plan: GroupPlan, bucket, group: dict[str, Any], known: list[bool]) -> None:
+        raise NotImplementedError
+
+    def _export_bucket(self, plan: GroupPlan, bucket) -> None:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- stepping
+    def _gradients_finite(self) -> bool:
+        grads, owners = [], []
+        for g, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                if p.grad is not None:
+                    grads.append(p.grad)
+                    owners.append((g, i))
+        if not grads:
+            return True
+        norms = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])
+        finite = torch.isfinite(norms)
+        if bool(finite.all()):
+            return True
+        if self.defaults["nonfinite"] == "skip" or self.param_groups[0].get("nonfinite") == "skip":
+            for group in self.param_groups:
+                group["skipped_steps"] += 1
+            return False
+        g, i = owners[int((~finite).nonzero()[0])]
+        group = self.param_groups[g]
+        name = group["param_names"][i] if "param_names" in group else f"group {g}, index {i}"
+        shape = tuple(group["params"][i].shape)
+        raise NonFiniteGradientError(
+            f"non-finite gradient (NaN or inf) in parameter {name} of shape {shape}; "
+            "the step was not applied. Lower the learning rate, clip gradients, or pass "
+            "nonfinite='skip' to skip such steps and count them in param_groups[i]['skipped_steps']."
+        )
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped because of non-finite gradients (``nonfinite='skip'``)."""
+        return max((g["skipped_steps"] for g in self.param_groups), default=0)
+
+    @property
+    def basis_failures(self) -> int:
+        """Eigen/QR factorisations that failed and kept the previous basis, over all groups."""
+        return sum(g["basis_failures"] for g in self.param_groups)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimisation step; returns the closure's loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if not self._gradients_finite():
+            return loss
+        for group in self.param_groups:
+            plans = self._group_plans(group)
+            if not plans:
+                continue
+            group["step"] += 1
+            for plan in plans:
+                self._step_plan(plan, group)
+        return loss
+
+    def _step_plan(self, plan: GroupPlan, group: dict[str, Any]) -> None:
+        raise NotImplementedError

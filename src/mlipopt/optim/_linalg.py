@@ -1,0 +1,133 @@
+"""Batched linear algebra shared by the matrix optimizers.
+
+Every routine takes a stack of blocks ``(B, ...)`` so that blocks of equal shape are processed in
+one call (design §2: "the main speed lever on CPU and GPU alike"). The eigen/QR helpers never
+raise: a failed or non-finite factorisation keeps the previous basis for that block and reports
+how many blocks failed, so a bad batch cannot crash a training run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+#: Quintic Newton–Schulz coefficients of Jordan et al. (2024), seed 001 algorithm 1.
+NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+NS_EPS = 1e-7
+
+
+def newton_schulz(x: Tensor, steps: int = 5, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Approximate the orthogonal polar factor ``U Vᵀ`` of each matrix in ``x`` (shape ``(..., m, n)``).
+
+    Quintic iteration ``X ← aX + (bA + cA²)X`` with ``A = XXᵀ`` after Frobenius normalisation,
+    run in ``dtype`` (float32 by default; bfloat16 is an opt-in for CUDA). As in Muon, the result
+    is ``U S' Vᵀ`` with ``S'`` in roughly ``[0.7, 1.2]`` rather than exactly the polar factor.
+    Returns a tensor in ``x.dtype``.
+    """
+    a, b, c = NS_COEFFICIENTS
+    out_dtype = x.dtype
+    X = x.to(dtype)
+    transposed = X.size(-2) > X.size(-1)
+    if transposed:
+        X = X.mT
+    X = X / (torch.linalg.matrix_norm(X, keepdim=True) + NS_EPS)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = torch.baddbmm(A, A, A, beta=b, alpha=c) if A.ndim == 3 else b * A + c * (A @ A)
+        X = torch.baddbmm(X, B, X, beta=a) if X.ndim == 3 else a * X + B @ X
+    if transposed:
+        X = X.mT
+    return X.to(out_dtype)
+
+
+def singular_value_power(u: Tensor, rho: float) -> Tensor:
+    """Return ``P Σ^ρ Rᵀ`` for ``u = P Σ Rᵀ`` (batched, SOAP-Muon algorithm 2 line 14).
+
+    Computed by reduced SVD in at least float32; an SVD failure falls back to Newton–Schulz (ρ=0),
+    which shares the singular vectors, rather than crashing training.
+    """
+    work = u if u.dtype in (torch.float32, torch.float64) else u.float()
+    try:
+        P, S, Rh = torch.linalg.svd(work, full_matrices=False)
+    except RuntimeError:  # LAPACK non-convergence on a pathological block
+        return newton_schulz(u)
+    return ((P * S.pow(rho).unsqueeze(-2)) @ Rh).to(u.dtype)
+
+
+def eigh(mat: Tensor) -> Tensor:
+    """Eigenvectors of a stack of symmetric matrices, columns sorted by descending eigenvalue.
+
+    Wrapped so that tests can inject a failure; see :func:`eigenbasis`.
+    """
+    _, q = torch.linalg.eigh(mat)
+    return q.flip(-1)
+
+
+def qr(mat: Tensor) -> Tensor:
+    """Q factor of a stack of matrices (wrapped for failure injection in tests)."""
+    q, _ = torch.linalg.qr(mat)
+    return q
+
+
+def _finite_per_block(x: Tensor) -> Tensor:
+    return torch.isfinite(x).flatten(1).all(dim=1)
+
+
+def eigenbasis(gram: Tensor, previous: Tensor | None) -> tuple[Tensor, int]:
+    """Eigenbasis of each Gram matrix in ``gram`` ``(B, d, d)``; returns ``(Q, n_failed)``.
+
+    Tries one batched call; if it raises, retries block by block. A block whose factorisation
+    fails or is non-finite keeps ``previous`` (or the identity when there is none).
+    """
+    fallback = previous if previous is not None else _identity_like(gram)
+    work = gram if gram.dtype in (torch.float32, torch.float64) else gram.float()
+    try:
+        q = eigh(work).to(gram.dtype)
+    except RuntimeError:
+        q = torch.empty_like(gram)
+        for i in range(gram.shape[0]):
+            try:
+                q[i] = eigh(work[i : i + 1])[0].to(gram.dtype)
+            except RuntimeError:
+                q[i] = float("nan")
+    ok = _finite_per_block(q) & _finite_per_block(gram)
+    n_failed = int((~ok).sum())
+    if n_failed:
+        q = torch.where(ok.view(-1, 1, 1), q, fallback)
+    return q, n_failed
+
+
+def power_iteration_basis(gram: Tensor, basis: Tensor) -> tuple[Tensor, Tensor, int]:
+    """One power-iteration step with QR refresh of an eigenbasis (official SOAP's refresh).
+
+    Columns are first re-sorted by the estimated eigenvalues ``diag(Qᵀ G Q)`` (descending); the
+    permutation is returned so that the caller can re-sort the second moment to match.
+    Returns ``(Q_new, order (B, d), n_failed)``. A failed block keeps ``basis`` and the identity order.
+    """
+    prod = gram @ basis
+    est_eig = (basis * prod).sum(dim=-2)
+    order = torch.argsort(est_eig, dim=-1, descending=True)
+    power = torch.gather(prod, -1, order.unsqueeze(-2).expand_as(prod))
+    # QR in at least float32: orthogonality of Q matters more than speed (as in official SOAP).
+    work = power if power.dtype in (torch.float32, torch.float64) else power.float()
+    try:
+        q = qr(work).to(basis.dtype)
+    except RuntimeError:
+        q = torch.full_like(basis, float("nan"))
+        for i in range(basis.shape[0]):
+            try:
+                q[i] = qr(work[i : i + 1])[0].to(basis.dtype)
+            except RuntimeError:
+                pass
+    ok = _finite_per_block(q) & _finite_per_block(gram)
+    n_failed = int((~ok).sum())
+    if n_failed:
+        q = torch.where(ok.view(-1, 1, 1), q, basis)
+        identity_order = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+        order = torch.where(ok.view(-1, 1), order, identity_order)
+    return q, order, n_failed
+
+
+def _identity_like(mat: Tensor) -> Tensor:
+    eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
+    return eye.expand_as(mat).clone()

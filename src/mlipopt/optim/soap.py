@@ -1,0 +1,298 @@
+"""SOAP and SOAP-Muon: Adam in the eigenbasis of Shampoo's preconditioner (seed 001 algorithm 2).
+
+Faithful to official SOAP (Vyas et al., 2025): the first step only accumulates the Gram matrices
+and builds the eigenbases (``eigh``); from then on gradients are projected, Adam moments are run
+in the eigenbasis with bias correction, the update is projected back, and every
+``precondition_frequency`` steps the bases are refreshed by one power-iteration step + QR with the
+second moment re-sorted to the new eigenvalue order. A 3-D block ``(m1, m2, n)`` gets one
+preconditioner per mode. Elements outside any block (1-D parameters) get Adam.
+
+Implementation note: the first moment is stored *in the eigenbasis* and re-expressed when the
+basis changes (``M̃ ← Q_newᵀ Q_old M̃ Q_oldᵀ Q_new`` mode by mode). This equals official SOAP,
+which keeps it in parameter space and projects it every step, and saves two projections per step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import _linalg
+from ._base import BlockOptimizer
+from ._layout import Bucket, GroupPlan
+
+
+def gram(x: Tensor, mode: int) -> Tensor:
+    """Mode-``mode`` Gram matrices of a stack of blocks ``x`` ``(B, d0, d1[, d2])``: ``X₍ₖ₎X₍ₖ₎ᵀ``."""
+    unfolded = x.movedim(mode + 1, 1).reshape(x.shape[0], x.shape[mode + 1], -1)
+    return unfolded @ unfolded.mT
+
+
+def project(x: Tensor, bases: list[Tensor | None], back: bool = False) -> Tensor:
+    """Apply ``Qₖᵀ`` (or ``Qₖ`` when ``back``) along every mode ``k`` that has a basis."""
+    for mode, q in enumerate(bases):
+        if q is None:
+            continue
+        axis = mode + 1
+        x = (x.movedim(axis, -1) @ (q.mT if back else q)).movedim(-1, axis)
+    return x
+
+
+class SOAP(BlockOptimizer):
+    """SOAP (ShampoO with Adam in the Preconditioner's eigenbasis), block-structure aware.
+
+    Args:
+        params: parameters or param groups. Plain tensors with ≥ 2 dims are preconditioned along
+            their own modes (official SOAP); groups from :func:`mlipopt.structure.param_groups`
+            carry ``role`` and ``blocks`` and are preconditioned block by block.
+        lr: learning rate.
+        betas: Adam ``(β1, β2)`` in the eigenbasis (seed 001 uses ``(0.95, 0.95)``).
+        shampoo_beta: EMA factor of the Gram matrices; ``None`` uses ``β2``.
+        eps: added to ``√v`` in the eigenbasis.
+        weight_decay: decoupled (AdamW-style) weight decay, applied after the update.
+        precondition_frequency: refresh the eigenbases every this many steps.
+        max_precond_dim: modes larger than this are not preconditioned (identity basis).
+        nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf.
+    """
+
+    _convention = "soap"
+    _flat_keys = {"exp_avg": "both", "exp_avg_sq": "both"}
+    _orthogonalize = False
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        nonfinite: str = "raise",
+        **extra: Any,
+    ):
+        _check_betas(betas, "betas")
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"lr, eps and weight_decay must be non-negative, got {lr}, {eps}, {weight_decay}")
+        if precondition_frequency < 1:
+            raise ValueError(f"precondition_frequency must be ≥ 1, got {precondition_frequency}")
+        if shampoo_beta is not None and not 0.0 <= shampoo_beta < 1.0:
+            raise ValueError(f"shampoo_beta must be in [0, 1), got {shampoo_beta}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=int(precondition_frequency),
+            max_precond_dim=int(max_precond_dim),
+            nonfinite=nonfinite,
+            **extra,
+        )
+        super().__init__(params, defaults)
+
+    # ------------------------------------------------------------------ role-dependent settings
+    def _betas(self, group: dict[str, Any], ortho: bool) -> tuple[float, float]:
+        return group["betas"]
+
+    # ------------------------------------------------------------------ state
+    def _init_bucket(self, plan: GroupPlan, bucket: Bucket, group: dict[str, Any], known: list[bool]) -> None:
+        p0 = plan.params[0]
+        grams: list[Tensor | None] = []
+        bases: list[Tensor | None] = []
+        for mode, d in enumerate(bucket.shape):
+            if d > group["max_precond_dim"]:
+                grams.append(None)
+                bases.append(None)
+                continue
+            g_rows, q_rows = [], []
+            for i, b in bucket.members:
+                saved = self.state[plan.params[i]] if known[i] else None
+                if saved and saved["GG"][b][mode] is not None:
+                    g_rows.append(saved["GG"][b][mode])
+                    q_rows.append(saved["Q"][b][mode])
+                else:
+                    g_rows.append(torch.zeros(d, d, dtype=p0.dtype, device=p0.device))
+                    q_rows.append(torch.eye(d, dtype=p0.dtype, device=p0.device))
+            grams.append(torch.stack(g_rows))
+            bases.append(torch.stack(q_rows))
+        bucket.state["GG"] = grams
+        bucket.state["Q"] = bases
+        new = [r for r, (i, _) in enumerate(bucket.members) if not known[i]]
+        bucket.new_rows = torch.tensor(new, device=p0.device, dtype=torch.long) if new else None
+
+    def _export_bucket(self, plan: GroupPlan, bucket: Bucket) -> None:
+        for r, (i, b) in enumerate(bucket.members):
+            entry = self.state[plan.params[i]]
+            n_blocks = len(plan.layouts[i].blocks)
+            gg = entry.setdefault("GG", [None] * n_blocks)
+            qq = entry.setdefault("Q", [None] * n_blocks)
+            gg[b] = [None if g is None else g[r].clone() for g in bucket.state["GG"]]
+            qq[b] = [None if q is None else q[r].clone() for q in bucket.state["Q"]]
+
+    # ------------------------------------------------------------------ step
+    def _step_plan(self, plan: GroupPlan, group: dict[str, Any]) -> None:
+        lr, wd, eps = group["lr"], group["weight_decay"], group["eps"]
+        steps_done = group["step"] - 1  # official SOAP: the first call only builds the bases
+        grad = plan.flat([p.grad for p in plan.params])
+        update = torch.zeros_like(grad)
+        for bucket in plan.buckets:
+            g = bucket.positions.gather(grad).reshape(bucket.count, *bucket.shape)
+            if bucket.new_rows is not None:
+                self._initialise_rows(bucket, g, group)
+            if steps_done == 0:
+                continue
+            beta1, beta2 = self._betas(group, bucket.ortho)
+            m, v = bucket.state["exp_avg"], bucket.state["exp_avg_sq"]
+            bases = bucket.state["Q"]
+            g_proj = project(g, bases)
+            m.lerp_(g_proj, 1 - beta1)
+            v.lerp_(g_proj.square(), 1 - beta2)
+            u = project(m / (v.sqrt() + eps), bases, back=True)
+            if bucket.ortho and self._orthogonalize:
+                u = self._orthogonalize_update(u, group)
+            u = u * (-lr * _bias_correction(beta1, beta2, steps_done))
+            bucket.positions.scatter_(update, u)
+            self._update_preconditioner(bucket, g, group, steps_done)
+        if plan.elem.size and steps_done > 0:
+            beta1, beta2 = self._betas(group, False)
+            g = plan.elem.gather(grad)
+            m, v = plan.state["exp_avg"], plan.state["exp_avg_sq"]
+            m.lerp_(g, 1 - beta1)
+            v.lerp_(g.square(), 1 - beta2)
+            u = (m / (v.sqrt() + eps)).mul_(-lr * _bias_correction(beta1, beta2, steps_done))
+            plan.elem.scatter_(update, u)
+        if steps_done == 0:
+            return
+        torch._foreach_add_(plan.params, plan.split(update))
+        if wd:
+            torch._foreach_mul_(plan.params, 1.0 - lr * wd)
+
+    def _initialise_rows(self, bucket: Bucket, g: Tensor, group: dict[str, Any]) -> None:
+        """First sight of these blocks: accumulate their first Gram matrices and ``eigh`` them."""
+        rows = bucket.new_rows
+        beta = _shampoo_beta(group, self._betas(group, bucket.ortho))
+        g_rows = g.index_select(0, rows)
+        for mode, (gg, q) in enumerate(zip(bucket.state["GG"], bucket.state["Q"])):
+            if gg is None:
+                continue
+            gg_rows = gg.index_select(0, rows).lerp_(gram(g_rows, mode), 1 - beta)
+            gg.index_copy_(0, rows, gg_rows)
+            new_q, failed = _linalg.eigenbasis(gg_rows, None)
+            group["basis_failures"] += failed
+            q.index_copy_(0, rows, new_q)
+        bucket.new_rows = None
+
+    def _update_preconditioner(self, bucket: Bucket, g: Tensor, group: dict[str, Any], steps_done: int) -> None:
+        beta = _shampoo_beta(group, self._betas(group, bucket.ortho))
+        grams, bases = bucket.state["GG"], bucket.state["Q"]
+        for mode, gg in enumerate(grams):
+            if gg is not None:
+                gg.lerp_(gram(g, mode), 1 - beta)
+        if steps_done % group["precondition_frequency"] != 0:
+            return
+        m, v = bucket.state["exp_avg"], bucket.state["exp_avg_sq"]
+        m_param_space = project(m, bases, back=True)
+        new_bases: list[Tensor | None] = []
+        for mode, (gg, q) in enumerate(zip(grams, bases)):
+            if gg is None:
+                new_bases.append(None)
+                continue
+            new_q, order, failed = _linalg.power_iteration_basis(gg, q)
+            group["basis_failures"] += failed
+            v.copy_(_permute_mode(v, order, mode))
+            new_bases.append(new_q)
+        for q, new_q in zip(bases, new_bases):
+            if q is not None:
+                q.copy_(new_q)
+        m.copy_(project(m_param_space, bases))
+
+    def _orthogonalize_update(self, u: Tensor, group: dict[str, Any]) -> Tensor:
+        return u
+
+
+class SOAPMuon(SOAP):
+    """SOAP-Muon: SOAP whose back-projected update of matrix-role blocks is orthogonalised.
+
+    After SOAP's update ``U`` (seed 001 algorithm 2, ortho=True, normalize=True), matrix blocks get
+    ``U ← P Σ^ρ Rᵀ`` (``ρ=0``: Newton–Schulz, cheapest; ``ρ=0.5``: batched SVD, the official
+    default; ``ρ=1``: unchanged) and then RMS normalisation ``U ← U/√mean(U²)``. 3-D blocks are
+    orthogonalised as their ``(m1·m2, n)`` unfolding. Other blocks and elements get plain SOAP.
+    ``betas`` apply to the matrix role, ``adam_betas`` (default: ``betas``) to everything else;
+    plain tensors with ≥ 2 dims count as matrix role. Its best learning rate is typically ~10×
+    below SOAP's (seed 001 table 4).
+    """
+
+    _orthogonalize = True
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.95, 0.95),
+        adam_betas: tuple[float, float] | None = None,
+        rho: float = 0.5,
+        normalize: bool = True,
+        ns_steps: int = 5,
+        **kwargs: Any,
+    ):
+        if adam_betas is not None:
+            _check_betas(adam_betas, "adam_betas")
+        if not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            adam_betas=None if adam_betas is None else tuple(adam_betas),
+            rho=float(rho),
+            normalize=bool(normalize),
+            ns_steps=int(ns_steps),
+            **kwargs,
+        )
+
+    def _betas(self, group: dict[str, Any], ortho: bool) -> tuple[float, float]:
+        if ortho or group["adam_betas"] is None:
+            return group["betas"]
+        return group["adam_betas"]
+
+    def _orthogonalize_update(self, u: Tensor, group: dict[str, Any]) -> Tensor:
+        shape = u.shape
+        mat = u.reshape(shape[0], -1, shape[-1])
+        rho = group["rho"]
+        if rho == 0.0:
+            mat = _linalg.newton_schulz(mat, group["ns_steps"])
+        elif rho != 1.0:
+            mat = _linalg.singular_value_power(mat, rho)
+        if group["normalize"]:
+            rms = mat.square().mean(dim=(-2, -1), keepdim=True).sqrt()
+            mat = mat / rms.clamp_min(torch.finfo(mat.dtype).tiny)
+        return mat.reshape(shape)
+
+
+def _check_betas(betas: tuple[float, float], name: str) -> None:
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"{name} must be two numbers in [0, 1), got {betas!r}")
+
+
+def _shampoo_beta(group: dict[str, Any], betas: tuple[float, float]) -> float:
+    """The Gram-matrix EMA factor: ``shampoo_beta`` if set, else the role's ``β2`` (seed 001 A.4)."""
+    beta = group["shampoo_beta"]
+    return betas[1] if beta is None else beta
+
+
+def _bias_correction(beta1: float, beta2: float, step: int) -> float:
+    """Adam's step-size factor ``√(1-β2^t)/(1-β1^t)`` (algorithm 2 line 6)."""
+    return math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
+def _permute_mode(x: Tensor, order: Tensor, mode: int) -> Tensor:
+    """Reorder ``x`` (B, d0, d1[, d2]) along ``mode`` by a per-block permutation ``order`` (B, d)."""
+    axis = mode + 1
+    moved = x.movedim(axis, -1)
+    idx = order.view(order.shape[0], *([1] * (moved.ndim - 2)), order.shape[1]).expand_as(moved)
+    return torch.gather(moved, -1, idx).movedim(-1, axis)

@@ -1,0 +1,99 @@
+import pytest
+import torch
+
+from mlipopt.optim import _linalg
+from mlipopt.optim._linalg import eigenbasis, newton_schulz, power_iteration_basis, singular_value_power
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (8, 24), (24, 8)])
+def test_newton_schulz_matches_polar_factor(shape):
+    """NS5 returns U S' Vᵀ: the singular vectors of the SVD polar factor, S' inside NS5's band."""
+    u, _ = torch.linalg.qr(torch.randn(shape[0], shape[0], dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], shape[1], dtype=torch.float64))
+    k = min(shape)
+    s = torch.logspace(-2, 0, k, dtype=torch.float64)  # condition number 100
+    g = u[:, :k] @ torch.diag(s) @ v[:, :k].T
+    o = newton_schulz(g).double()
+    core = u[:, :k].T @ o @ v[:, :k]
+    diag = torch.diagonal(core)
+    assert torch.all(diag > 0.6) and torch.all(diag < 1.25), diag
+    off = core - torch.diag(diag)
+    assert off.abs().max() < 1e-4
+    polar = u[:, :k] @ v[:, :k].T
+    assert float((o - polar).norm() / polar.norm()) < 0.35
+
+
+def test_newton_schulz_batched_equals_unbatched():
+    x = torch.randn(5, 12, 7)
+    batched = newton_schulz(x)
+    single = torch.stack([newton_schulz(x[i]) for i in range(5)])
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_newton_schulz_keeps_dtype():
+    x = torch.randn(3, 6, 4, dtype=torch.float64)
+    assert newton_schulz(x).dtype == torch.float64
+
+
+def test_rho_zero_newton_schulz_close_to_svd():
+    """ρ=0 by Newton–Schulz and by SVD agree up to NS5's spread of singular values."""
+    x = torch.randn(4, 20, 12, dtype=torch.float64)
+    ns = newton_schulz(x).double()
+    svd = singular_value_power(x, 0.0)
+    for a, b in zip(ns, svd):
+        cos = float((a * b).sum() / (a.norm() * b.norm()))
+        assert cos > 0.95
+
+
+def test_singular_value_power_identity_at_rho_one():
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(singular_value_power(x, 1.0), x)
+
+
+def test_eigenbasis_falls_back_on_failure(monkeypatch):
+    gram = torch.randn(3, 4, 4, dtype=torch.float64)
+    gram = gram @ gram.mT
+    previous = torch.linalg.qr(torch.randn(3, 4, 4, dtype=torch.float64))[0]
+
+    def broken(mat):
+        raise torch.linalg.LinAlgError("injected eigh failure")
+
+    monkeypatch.setattr(_linalg, "eigh", broken)
+    q, failed = eigenbasis(gram, previous)
+    assert failed == 3
+    torch.testing.assert_close(q, previous)
+
+
+def test_eigenbasis_rejects_nonfinite_blocks():
+    gram = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
+    gram[1, 0, 0] = float("nan")
+    q, failed = eigenbasis(gram, None)
+    assert failed == 1
+    torch.testing.assert_close(q[1], torch.eye(4, dtype=torch.float64))
+    assert torch.isfinite(q).all()
+
+
+def test_power_iteration_keeps_basis_on_qr_failure(monkeypatch):
+    gram = torch.randn(2, 5, 5, dtype=torch.float64)
+    gram = gram @ gram.mT
+    basis = torch.linalg.eigh(gram)[1].flip(-1)
+
+    def broken(mat):
+        raise torch.linalg.LinAlgError("injected QR failure")
+
+    monkeypatch.setattr(_linalg, "qr", broken)
+    q, order, failed = power_iteration_basis(gram, basis)
+    assert failed == 2
+    torch.testing.assert_close(q, basis)
+    assert torch.equal(order, torch.arange(5).expand(2, 5))
+
+
+def test_power_iteration_converges_to_eigenbasis():
+    gram = torch.randn(1, 6, 6, dtype=torch.float64)
+    gram = gram @ gram.mT
+    q = torch.linalg.qr(torch.randn(1, 6, 6, dtype=torch.float64))[0]
+    for _ in range(300):
+        q, _, _ = power_iteration_basis(gram, q)
+    rotated = q.mT @ gram @ q
+    off = rotated - torch.diag_embed(torch.diagonal(rotated, dim1=-2, dim2=-1))
+    assert off.abs().max() < 1e-6 * gram.abs().max()
