@@ -7,7 +7,7 @@ import torch
 
 def make_params(shapes, dtype=torch.float64, seed=1):
     gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(*s, dtype=dtype, generator=gen)) for s in shapes]
+    return [torch.nn.Parameter(torch.randn(*s, dtype=torch.float64, generator=gen).to(dtype)) for s in shapes]
 
 
 def stochastic_loss(params, step, dtype=None):
@@ -15,7 +15,7 @@ def stochastic_loss(params, step, dtype=None):
     gen = torch.Generator().manual_seed(1000 + step)
     loss = 0.0
     for p in params:
-        x = torch.randn(*p.shape, dtype=p.dtype, generator=gen)
+        x = torch.randn(*p.shape, dtype=torch.float64, generator=gen).to(p.dtype)
         loss = loss + ((p - x) ** 2).sum() + (p * x).sum() ** 2 / p.numel()
     return loss
 
@@ -28,4 +28,4 @@ def run(optimizer, params, steps, start=0):
 
 
 def max_rel(a_list, b_list):
-    return max(float((a - b).norm() / b.norm()) for a, b in zip(a_list, b_list))
+    return max(float((a.detach() - b.detach()).norm() / b.detach().norm()) for a, b in zip(a_list, b_list))

@@ -1,0 +1,200 @@
+import pytest
+import torch
+from pytorch_optimizer import SOAP as OfficialSOAP
+
+from mlipopt.optim import SOAP, SOAPMuon
+from mlipopt.optim.reference import SOAPReference
+
+from .helpers import make_params, max_rel, run
+
+FULL_RANK = [(6, 6), (5, 5), (8,), (3, 4, 5)]  # every mode's Gram matrix can be full rank
+
+
+def test_matches_pytorch_optimizer_soap_float64():
+    """Plain parameters follow official SOAP: agree with pytorch-optimizer's SOAP over 40 steps.
+
+    pytorch-optimizer runs its QR refresh in float32, which bounds the agreement near 1e-8.
+    """
+    ours, theirs = make_params(FULL_RANK), make_params(FULL_RANK)
+    opt_a = SOAP(ours, lr=1e-2, weight_decay=1e-3, precondition_frequency=10)
+    opt_b = OfficialSOAP(theirs, lr=1e-2, weight_decay=1e-3, precondition_frequency=10)
+    for t in range(40):
+        run(opt_a, ours, 1, start=t)
+        run(opt_b, theirs, 1, start=t)
+        assert max_rel(ours, theirs) < 1e-6, t
+    assert max_rel(ours, make_params(FULL_RANK)) > 1e-2  # it did move
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (SOAP, {}),
+    (SOAPMuon, {"rho": 0.5}),
+    (SOAPMuon, {"rho": 1.0, "normalize": True}),
+])
+def test_batched_equals_reference_on_blocks(cls, kwargs):
+    """Flat parameters split into blocks (2-D, 3-D, partly elementwise) match the one-block oracle."""
+    shapes = [(40,), (40,), (7, 7), (9,)]
+    blocks = [
+        [(0, 16, (4, 4)), (16, 32, (4, 4))],  # 8 elementwise elements at the end
+        [(0, 12, (2, 2, 3)), (12, 28, (4, 4))],
+        None,  # own shape
+        [],  # matrix role but no block: elementwise
+    ]
+    group = lambda ps: [{"params": ps, "role": "matrix", "blocks": blocks}]  # noqa: E731
+    fast, slow = make_params(shapes), make_params(shapes)
+    opt_fast = cls(group(fast), lr=1e-2, precondition_frequency=4, weight_decay=1e-2, **kwargs)
+    ref_kwargs = dict(ortho=cls is SOAPMuon, **kwargs)
+    if cls is SOAPMuon:
+        ref_kwargs.setdefault("normalize", True)
+    opt_slow = SOAPReference(group(slow), lr=1e-2, precondition_frequency=4, weight_decay=1e-2, **ref_kwargs)
+    for t in range(25):
+        run(opt_fast, fast, 1, start=t)
+        run(opt_slow, slow, 1, start=t)
+        assert max_rel(fast, slow) < 1e-10, t
+
+
+def test_newton_schulz_soap_muon_matches_reference():
+    shapes = [(6, 6), (5, 8)]
+    fast, slow = make_params(shapes), make_params(shapes)
+    opt_fast = SOAPMuon(fast, lr=1e-2, rho=0.0)
+    opt_slow = SOAPReference(slow, lr=1e-2, ortho=True, rho=0.0, normalize=True)
+    for t in range(15):
+        run(opt_fast, fast, 1, start=t)
+        run(opt_slow, slow, 1, start=t)
+    assert max_rel(fast, slow) < 1e-5  # Newton–Schulz runs in float32 in both
+
+
+def test_identity_basis_is_adam():
+    """With every mode unpreconditioned (identity basis) SOAP is Adam, one step behind."""
+    shapes = [(6, 4), (5,)]
+    soap_params, adam_params = make_params(shapes), make_params(shapes)
+    soap = SOAP(soap_params, lr=1e-2, betas=(0.9, 0.99), eps=0.0, max_precond_dim=0)
+    adam = torch.optim.Adam(adam_params, lr=1e-2, betas=(0.9, 0.99), eps=0.0)
+
+    def loss(ps):
+        return sum(((p - 0.5) ** 4).sum() + p.sum() ** 2 for p in ps)
+
+    soap.zero_grad()
+    loss(soap_params).backward()
+    soap.step()  # SOAP's first step only builds the (identity) basis
+    for _ in range(20):
+        for ps, opt in ((soap_params, soap), (adam_params, adam)):
+            opt.zero_grad()
+            loss(ps).backward()
+            opt.step()
+    assert max_rel(soap_params, adam_params) < 1e-12
+
+
+def test_soap_muon_rho_one_without_normalisation_is_soap():
+    shapes = [(6, 6), (3, 4, 5), (7,)]
+    a, b = make_params(shapes), make_params(shapes)
+    opt_a = SOAPMuon(a, lr=1e-2, rho=1.0, normalize=False, precondition_frequency=3)
+    opt_b = SOAP(b, lr=1e-2, precondition_frequency=3)
+    for t in range(20):
+        run(opt_a, a, 1, start=t)
+        run(opt_b, b, 1, start=t)
+    assert max_rel(a, b) == 0.0
+
+
+def test_soap_muon_rho_zero_newton_schulz_close_to_svd():
+    """ρ=0 (Newton–Schulz) and ρ→0 through the SVD path give nearly the same first update."""
+    shapes = [(12, 8)]
+    p0 = make_params(shapes)
+    updates = []
+    for rho in (0.0, 1e-12):
+        ps = make_params(shapes)
+        opt = SOAPMuon(ps, lr=1e-2, rho=rho)
+        run(opt, ps, 2)
+        updates.append(ps[0].detach() - p0[0].detach())
+    a, b = updates
+    assert float((a * b).sum() / (a.norm() * b.norm())) > 0.95
+
+
+def test_size_one_mode_equals_two_dimensional_block():
+    """A 3-D block (m, 1, n) is preconditioned exactly like the 2-D block (m, n)."""
+    flat2d, flat3d = make_params([(20,)]), make_params([(20,)])
+    opt2 = SOAP([{"params": flat2d, "role": "matrix", "blocks": [[(0, 20, (4, 5))]]}], lr=1e-2,
+                precondition_frequency=3)
+    opt3 = SOAP([{"params": flat3d, "role": "matrix", "blocks": [[(0, 20, (4, 1, 5))]]}], lr=1e-2,
+                precondition_frequency=3)
+    for t in range(15):
+        run(opt2, flat2d, 1, start=t)
+        run(opt3, flat3d, 1, start=t)
+    assert max_rel(flat3d, flat2d) < 1e-12
+
+
+@pytest.mark.parametrize("cls", [SOAP, SOAPMuon])
+def test_flat_blocks_equal_separate_matrices(cls):
+    """Updating blocks of one flat (e3nn-style) weight == updating the reshaped blocks separately."""
+    flat = make_params([(40,)])
+    with torch.no_grad():
+        parts = [flat[0][:12].view(3, 4).clone(), flat[0][12:32].view(4, 5).clone(), flat[0][32:].clone()]
+    separate = [torch.nn.Parameter(x) for x in parts]
+    opt_flat = cls([{"params": flat, "role": "matrix", "blocks": [[(0, 12, (3, 4)), (12, 32, (4, 5))]]}],
+                   lr=1e-2, precondition_frequency=3)
+    opt_sep = cls(separate, lr=1e-2, precondition_frequency=3)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(12):
+        target = torch.randn(40, dtype=torch.float64, generator=gen)
+        opt_flat.zero_grad()
+        opt_sep.zero_grad()
+        (((flat[0] - target) ** 3).abs().sum() + (flat[0] @ target) ** 2).backward()
+        joined = torch.cat([p.reshape(-1) for p in separate])
+        (((joined - target) ** 3).abs().sum() + (joined @ target) ** 2).backward()
+        opt_flat.step()
+        opt_sep.step()
+    joined = torch.cat([p.detach().reshape(-1) for p in separate])
+    torch.testing.assert_close(flat[0].detach(), joined, rtol=1e-12, atol=1e-12)
+
+
+def test_max_precond_dim_leaves_large_mode_unpreconditioned():
+    ps = make_params([(3, 50)])
+    opt = SOAP(ps, lr=1e-2, max_precond_dim=10)
+    run(opt, ps, 3)
+    state = opt.state_dict()["state"][0]
+    gg, q = state["GG"][0], state["Q"][0]
+    assert gg[0].shape == (3, 3) and gg[1] is None and q[1] is None
+
+
+def test_float32_parameters_keep_their_dtype_and_track_float64():
+    shapes = [(6, 6), (3, 4, 5), (7,)]
+    p32, p64 = make_params(shapes, dtype=torch.float32), make_params(shapes)
+    opt32, opt64 = SOAP(p32, lr=1e-2), SOAP(p64, lr=1e-2)
+    run(opt32, p32, 15)
+    run(opt64, p64, 15)
+    assert all(p.dtype == torch.float32 for p in p32)
+    state = opt32.state_dict()["state"][0]
+    assert state["exp_avg"].dtype == torch.float32 and state["Q"][0][0].dtype == torch.float32
+    assert max_rel([p.double() for p in p32], p64) < 1e-3
+
+
+def test_basis_failure_is_counted_and_training_continues(monkeypatch):
+    from mlipopt.optim import _linalg
+
+    ps = make_params([(6, 6), (4, 5)])
+    opt = SOAP(ps, lr=1e-2, precondition_frequency=2)
+
+    def broken(mat):
+        raise torch.linalg.LinAlgError("injected")
+
+    monkeypatch.setattr(_linalg, "eigh", broken)
+    monkeypatch.setattr(_linalg, "qr", broken)
+    run(opt, ps, 6)
+    assert opt.basis_failures > 0
+    assert all(torch.isfinite(p).all() for p in ps)
+    # the identity fallback basis makes these steps Adam steps: parameters still moved
+    assert max_rel(ps, make_params([(6, 6), (4, 5)])) > 1e-3
+
+
+def test_invalid_arguments_raise():
+    ps = make_params([(3, 3)])
+    with pytest.raises(ValueError, match="betas"):
+        SOAP(ps, betas=(0.9, 1.5))
+    with pytest.raises(ValueError, match="rho"):
+        SOAPMuon(ps, rho=2.0)
+    with pytest.raises(ValueError, match="does not fit"):
+        SOAP([{"params": make_params([(10,)]), "role": "matrix", "blocks": [[(0, 12, (3, 4))]]}])
+    with pytest.raises(ValueError, match="overlap"):
+        SOAP([{"params": make_params([(20,)]), "role": "matrix",
+               "blocks": [[(0, 12, (3, 4)), (8, 12, (2, 2))]]}])
+    with pytest.raises(ValueError, match="role"):
+        SOAP([{"params": ps, "role": "muon"}])
