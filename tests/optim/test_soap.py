@@ -25,11 +25,14 @@ def test_matches_pytorch_optimizer_soap_float64():
     assert max_rel(ours, make_params(FULL_RANK)) > 1e-2  # it did move
 
 
-@pytest.mark.parametrize("cls,kwargs", [
-    (SOAP, {}),
-    (SOAPMuon, {"rho": 0.5}),
-    (SOAPMuon, {"rho": 1.0, "normalize": True}),
-])
+@pytest.mark.parametrize(
+    "cls,kwargs",
+    [
+        (SOAP, {}),
+        (SOAPMuon, {"rho": 0.5}),
+        (SOAPMuon, {"rho": 1.0, "normalize": True}),
+    ],
+)
 def test_batched_equals_reference_on_blocks(cls, kwargs):
     """Flat parameters split into blocks (2-D, 3-D, partly elementwise) match the one-block oracle."""
     shapes = [(40,), (40,), (7, 7), (9,)]
@@ -112,10 +115,16 @@ def test_soap_muon_rho_zero_newton_schulz_close_to_svd():
 def test_size_one_mode_equals_two_dimensional_block():
     """A 3-D block (m, 1, n) is preconditioned exactly like the 2-D block (m, n)."""
     flat2d, flat3d = make_params([(20,)]), make_params([(20,)])
-    opt2 = SOAP([{"params": flat2d, "role": "matrix", "blocks": [[(0, 20, (4, 5))]]}], lr=1e-2,
-                precondition_frequency=3)
-    opt3 = SOAP([{"params": flat3d, "role": "matrix", "blocks": [[(0, 20, (4, 1, 5))]]}], lr=1e-2,
-                precondition_frequency=3)
+    opt2 = SOAP(
+        [{"params": flat2d, "role": "matrix", "blocks": [[(0, 20, (4, 5))]]}],
+        lr=1e-2,
+        precondition_frequency=3,
+    )
+    opt3 = SOAP(
+        [{"params": flat3d, "role": "matrix", "blocks": [[(0, 20, (4, 1, 5))]]}],
+        lr=1e-2,
+        precondition_frequency=3,
+    )
     for t in range(15):
         run(opt2, flat2d, 1, start=t)
         run(opt3, flat3d, 1, start=t)
@@ -129,8 +138,11 @@ def test_flat_blocks_equal_separate_matrices(cls):
     with torch.no_grad():
         parts = [flat[0][:12].view(3, 4).clone(), flat[0][12:32].view(4, 5).clone(), flat[0][32:].clone()]
     separate = [torch.nn.Parameter(x) for x in parts]
-    opt_flat = cls([{"params": flat, "role": "matrix", "blocks": [[(0, 12, (3, 4)), (12, 32, (4, 5))]]}],
-                   lr=1e-2, precondition_frequency=3)
+    opt_flat = cls(
+        [{"params": flat, "role": "matrix", "blocks": [[(0, 12, (3, 4)), (12, 32, (4, 5))]]}],
+        lr=1e-2,
+        precondition_frequency=3,
+    )
     opt_sep = cls(separate, lr=1e-2, precondition_frequency=3)
     gen = torch.Generator().manual_seed(3)
     for _ in range(12):
@@ -194,7 +206,14 @@ def test_invalid_arguments_raise():
     with pytest.raises(ValueError, match="does not fit"):
         SOAP([{"params": make_params([(10,)]), "role": "matrix", "blocks": [[(0, 12, (3, 4))]]}])
     with pytest.raises(ValueError, match="overlap"):
-        SOAP([{"params": make_params([(20,)]), "role": "matrix",
-               "blocks": [[(0, 12, (3, 4)), (8, 12, (2, 2))]]}])
+        SOAP(
+            [
+                {
+                    "params": make_params([(20,)]),
+                    "role": "matrix",
+                    "blocks": [[(0, 12, (3, 4)), (8, 12, (2, 2))]],
+                }
+            ]
+        )
     with pytest.raises(ValueError, match="role"):
         SOAP([{"params": ps, "role": "muon"}])

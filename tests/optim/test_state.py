@@ -110,7 +110,7 @@ def test_parameters_without_gradients_are_left_alone():
         opt.step()
     assert torch.equal(params[1].detach(), frozen)
     # and a parameter that starts receiving gradients later is initialised then
-    for t in range(4):
+    for _t in range(4):
         opt.zero_grad()
         sum((p**2).sum() for p in params).backward()
         opt.step()

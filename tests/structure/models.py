@@ -26,8 +26,14 @@ def _common():
 def tiny_nequip(l_max: int = 1, num_features: int = 8):
     from nequip.model import NequIPGNNModel
 
-    return NequIPGNNModel(l_max=l_max, num_layers=2, num_features=num_features, radial_mlp_depth=2,
-                          radial_mlp_width=16, **_common())
+    return NequIPGNNModel(
+        l_max=l_max,
+        num_layers=2,
+        num_features=num_features,
+        radial_mlp_depth=2,
+        radial_mlp_width=16,
+        **_common(),
+    )
 
 
 def tiny_allegro():

@@ -118,11 +118,15 @@ def test_describe_lists_every_parameter_and_counts():
     assert "matrix:" in text and "adam:" in text
 
 
-@pytest.mark.parametrize("factory", [
-    lambda g: SOAP(g, lr=1e-2),
-    lambda g: SOAPMuon(g, lr=3e-3),
-    lambda g: Muon(g, lr=1e-2),
-], ids=["soap", "soap_muon", "muon"])
+@pytest.mark.parametrize(
+    "factory",
+    [
+        lambda g: SOAP(g, lr=1e-2),
+        lambda g: SOAPMuon(g, lr=3e-3),
+        lambda g: Muon(g, lr=1e-2),
+    ],
+    ids=["soap", "soap_muon", "muon"],
+)
 @pytest.mark.parametrize("tp_blocks", ["adam", "flatten", "tensor"])
 def test_optimizers_train_a_real_nequip_model(factory, tp_blocks):
     """Energy+force loss on one ethanol frame falls when the structure groups drive the optimizer."""

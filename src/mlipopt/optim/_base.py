@@ -8,7 +8,8 @@ rebuilds the buckets from them — checkpoints stay a faithful, portable torch o
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -94,7 +95,9 @@ class BlockOptimizer(torch.optim.Optimizer):
             flat = plan.flat(parts)
             for bucket in plan.buckets:
                 if self._flat_keys[key] == "both":
-                    bucket.state[key] = bucket.positions.gather(flat).reshape(bucket.count, *bucket.shape).clone()
+                    bucket.state[key] = (
+                        bucket.positions.gather(flat).reshape(bucket.count, *bucket.shape).clone()
+                    )
             plan.state[key] = plan.elem.gather(flat).clone()
         for bucket in plan.buckets:
             self._init_bucket(plan, bucket, group, known)

@@ -72,7 +72,9 @@ class Muon(BlockOptimizer):
         nonfinite: str = "raise",
     ):
         if lr < 0 or weight_decay < 0 or eps < 0:
-            raise ValueError(f"lr, weight_decay and eps must be non-negative, got {lr}, {weight_decay}, {eps}")
+            raise ValueError(
+                f"lr, weight_decay and eps must be non-negative, got {lr}, {weight_decay}, {eps}"
+            )
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if scale not in SCALE_RULES:
@@ -109,7 +111,9 @@ class Muon(BlockOptimizer):
             m = bucket.state["momentum_buffer"]
             m.lerp_(g, 1 - beta)
             u = g.lerp(m, beta) if group["nesterov"] else m
-            o = _linalg.newton_schulz(u.reshape(bucket.count, -1, bucket.shape[-1]), group["ns_steps"], group["ns_dtype"])
+            o = _linalg.newton_schulz(
+                u.reshape(bucket.count, -1, bucket.shape[-1]), group["ns_steps"], group["ns_dtype"]
+            )
             o.mul_(-lr * muon_scale(bucket.shape, group["scale"], bucket.fan))
             bucket.positions.scatter_(update, o)
         if plan.elem.size:

@@ -117,7 +117,10 @@ class SOAPReference(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                     state["GG"] = [
-                        [None if d > group["max_precond_dim"] else torch.zeros(d, d, dtype=p.dtype) for d in g.shape]
+                        [
+                            None if d > group["max_precond_dim"] else torch.zeros(d, d, dtype=p.dtype)
+                            for d in g.shape
+                        ]
                         for g in g_blocks
                     ]
                     self._gram_update(state, g_blocks, group, betas)

@@ -77,7 +77,9 @@ class SOAP(BlockOptimizer):
     ):
         _check_betas(betas, "betas")
         if lr < 0 or eps < 0 or weight_decay < 0:
-            raise ValueError(f"lr, eps and weight_decay must be non-negative, got {lr}, {eps}, {weight_decay}")
+            raise ValueError(
+                f"lr, eps and weight_decay must be non-negative, got {lr}, {eps}, {weight_decay}"
+            )
         if precondition_frequency < 1:
             raise ValueError(f"precondition_frequency must be ≥ 1, got {precondition_frequency}")
         if shampoo_beta is not None and not 0.0 <= shampoo_beta < 1.0:
@@ -187,7 +189,9 @@ class SOAP(BlockOptimizer):
             q.index_copy_(0, rows, new_q)
         bucket.new_rows = None
 
-    def _update_preconditioner(self, bucket: Bucket, g: Tensor, group: dict[str, Any], steps_done: int) -> None:
+    def _update_preconditioner(
+        self, bucket: Bucket, g: Tensor, group: dict[str, Any], steps_done: int
+    ) -> None:
         beta = _shampoo_beta(group, self._betas(group, bucket.ortho))
         grams, bases = bucket.state["GG"], bucket.state["Q"]
         for mode, gg in enumerate(grams):

@@ -37,13 +37,15 @@ class ParamInfo:
 
 
 def _is_e3nn_linear(m: torch.nn.Module) -> bool:
-    return all(hasattr(m, a) for a in ("instructions", "weight_numel", "irreps_in", "irreps_out")) and not hasattr(
-        m, "irreps_in1"
-    )
+    return all(
+        hasattr(m, a) for a in ("instructions", "weight_numel", "irreps_in", "irreps_out")
+    ) and not hasattr(m, "irreps_in1")
 
 
 def _is_e3nn_tp(m: torch.nn.Module) -> bool:
-    return all(hasattr(m, a) for a in ("instructions", "weight_numel", "irreps_in1", "irreps_in2", "irreps_out"))
+    return all(
+        hasattr(m, a) for a in ("instructions", "weight_numel", "irreps_in1", "irreps_in2", "irreps_out")
+    )
 
 
 def _is_dense(m: torch.nn.Module, attr: str, p: torch.Tensor) -> bool:
