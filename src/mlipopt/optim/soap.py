@@ -27,12 +27,21 @@ from ._layout import Bucket, GroupPlan
 
 def gram(x: Tensor, mode: int) -> Tensor:
     """Mode-``mode`` Gram matrices of a stack of blocks ``x`` ``(B, d0, d1[, d2])``: ``X₍ₖ₎X₍ₖ₎ᵀ``."""
+    if x.ndim == 3:  # 2-D blocks: G Gᵀ and Gᵀ G on strided views, no unfolding copy
+        return x @ x.mT if mode == 0 else x.mT @ x
     unfolded = x.movedim(mode + 1, 1).reshape(x.shape[0], x.shape[mode + 1], -1)
     return unfolded @ unfolded.mT
 
 
 def project(x: Tensor, bases: list[Tensor | None], back: bool = False) -> Tensor:
     """Apply ``Qₖᵀ`` (or ``Qₖ`` when ``back``) along every mode ``k`` that has a basis."""
+    if x.ndim == 3:  # 2-D blocks: Q_Lᵀ G Q_R (or Q_L G Q_Rᵀ) as two plain batched matmuls
+        left, right = bases
+        if left is not None:
+            x = (left if back else left.mT) @ x
+        if right is not None:
+            x = x @ (right.mT if back else right)
+        return x
     for mode, q in enumerate(bases):
         if q is None:
             continue
