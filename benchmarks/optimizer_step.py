@@ -128,16 +128,14 @@ def print_rows(rows, reference: str = "torch AdamW (fused)") -> None:
         print(f"| {name} | {n} | {ms:.2f} | {ms / ref:.1f} | {nbytes / 2**20:.2f} |")
     t = dict((r[0], r[1]) for r in rows)
     print()
-    print(
-        f"nequip Muon / mlipopt Muon                     = {t['nequip MuonWithAuxAdam'] / t['mlipopt Muon']:.2f}×"
-    )
+    ratio = t["nequip MuonWithAuxAdam"] / t["mlipopt Muon"]
+    print(f"nequip Muon / mlipopt Muon                     = {ratio:.2f}×")
     print(
         "pytorch-optimizer SOAP / mlipopt SOAP (blocks) = "
         f"{t['pytorch-optimizer SOAP [blocks only]'] / t['mlipopt SOAP [blocks only]']:.2f}×"
     )
-    print(
-        f"mlipopt SOAP-Muon rho=0 / mlipopt SOAP         = {t['mlipopt SOAP-Muon rho=0'] / t['mlipopt SOAP']:.2f}×"
-    )
+    ratio = t["mlipopt SOAP-Muon rho=0"] / t["mlipopt SOAP"]
+    print(f"mlipopt SOAP-Muon rho=0 / mlipopt SOAP         = {ratio:.2f}×")
 
 
 def water_frame(n_side: int = 2):
