@@ -81,7 +81,8 @@ def build_model(
 ) -> torch.nn.Module:
     """Build a NequIP or Allegro model from a preset name; ``overrides`` replace preset keys.
 
-    Per-type energy scales and shifts start at 1 and 0; training code refits them from data.
+    Per-type energy shifts and scales default to 0 and 1; the trainer passes reference energies and
+    the force RMS of the training set through ``overrides`` (``per_type_energy_shifts`` / ``_scales``).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -101,10 +102,11 @@ def build_model(
         per_type_energy_shifts=dict.fromkeys(type_names, 0.0),
         per_type_energy_scales=dict.fromkeys(type_names, 1.0),
     )
+    kwargs = {**common, **config}
     if family == "nequip":
         from nequip.model import NequIPGNNModel
 
-        return NequIPGNNModel(**common, **config)
+        return NequIPGNNModel(**kwargs)
     from allegro.model import AllegroModel
 
-    return AllegroModel(**common, **config)
+    return AllegroModel(**kwargs)

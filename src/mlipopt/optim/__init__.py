@@ -2,7 +2,19 @@
 
 from ._base import NonFiniteGradientError
 from ._linalg import newton_schulz
+from .factory import OPTIMIZERS, build_optimizer, canonical_name, has_train_eval_modes
 from .muon import Muon, muon_scale
 from .soap import SOAP, SOAPMuon
 
-__all__ = ["SOAP", "Muon", "NonFiniteGradientError", "SOAPMuon", "muon_scale", "newton_schulz"]
+__all__ = [
+    "OPTIMIZERS",
+    "SOAP",
+    "Muon",
+    "NonFiniteGradientError",
+    "SOAPMuon",
+    "build_optimizer",
+    "canonical_name",
+    "has_train_eval_modes",
+    "muon_scale",
+    "newton_schulz",
+]

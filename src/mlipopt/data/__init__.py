@@ -1,0 +1,24 @@
+"""Datasets: reading and checking labelled frames, splits, force masks, energy references, batching."""
+
+from .generate import SYSTEMS, generate_frames
+from .graphs import Batch, GraphSet, to_graph
+from .io import DataError, Frames, read_frames
+from .references import fit_energy_references, isolated_atom_energies, reference_energy
+from .splits import force_mask, n_keep, split_indices
+
+__all__ = [
+    "Batch",
+    "DataError",
+    "Frames",
+    "GraphSet",
+    "SYSTEMS",
+    "fit_energy_references",
+    "generate_frames",
+    "force_mask",
+    "isolated_atom_energies",
+    "n_keep",
+    "read_frames",
+    "reference_energy",
+    "split_indices",
+    "to_graph",
+]

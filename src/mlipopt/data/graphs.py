@@ -1,0 +1,119 @@
+"""Frames → nequip graphs (neighbour lists by nequip's transforms) and minibatches with force masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import ase
+import numpy as np
+import torch
+
+from .io import Frames
+
+
+@dataclass
+class Batch:
+    """One minibatch: the model input plus labels and masks (energies in eV, forces in eV/Å)."""
+
+    data: dict[str, torch.Tensor]
+    energy: torch.Tensor  # (B,)
+    n_atoms: torch.Tensor  # (B,)
+    forces: torch.Tensor  # (ΣN, 3); zero where the frame's forces are masked
+    frame_mask: torch.Tensor  # (B,) bool, frame keeps its force label
+    atom_mask: torch.Tensor  # (ΣN,) bool
+
+    @property
+    def has_forces(self) -> bool:
+        return bool(self.frame_mask.any())
+
+    def to(self, device: torch.device | str) -> Batch:
+        from nequip.data import AtomicDataDict
+
+        return Batch(
+            AtomicDataDict.to_(dict(self.data), torch.device(device)),
+            *(
+                t.to(device)
+                for t in (self.energy, self.n_atoms, self.forces, self.frame_mask, self.atom_mask)
+            ),
+        )
+
+
+def to_graph(atoms: ase.Atoms, type_names: Sequence[str], r_max: float) -> dict[str, torch.Tensor]:
+    """An unlabelled nequip AtomicDataDict with atom types and a neighbour list (nequip's transforms)."""
+    from nequip.data import from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    bare = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(type_names))
+    graph = NeighborListTransform(r_max=r_max)(mapper(from_ase(bare)))
+    # nequip keeps positions and cells in float64 whatever the model dtype; do not depend on torch's
+    # default dtype at the time of the call.
+    return {k: v.double() if torch.is_floating_point(v) else v for k, v in graph.items()}
+
+
+class GraphSet:
+    """A split ready for training: one graph per frame, labels, and the force mask of this split.
+
+    Labels of masked frames are discarded (zeroed) here, so no code path downstream can see them.
+    """
+
+    def __init__(
+        self,
+        frames: Frames,
+        type_names: Sequence[str],
+        r_max: float,
+        force_mask: np.ndarray | None = None,
+    ) -> None:
+        frames.check(type_names)
+        n = len(frames)
+        mask = np.ones(n, dtype=bool) if force_mask is None else np.asarray(force_mask, dtype=bool)
+        mask &= np.array([f is not None for f in frames.forces])
+        self.frames = frames
+        self.graphs = [to_graph(a, type_names, r_max) for a in frames.atoms]
+        self.energy = torch.as_tensor(frames.energy, dtype=torch.float64)
+        self.n_atoms = torch.as_tensor(frames.n_atoms, dtype=torch.long)
+        self.force_mask = torch.as_tensor(mask)
+        self.forces = [
+            torch.as_tensor(f, dtype=torch.float64) if keep else torch.zeros(len(a), 3, dtype=torch.float64)
+            for a, f, keep in zip(frames.atoms, frames.forces, mask)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    @property
+    def n_force_frames(self) -> int:
+        return int(self.force_mask.sum())
+
+    def mean_force_components(self) -> float:
+        """(3 Σ_n m_n N_n) / N: the per-frame normaliser of eq. 11's force term over this split."""
+        return float(3 * (self.n_atoms * self.force_mask).sum() / max(len(self), 1))
+
+    def avg_num_neighbors(self) -> float:
+        edges = sum(int(g["edge_index"].shape[1]) for g in self.graphs)
+        return edges / max(int(self.n_atoms.sum()), 1)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        from nequip.data import AtomicDataDict
+
+        idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        data = AtomicDataDict.batched_from_list([self.graphs[i] for i in idx.tolist()])
+        n_atoms = self.n_atoms[idx]
+        frame_mask = self.force_mask[idx]
+        return Batch(
+            data=data,
+            energy=self.energy[idx],
+            n_atoms=n_atoms,
+            forces=torch.cat([self.forces[i] for i in idx.tolist()]),
+            frame_mask=frame_mask,
+            atom_mask=torch.repeat_interleave(frame_mask, n_atoms),
+        )
+
+    def batches(self, batch_size: int, shuffle_seed: Sequence[int] | int | None = None) -> Iterator[Batch]:
+        """Minibatches in file order, or shuffled by ``shuffle_seed`` (the same seed, the same order)."""
+        order = np.arange(len(self))
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(self))
+        for start in range(0, len(self), batch_size):
+            yield self.batch(order[start : start + batch_size])

@@ -1,0 +1,76 @@
+"""Optimizers by name, so configs and studies can treat the optimizer as one more hyperparameter.
+
+Matrix-aware optimizers get their param groups from :func:`mlipopt.structure.param_groups`; the
+first-order baselines take all parameters in one group, as they would in a plain training script.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+#: name → (needs structure-aware param groups, has train()/eval() modes)
+OPTIMIZERS: dict[str, tuple[bool, bool]] = {
+    "adamw": (False, False),
+    "adam": (False, False),
+    "radam": (False, False),
+    "sgd": (False, False),
+    "schedulefree_adamw": (False, True),
+    "muon": (True, False),
+    "soap": (True, False),
+    "soap_muon": (True, False),
+}
+
+
+def canonical_name(name: str) -> str:
+    key = name.lower().replace("-", "_")
+    aliases = {
+        "soapmuon": "soap_muon",
+        "schedulefree": "schedulefree_adamw",
+        "sf_adamw": "schedulefree_adamw",
+    }
+    key = aliases.get(key, key)
+    if key not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return key
+
+
+def has_train_eval_modes(optimizer: torch.optim.Optimizer) -> bool:
+    """True for ScheduleFree-style optimizers whose parameters differ between training and evaluation."""
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+
+
+def build_optimizer(
+    name: str,
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float = 0.0,
+    structure: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> torch.optim.Optimizer:
+    """Construct optimizer ``name`` for ``model``.
+
+    ``structure`` goes to :func:`mlipopt.structure.param_groups` (e.g. ``{"tp_blocks": "flatten",
+    "adam": {"lr": 1e-3}}``) for muon/soap/soap_muon; ``kwargs`` go to the optimizer constructor.
+    """
+    key = canonical_name(name)
+    if OPTIMIZERS[key][0]:
+        from ..structure import param_groups
+        from .muon import Muon
+        from .soap import SOAP, SOAPMuon
+
+        groups = param_groups(model, **{"tp_blocks": "flatten", **(structure or {})})
+        cls = {"muon": Muon, "soap": SOAP, "soap_muon": SOAPMuon}[key]
+        return cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+    if structure:
+        raise ValueError(f"optimizer {name!r} takes no structure options (got {sorted(structure)})")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if key == "schedulefree_adamw":
+        import schedulefree
+
+        return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "radam": torch.optim.RAdam}.get(key)
+    if cls is not None:
+        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **{"momentum": 0.9, **kwargs})

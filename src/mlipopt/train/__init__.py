@@ -1,0 +1,19 @@
+"""Training: config schema, eq. 11 loss and metrics, atomic checkpoints, the trainer."""
+
+from .config import ConfigError, RunConfig, dump_config, load_config
+from .loss import ErrorMetrics, eq11_loss, validation_metric
+from .trainer import Trainer, TrainingDiverged, forces_enabled, train
+
+__all__ = [
+    "ConfigError",
+    "ErrorMetrics",
+    "RunConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "dump_config",
+    "eq11_loss",
+    "forces_enabled",
+    "load_config",
+    "train",
+    "validation_metric",
+]

@@ -1,0 +1,272 @@
+"""The training config schema: nested dataclasses loaded from YAML with strict checking.
+
+Unknown keys fail with the list of valid ones (and a "did you mean"), ill-typed values fail naming the
+key and the expected type. ``mlipopt train CONFIG.yaml optimizer.lr=3e-3`` overrides single keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key is unknown, missing or of the wrong type."""
+
+
+@dataclass
+class GenerateConfig:
+    """A dataset labelled on the fly by ASE's EMT potential (no files needed; a toy, not DFT)."""
+
+    system: str = "ethanol"  # "ethanol" (rattled molecule) or "copper" (periodic fcc Cu, strained)
+    n_frames: int = 64
+    rattle: float = 0.08  # Å, standard deviation of the random displacements
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None  # extxyz (or any ASE-readable) file; split into train/val/test unless given
+    val: str | None = None
+    test: str | None = None
+    generate: GenerateConfig | None = None  # instead of files
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    max_frames: int | None = None  # use only the first N frames of the train file
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # fractions or counts
+    force_fraction: float = 1.0  # s: frames keeping force labels in train and val (never test)
+    energy_references: str = "fit"  # "fit" (least squares on train) or an isolated-atoms file
+    batch_size: int = 5
+    eval_batch_size: int = 32
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "nequip-tiny"
+    dtype: str = "float32"
+    type_names: list[str] | None = None  # default: elements of the training data
+    r_max: float | None = None  # default: the preset's
+    avg_num_neighbors: float | None = None  # default: measured on the training set
+    options: dict[str, Any] = field(default_factory=dict)  # overrides of preset keys
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"  # adamw, adam, radam, sgd, schedulefree_adamw, muon, soap, soap_muon
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)  # e.g. betas, rho, precondition_frequency
+    structure: dict[str, Any] = field(default_factory=dict)  # mlipopt.structure.param_groups options
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"  # none, plateau (ReduceLROnPlateau on the validation metric), cosine
+    factor: float = 0.5  # plateau
+    patience: int = 10  # plateau, epochs
+    min_lr: float = 0.0  # plateau floor / cosine eta_min
+
+
+@dataclass
+class LossConfig:
+    """Eq. 11 weights λ_E (on per-atom energy) and λ_F."""
+
+    energy_weight: float = 1.0
+    force_weight: float = 1.0
+
+
+@dataclass
+class TrainingConfig:
+    max_epochs: int = 100
+    clip_grad_norm: float | None = None
+    early_stopping_patience: int | None = None  # epochs without improvement of the validation metric
+    early_stopping_min_delta: float = 0.0
+    checkpoint_every: int = 1  # epochs
+    progress: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    run_dir: str | None = None  # default: runs/<config file name>
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        """Cross-field checks that types alone cannot express."""
+        from ..models import PRESETS
+        from ..optim import canonical_name
+
+        d = self.data
+        if (d.train is None) == (d.generate is None):
+            raise ConfigError("data: give exactly one of data.train (a file) or data.generate")
+        if not 0.0 <= d.force_fraction <= 1.0:
+            raise ConfigError(f"data.force_fraction must lie in [0, 1], got {d.force_fraction}")
+        if len(d.split) != 3:
+            raise ConfigError(f"data.split needs three sizes (train, val, test), got {d.split}")
+        if d.batch_size < 1 or d.eval_batch_size < 1:
+            raise ConfigError("data.batch_size and data.eval_batch_size must be ≥ 1")
+        if self.model.preset not in PRESETS:
+            raise ConfigError(
+                f"model.preset {self.model.preset!r} unknown; choose one of {', '.join(PRESETS)}"
+            )
+        if self.model.dtype not in ("float32", "float64"):
+            raise ConfigError(f"model.dtype must be float32 or float64, got {self.model.dtype!r}")
+        try:
+            self.optimizer.name = canonical_name(self.optimizer.name)
+        except ValueError as exc:
+            raise ConfigError(f"optimizer.name: {exc}") from None
+        if self.scheduler.name not in ("none", "plateau", "cosine"):
+            raise ConfigError(f"scheduler.name must be none, plateau or cosine, got {self.scheduler.name!r}")
+        if self.training.max_epochs < 1 or self.training.checkpoint_every < 1:
+            raise ConfigError("training.max_epochs and training.checkpoint_every must be ≥ 1")
+        if self.loss.energy_weight < 0 or self.loss.force_weight < 0:
+            raise ConfigError("loss weights must be non-negative")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} is none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {[f.name for f in dataclasses.fields(tp)]}")
+        return from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def from_dict(cls: type, mapping: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``mapping``, rejecting unknown keys and ill-typed values."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in mapping.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {full!r}{hint} (valid keys here: {', '.join(names)})")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set ``a.b.c=value`` entries (value parsed as YAML) in a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        path, text = item.split("=", 1)
+        node = raw
+        *parents, leaf = path.strip().split(".")
+        for p in parents:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[leaf] = yaml.safe_load(text)
+    return raw
+
+
+def _resolve_paths(config: RunConfig, base: Path) -> None:
+    d = config.data
+    for name in ("train", "val", "test"):
+        value = getattr(d, name)
+        if value is not None and not Path(value).is_absolute():
+            setattr(d, name, str((base / value).resolve()))
+    if d.energy_references != "fit" and not Path(d.energy_references).is_absolute():
+        d.energy_references = str((base / d.energy_references).resolve())
+
+
+def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """A checked :class:`RunConfig` from a YAML file or a dict, with ``key=value`` overrides.
+
+    Relative data paths in a file are taken relative to the file's folder.
+    """
+    base = Path.cwd()
+    if isinstance(source, dict):
+        raw = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such config file")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        base = path.resolve().parent
+        raw.setdefault("run_dir", str(Path("runs") / path.stem))
+    raw = apply_overrides(raw, list(overrides or []))
+    config = from_dict(RunConfig, raw)
+    _resolve_paths(config, base)
+    config.check()
+    return config
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

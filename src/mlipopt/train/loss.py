@@ -1,0 +1,83 @@
+"""Eq. 11 of seed 001 (sparse force supervision) and the error metrics reported per epoch and at test.
+
+L = λ_E · mean_n ((E_n^pred − E_n)/N_n)²  +  λ_F · Σ_n m_n ‖F_n^pred − F_n‖² / (3 Σ_n m_n N_n)
+
+The energy term is per atom (as nequip does). The force term is normalised by the force components of
+labelled frames only. On a minibatch B of a split with N frames we use
+
+    Σ_{n∈B} m_n ‖ΔF_n‖² / (|B| · c),   c = 3 Σ_n m_n N_n / N   (over the whole split),
+
+whose expectation over uniformly drawn batches is exactly eq. 11's force term, and which equals it for
+a full batch. Normalising each batch by its own labelled components instead would weight a lone
+labelled frame in a batch as much as a full batch of them at small force fractions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data import Batch
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor
+    energy: torch.Tensor
+    forces: torch.Tensor
+
+
+def eq11_loss(
+    energy: torch.Tensor,
+    forces: torch.Tensor | None,
+    batch: Batch,
+    energy_weight: float,
+    force_weight: float,
+    force_normaliser: float,
+) -> LossParts:
+    """Eq. 11 on one batch; ``force_normaliser`` is c above (0 when the split has no force labels)."""
+    e_err = (energy.reshape(-1).to(torch.float64) - batch.energy) / batch.n_atoms
+    e_term = e_err.square().mean()
+    f_term = torch.zeros((), dtype=torch.float64, device=e_term.device)
+    if forces is not None and force_normaliser > 0 and batch.has_forces:
+        f_err = (forces.to(torch.float64) - batch.forces)[batch.atom_mask]
+        f_term = f_err.square().sum() / (len(batch.energy) * force_normaliser)
+    return LossParts(energy_weight * e_term + force_weight * f_term, e_term, f_term)
+
+
+class ErrorMetrics:
+    """Running MAE/RMSE: energy per atom over all frames, forces per component over labelled frames."""
+
+    def __init__(self) -> None:
+        self.e_abs = self.e_sq = self.f_abs = self.f_sq = 0.0
+        self.n_frames = self.n_components = 0
+
+    def update(self, energy: torch.Tensor, forces: torch.Tensor | None, batch: Batch) -> None:
+        e_err = (energy.detach().reshape(-1).to(torch.float64) - batch.energy) / batch.n_atoms
+        self.e_abs += float(e_err.abs().sum())
+        self.e_sq += float(e_err.square().sum())
+        self.n_frames += len(e_err)
+        if forces is not None and batch.has_forces:
+            f_err = (forces.detach().to(torch.float64) - batch.forces)[batch.atom_mask]
+            self.f_abs += float(f_err.abs().sum())
+            self.f_sq += float(f_err.square().sum())
+            self.n_components += f_err.numel()
+
+    def result(self) -> dict[str, float | None]:
+        """Errors in meV/atom (energy) and meV/Å (forces); force entries are None without labels."""
+        out: dict[str, float | None] = {"e_mae": None, "e_rmse": None, "f_mae": None, "f_rmse": None}
+        if self.n_frames:
+            out["e_mae"] = 1e3 * self.e_abs / self.n_frames
+            out["e_rmse"] = 1e3 * (self.e_sq / self.n_frames) ** 0.5
+        if self.n_components:
+            out["f_mae"] = 1e3 * self.f_abs / self.n_components
+            out["f_rmse"] = 1e3 * (self.f_sq / self.n_components) ** 0.5
+        return out
+
+
+def validation_metric(errors: dict[str, float | None]) -> float:
+    """10 × E-MAE (meV/atom) + F-MAE (meV/Å), the paper's selection metric; energy only without forces."""
+    if errors["e_mae"] is None:
+        return float("inf")
+    return 10.0 * errors["e_mae"] + (errors["f_mae"] or 0.0)

@@ -1,0 +1,465 @@
+"""The training loop: eq. 11, any optimizer by name, schedulers, early stopping, exact resume.
+
+A run directory holds ``config.yaml`` (resolved), ``splits.json`` (frames and force masks),
+``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (last epoch, written atomically),
+``best_model.pt`` (weights with the best validation metric) and ``final_metrics.json``.
+
+Resuming is exact: the shuffle order of epoch k depends only on (seed, k), and the checkpoint holds
+model, optimizer, scheduler, early-stopping state and RNG state, so a run killed at any moment and
+restarted from its last checkpoint produces bitwise the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ase.data
+import numpy as np
+import torch
+
+from ..data import (
+    Frames,
+    GraphSet,
+    fit_energy_references,
+    force_mask,
+    generate_frames,
+    isolated_atom_energies,
+    read_frames,
+    reference_energy,
+    split_indices,
+)
+from ..optim import build_optimizer, has_train_eval_modes
+from .checkpoint import load_torch, save_json, save_text, save_torch
+from .config import ConfigError, RunConfig, dump_config
+from .loss import ErrorMetrics, eq11_loss, validation_metric
+
+METRIC_COLUMNS = (
+    "epoch",
+    "train_time_s",
+    "eval_time_s",
+    "lr",
+    "train_loss",
+    "train_energy_loss",
+    "train_force_loss",
+    "val_e_mae",
+    "val_e_rmse",
+    "val_f_mae",
+    "val_f_rmse",
+    "val_metric",
+)
+
+#: Config keys that may change between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = {("run_dir",), ("training", "max_epochs"), ("training", "progress")}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last checkpoint is left untouched."""
+
+
+@contextlib.contextmanager
+def forces_enabled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
+    """Switch nequip's autograd force/stress output on or off (off: energy-only, no force graph)."""
+    from nequip.nn.grad_output import ForceStressOutput
+
+    heads = [m for m in model.modules() if isinstance(m, ForceStressOutput)]
+    before = [h.do_derivatives for h in heads]
+    for h in heads:
+        h.do_derivatives = enabled
+    try:
+        yield
+    finally:
+        for h, b in zip(heads, before):
+            h.do_derivatives = b
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        path = (*prefix, key)
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, path)
+        elif va != vb:
+            out.append(path)
+    return out
+
+
+class Trainer:
+    """Train one model on one dataset with one optimizer, as described by a :class:`RunConfig`.
+
+    ``log`` receives one line per epoch and setup messages (default: print to stdout).
+    """
+
+    def __init__(self, config: RunConfig, log: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.log = log
+        self.run_dir = Path(config.run_dir or "runs/run")
+        self.device = torch.device(config.training.device)
+        self._setup_data()
+        self._setup_model()
+        self.optimizer = build_optimizer(
+            config.optimizer.name,
+            self.model,
+            lr=config.optimizer.lr,
+            weight_decay=config.optimizer.weight_decay,
+            structure=config.optimizer.structure or None,
+            **config.optimizer.options,
+        )
+        self.scheduler = self._build_scheduler()
+        self.epoch = 0
+        self.train_time = 0.0
+        self.best_metric = math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, Any]] = []
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ setup
+    def _read(self, path: str, max_frames: int | None = None) -> Frames:
+        d = self.config.data
+        index = ":" if max_frames is None else f":{max_frames}"
+        return read_frames(path, d.energy_key, d.forces_key, index=index, require_forces=d.force_fraction > 0)
+
+    def _setup_data(self) -> None:
+        c, d = self.config, self.config.data
+        pool = generate_frames(**asdict(d.generate)) if d.generate else self._read(d.train, d.max_frames)
+        sizes = list(d.split)
+        given = {name: self._read(getattr(d, name)) for name in ("val", "test") if getattr(d, name)}
+        if "val" in given:
+            sizes[1] = 0
+        if "test" in given:
+            sizes[2] = 0
+        parts = split_indices(len(pool), sizes, seed=c.seed)
+        frames = {name: pool.subset(idx) for name, idx in zip(("train", "val", "test"), parts)}
+        frames.update(given)
+        if len(frames["train"]) == 0:
+            raise ConfigError(f"the training split is empty ({len(pool)} frames, data.split={d.split})")
+        names = c.model.type_names or sorted(
+            {el for f in frames.values() for el in f.elements()}, key=ase.data.atomic_numbers.__getitem__
+        )
+        c.model.type_names = list(names)
+        from ..models import PRESETS
+
+        c.model.r_max = float(c.model.r_max or PRESETS[c.model.preset]["r_max"])
+        if d.energy_references == "fit":
+            self.e0 = fit_energy_references(frames["train"], c.model.type_names)
+        else:
+            self.e0 = isolated_atom_energies(d.energy_references, d.energy_key)
+        masks = {
+            "train": force_mask(len(frames["train"]), d.force_fraction, c.seed, "train"),
+            "val": force_mask(len(frames["val"]), d.force_fraction, c.seed, "val"),
+            "test": None,  # never masked
+        }
+        self.sets = {
+            name: GraphSet(f, c.model.type_names, c.model.r_max, masks[name]) for name, f in frames.items()
+        }
+        self.force_normaliser = self.sets["train"].mean_force_components()
+        save_json(
+            {
+                name: {
+                    "source": f.source,
+                    "frames": [int(i) for i in f.index],
+                    "force_labelled": [int(i) for i, m in zip(f.index, self.sets[name].force_mask) if m],
+                }
+                for name, f in frames.items()
+            },
+            self.run_dir / "splits.json",
+        )
+        self.log(
+            f"data: {len(frames['train'])} train / {len(frames['val'])} val / {len(frames['test'])} test frames; "
+            f"forces on {self.sets['train'].n_force_frames} train and {self.sets['val'].n_force_frames} val "
+            f"frames (s = {d.force_fraction:g}); types {','.join(c.model.type_names)}"
+        )
+
+    def _energy_scale(self) -> float:
+        """Force RMS of the labelled training frames (nequip's usual per-type scale), else energy spread."""
+        train = self.sets["train"]
+        labelled = [f for f, m in zip(train.forces, train.force_mask) if m]
+        if labelled:
+            return max(float(torch.cat(labelled).square().mean().sqrt()), 1e-3)
+        residual = (train.energy.numpy() - reference_energy(train.frames, self.e0)) / train.n_atoms.numpy()
+        return max(float(np.std(residual)), 1e-3)
+
+    def _setup_model(self) -> None:
+        from ..models import build_model
+
+        m = self.config.model
+        if m.avg_num_neighbors is None:
+            m.avg_num_neighbors = round(self.sets["train"].avg_num_neighbors(), 6)
+        missing = sorted(set(m.type_names) - set(self.e0))
+        if missing:
+            raise ConfigError(
+                f"no reference energy for {', '.join(missing)} in {self.config.data.energy_references}"
+            )
+        scale = self._energy_scale()
+        options = {
+            "per_type_energy_shifts": {t: self.e0[t] for t in m.type_names},
+            "per_type_energy_scales": dict.fromkeys(m.type_names, scale),
+            **m.options,
+        }
+        torch.manual_seed(self.config.seed)
+        self.model = build_model(
+            m.preset,
+            type_names=m.type_names,
+            model_dtype=m.dtype,
+            seed=self.config.seed,
+            avg_num_neighbors=m.avg_num_neighbors,
+            r_max=m.r_max,
+            **options,
+        ).to(self.device)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(f"model: {m.preset} ({n_params:,} parameters, {m.dtype}), r_max {m.r_max} Å")
+
+    def _build_scheduler(self) -> Any:
+        s = self.config.scheduler
+        if s.name == "plateau":
+            return torch.optim.lr_scheduler.ReduceLROnPlateau(
+                self.optimizer, mode="min", factor=s.factor, patience=s.patience, min_lr=s.min_lr
+            )
+        if s.name == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(
+                self.optimizer, T_max=self.config.training.max_epochs, eta_min=s.min_lr
+            )
+        return None
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "train_time": self.train_time,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def save_checkpoint(self) -> None:
+        save_torch(self.state_dict(), self.checkpoint_path)
+
+    def resume(self) -> bool:
+        """Load ``checkpoint.pt`` from the run directory if present; False when starting fresh."""
+        if not self.checkpoint_path.exists():
+            return False
+        state = load_torch(self.checkpoint_path)
+        diff = [
+            p for p in _differences(state["config"], self.config.to_dict()) if p not in _RESUMABLE_CHANGES
+        ]
+        if diff:
+            keys = ", ".join(".".join(p) for p in diff)
+            raise ConfigError(
+                f"{self.run_dir} holds a run with a different config (differs in: {keys}); "
+                "choose another run_dir or restart it (mlipopt train --restart)"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        for key in ("epoch", "train_time", "best_metric", "best_epoch", "bad_epochs", "history"):
+            setattr(self, key, state[key])
+        torch.set_rng_state(state["torch_rng"])
+        best = self.run_dir / "best_model.pt"
+        self.best_state = load_torch(best)["model"] if best.exists() else None
+        self.log(f"resumed from {self.checkpoint_path} after epoch {self.epoch}")
+        return True
+
+    # ------------------------------------------------------------------ loops
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _set_eval_mode(self, evaluating: bool) -> None:
+        """ScheduleFree optimizers hold different weights for training and evaluation."""
+        if has_train_eval_modes(self.optimizer):
+            (self.optimizer.eval if evaluating else self.optimizer.train)()
+
+    def train_epoch(self) -> dict[str, float]:
+        c = self.config
+        self.model.train()
+        self._set_eval_mode(False)
+        train = self.sets["train"]
+        use_forces = c.loss.force_weight > 0 and self.force_normaliser > 0
+        sums = {"train_loss": 0.0, "train_energy_loss": 0.0, "train_force_loss": 0.0}
+        batches = train.batches(c.data.batch_size, shuffle_seed=[c.seed, self.epoch])
+        n_batches = math.ceil(len(train) / c.data.batch_size)
+        show = c.training.progress and sys.stderr.isatty()
+        if show:
+            from tqdm import tqdm
+
+            batches = tqdm(
+                batches, total=n_batches, leave=False, desc=f"epoch {self.epoch + 1}", file=sys.stderr
+            )
+        for step, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            with forces_enabled(self.model, use_forces and batch.has_forces):
+                out = self.model(batch.data)
+            parts = eq11_loss(
+                out["total_energy"],
+                out.get("forces"),
+                batch,
+                c.loss.energy_weight,
+                c.loss.force_weight,
+                self.force_normaliser,
+            )
+            if not torch.isfinite(parts.total):
+                raise TrainingDiverged(
+                    f"loss is {float(parts.total)} at epoch {self.epoch + 1}, batch {step + 1}; "
+                    f"the last good checkpoint is {self.checkpoint_path} — lower optimizer.lr or set "
+                    "training.clip_grad_norm"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            parts.total.backward()
+            if c.training.clip_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.training.clip_grad_norm)
+            self.optimizer.step()
+            weight = len(batch.energy) / len(train)
+            sums["train_loss"] += weight * float(parts.total.detach())
+            sums["train_energy_loss"] += weight * float(parts.energy)
+            sums["train_force_loss"] += weight * float(parts.forces)
+        return sums
+
+    def evaluate(self, split: str, with_forces: bool = True) -> dict[str, float | None]:
+        """E (meV/atom) and F (meV/Å) MAE/RMSE on a split; forces on its labelled frames only."""
+        graphs = self.sets[split]
+        self.model.eval()
+        metrics = ErrorMetrics()
+        need_forces = with_forces and graphs.n_force_frames > 0
+        for batch in graphs.batches(self.config.data.eval_batch_size):
+            batch = batch.to(self.device)
+            with forces_enabled(self.model, need_forces), torch.set_grad_enabled(need_forces):
+                out = self.model(batch.data)
+            metrics.update(out["total_energy"], out.get("forces") if need_forces else None, batch)
+        return metrics.result()
+
+    def fit(self) -> dict[str, Any]:
+        """Train until max_epochs or early stopping, then test the best model; returns final metrics."""
+        c = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_text(dump_config(c), self.run_dir / "config.yaml")
+        patience = c.training.early_stopping_patience
+        stopped_early = patience is not None and self.bad_epochs >= patience
+        while self.epoch < c.training.max_epochs and not stopped_early:
+            start = time.perf_counter()
+            train_row = self.train_epoch()
+            self.train_time += time.perf_counter() - start
+            self.epoch += 1
+
+            start = time.perf_counter()
+            self._set_eval_mode(True)
+            val = self.evaluate("val") if len(self.sets["val"]) else {"e_mae": None}
+            metric = validation_metric({"f_mae": None, **val})
+            eval_time = time.perf_counter() - start
+            row = {
+                "epoch": self.epoch,
+                "train_time_s": self.train_time,
+                "eval_time_s": eval_time,
+                "lr": self._lr(),
+                **train_row,
+                **{f"val_{k}": v for k, v in val.items()},
+                "val_metric": metric,
+            }
+            self.history.append(row)
+            # without a validation split the latest model is the best one
+            improved = metric < self.best_metric - c.training.early_stopping_min_delta or not len(
+                self.sets["val"]
+            )
+            if improved or self.best_state is None:
+                self.best_metric, self.best_epoch, self.bad_epochs = (
+                    min(metric, self.best_metric),
+                    self.epoch,
+                    0,
+                )
+                self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                save_torch({"model": self.best_state, "epoch": self.epoch}, self.run_dir / "best_model.pt")
+            else:
+                self.bad_epochs += 1
+            self._set_eval_mode(False)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(metric)
+            elif self.scheduler is not None:
+                self.scheduler.step()
+            self._log_epoch(row)
+            stopped_early = patience is not None and self.bad_epochs >= patience
+            if (
+                self.epoch % c.training.checkpoint_every == 0
+                or stopped_early
+                or self.epoch == c.training.max_epochs
+            ):
+                self._write_metrics_csv()
+                self.save_checkpoint()
+            if stopped_early:
+                self.log(
+                    f"early stopping: no improvement > {c.training.early_stopping_min_delta} for {patience} epochs"
+                )
+        return self._finish(stopped_early)
+
+    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self._set_eval_mode(True)
+        test = self.evaluate("test") if len(self.sets["test"]) else {}
+        self._set_eval_mode(False)
+        final = {
+            "test": test,
+            "best_epoch": self.best_epoch,
+            "best_val_metric": self.best_metric,
+            "epochs": self.epoch,
+            "stopped_early": stopped_early,
+            "train_time_s": self.train_time,
+            "optimizer": self.config.optimizer.name,
+            "force_fraction": self.config.data.force_fraction,
+            "frames": {name: len(s) for name, s in self.sets.items()},
+            "force_frames": {name: s.n_force_frames for name, s in self.sets.items()},
+        }
+        save_json(final, self.run_dir / "final_metrics.json")
+        if test:
+            self.log(
+                "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(
+                    **test
+                )
+            )
+        return final
+
+    def _write_metrics_csv(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in self.history:
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+        save_text(buffer.getvalue(), self.run_dir / "metrics.csv")
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        def fmt(value: float | None, spec: str) -> str:
+            return "—" if value is None else format(value, spec)
+
+        self.log(
+            f"epoch {row['epoch']:>4}/{self.config.training.max_epochs}  loss {row['train_loss']:.4g}  "
+            f"val E {fmt(row['val_e_mae'], '.2f')} meV/atom  F {fmt(row['val_f_mae'], '.1f')} meV/Å  "
+            f"metric {row['val_metric']:.2f}  lr {row['lr']:.3g}  t {row['train_time_s']:.1f}s"
+        )
+
+
+def train(config: RunConfig, restart: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train (or resume) the run described by ``config``; returns the final metrics."""
+    trainer = Trainer(config, log=log)
+    if restart:
+        trainer.checkpoint_path.unlink(missing_ok=True)
+        (trainer.run_dir / "best_model.pt").unlink(missing_ok=True)
+    trainer.resume()
+    return trainer.fit()
