@@ -1,4 +1,4 @@
-"""Command line: ``mlipopt structure`` and ``mlipopt demo``."""
+"""Command line: ``mlipopt train``, ``mlipopt structure`` and ``mlipopt demo``."""
 
 from __future__ import annotations
 
@@ -51,9 +51,39 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .train import ConfigError, TrainingDiverged, load_config, train
+
+    overrides = list(args.overrides)
+    if args.run_dir:
+        overrides.append(f"run_dir={args.run_dir}")
+    try:
+        config = load_config(args.config, overrides)
+        print(f"mlipopt train: {config.model.preset} with {config.optimizer.name} -> {config.run_dir}")
+        final = train(config, restart=args.restart)
+    except (ConfigError, DataError, TrainingDiverged) as exc:
+        print(f"mlipopt train: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"final metrics: {Path(config.run_dir) / 'final_metrics.json'} (best epoch {final['best_epoch']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlipopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser(
+        "train",
+        help="train a NequIP/Allegro model from a YAML config",
+        description="Train from CONFIG (see examples/ and docs/config.md); KEY=VALUE arguments override "
+        "config keys, e.g. optimizer.name=soap optimizer.lr=3e-3 data.force_fraction=0.1. A run "
+        "directory with a checkpoint of the same config is resumed.",
+    )
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides (dotted keys)")
+    t.add_argument("--run-dir", default=None, help="run directory (default: runs/<config name>)")
+    t.add_argument("--restart", action="store_true", help="discard an existing checkpoint in the run dir")
+    t.set_defaults(func=_train)
     s = sub.add_parser("structure", help="show each parameter's optimizer role and matrix blocks")
     s.add_argument(
         "model", help="preset (nequip-seed001, allegro-seed001, nequip-tiny, allegro-tiny), .ckpt or .zip"

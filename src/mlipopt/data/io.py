@@ -97,7 +97,7 @@ class Frames:
 def _labels(
     atoms: ase.Atoms, source: str, i: int, energy_key: str, forces_key: str
 ) -> tuple[float, np.ndarray | None]:
-    """Energy and forces of one frame from ``info``/``arrays``, or from a calculator for ``energy``/``forces``."""
+    """Energy and forces of one frame from ``info``/``arrays``, else from an attached calculator."""
     where = f"{source}: frame {i}"
     results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
     if energy_key in atoms.info:
@@ -118,9 +118,7 @@ def _labels(
     if forces is not None:
         forces = np.asarray(forces, dtype=np.float64)
         if forces.shape != (len(atoms), 3):
-            raise DataError(
-                f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3) for {len(atoms)} atoms"
-            )
+            raise DataError(f"{where}: forces have shape {forces.shape}, expected ({len(atoms)}, 3)")
     return energy, forces
 
 

@@ -175,7 +175,8 @@ class Trainer:
             self.run_dir / "splits.json",
         )
         self.log(
-            f"data: {len(frames['train'])} train / {len(frames['val'])} val / {len(frames['test'])} test frames; "
+            f"data: {len(frames['train'])} train / {len(frames['val'])} val / "
+            f"{len(frames['test'])} test frames; "
             f"forces on {self.sets['train'].n_force_frames} train and {self.sets['val'].n_force_frames} val "
             f"frames (s = {d.force_fraction:g}); types {','.join(c.model.type_names)}"
         )
@@ -405,7 +406,8 @@ class Trainer:
                 self.save_checkpoint()
             if stopped_early:
                 self.log(
-                    f"early stopping: no improvement > {c.training.early_stopping_min_delta} for {patience} epochs"
+                    f"early stopping: no improvement > {c.training.early_stopping_min_delta} "
+                    f"for {patience} epochs"
                 )
         return self._finish(stopped_early)
 
@@ -430,9 +432,8 @@ class Trainer:
         save_json(final, self.run_dir / "final_metrics.json")
         if test:
             self.log(
-                "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(
-                    **test
-                )
+                "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, "
+                "F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(**test)
             )
         return final
 

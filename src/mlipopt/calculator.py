@@ -1,0 +1,57 @@
+"""An ASE calculator for a trained mlipopt run: ``calc = mlipopt.calculator.load("runs/ethanol")``.
+
+The model is rebuilt from the run's resolved ``config.yaml`` and its weights loaded from
+``best_model.pt`` (or the last ``checkpoint.pt``); evaluation goes through nequip's own
+``NequIPCalculator`` with the same type mapping and neighbour-list transforms used in training, so
+energies, forces and (for periodic cells) stress follow nequip's conventions exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .train.checkpoint import load_torch
+from .train.config import RunConfig, load_config
+
+
+def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Module, RunConfig]:
+    """The trained model of ``run_dir`` in eval mode (``weights``: "best" or "last") and its config."""
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml — is this an mlipopt run directory?")
+    config = load_config(config_file)
+    m = config.model
+    if weights not in ("best", "last"):
+        raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
+    source = run_dir / ("best_model.pt" if weights == "best" else "checkpoint.pt")
+    if not source.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {source.name}; has the run finished an epoch?")
+    model = build_model(
+        m.preset,
+        type_names=m.type_names,
+        model_dtype=m.dtype,
+        seed=config.seed,
+        avg_num_neighbors=m.avg_num_neighbors,
+        r_max=m.r_max,
+        **m.options,
+    )
+    model.load_state_dict(load_torch(source)["model"])
+    return model.eval(), config
+
+
+def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "best"):
+    """An ASE ``Calculator`` (nequip's ``NequIPCalculator``) for the model trained in ``run_dir``."""
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+    from nequip.integrations.ase import NequIPCalculator
+
+    model, config = load_model(run_dir, weights)
+    transforms = [
+        ChemicalSpeciesToAtomTypeMapper(model_type_names=config.model.type_names),
+        NeighborListTransform(r_max=config.model.r_max),
+    ]
+    return NequIPCalculator(model, device=device, transforms=transforms)

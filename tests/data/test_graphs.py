@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+from ase.neighborlist import neighbor_list
+
+from mlipopt.data import GraphSet, force_mask, generate_frames
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return generate_frames("copper", 6, seed=3)
+
+
+def test_neighbour_lists_match_ase(frames):
+    graphs = GraphSet(frames, ["Cu"], r_max=3.0)
+    for atoms, graph in zip(frames.atoms, graphs.graphs):
+        i, j = neighbor_list("ij", atoms, 3.0)
+        assert graph["edge_index"].shape[1] == len(i)
+        assert sorted(zip(i.tolist(), j.tolist())) == sorted(map(tuple, graph["edge_index"].T.tolist()))
+    assert graphs.graphs[0]["pos"].dtype == torch.float64
+
+
+def test_masked_frames_lose_their_force_labels(frames):
+    mask = force_mask(len(frames), 0.5, seed=0)
+    graphs = GraphSet(frames, ["Cu"], r_max=3.0, force_mask=mask)
+    assert graphs.n_force_frames == 3
+    for keep, f, original in zip(mask, graphs.forces, frames.forces):
+        if keep:
+            np.testing.assert_array_equal(f.numpy(), original)
+        else:
+            assert not f.any()
+    assert graphs.mean_force_components() == pytest.approx(3 * 32 * 3 / 6)
+    batch = graphs.batch([0, 1, 2, 3])
+    assert batch.energy.shape == (4,) and batch.forces.shape == (128, 3)
+    np.testing.assert_array_equal(batch.atom_mask.numpy(), np.repeat(mask[:4], 32))
+
+
+def test_batches_cover_the_split_in_seeded_order(frames):
+    graphs = GraphSet(frames, ["Cu"], r_max=3.0)
+    first = [b.energy for b in graphs.batches(4, shuffle_seed=[1, 0])]
+    second = [b.energy for b in graphs.batches(4, shuffle_seed=[1, 0])]
+    assert [len(e) for e in first] == [4, 2]
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert sorted(torch.cat(first).tolist()) == sorted(frames.energy.tolist())
