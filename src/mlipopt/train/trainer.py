@@ -320,7 +320,7 @@ class Trainer:
             )
             if not torch.isfinite(parts.total):
                 raise TrainingDiverged(
-                    f"loss is {float(parts.total)} at epoch {self.epoch + 1}, batch {step + 1}; "
+                    f"loss is {float(parts.total.detach())} at epoch {self.epoch + 1}, batch {step + 1}; "
                     f"the last good checkpoint is {self.checkpoint_path} — lower optimizer.lr or set "
                     "training.clip_grad_norm"
                 )
@@ -331,8 +331,8 @@ class Trainer:
             self.optimizer.step()
             weight = len(batch.energy) / len(train)
             sums["train_loss"] += weight * float(parts.total.detach())
-            sums["train_energy_loss"] += weight * float(parts.energy)
-            sums["train_force_loss"] += weight * float(parts.forces)
+            sums["train_energy_loss"] += weight * float(parts.energy.detach())
+            sums["train_force_loss"] += weight * float(parts.forces.detach())
         return sums
 
     def evaluate(self, split: str, with_forces: bool = True) -> dict[str, float | None]:
@@ -412,11 +412,12 @@ class Trainer:
         return self._finish(stopped_early)
 
     def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        # Evaluation weights first (ScheduleFree swaps in its average), then the best ones over them;
+        # the model is left holding the best weights.
+        self._set_eval_mode(True)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        self._set_eval_mode(True)
         test = self.evaluate("test") if len(self.sets["test"]) else {}
-        self._set_eval_mode(False)
         final = {
             "test": test,
             "best_epoch": self.best_epoch,
