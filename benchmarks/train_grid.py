@@ -48,7 +48,7 @@ def main() -> None:
                 final = train(config, log=lambda line: None)
                 rows.append((model, optimizer, fraction, final))
                 (Path(args.out) / "grid.json").write_text(
-                    json.dumps([dict(model=m, optimizer=o, s=s, **f) for m, o, s, f in rows], indent=1)
+                    json.dumps([dict(model=m, **f) for m, _, _, f in rows], indent=1)
                 )
     print("\n| model | s | optimizer | E MAE [meV/atom] | F MAE [meV/Å] | F RMSE | best ep | time [s] |")
     print("|---|---|---|---|---|---|---|---|")

@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--restart", action="store_true", help="discard an existing checkpoint in the run dir")
     t.set_defaults(func=_train)
     s = sub.add_parser("structure", help="show each parameter's optimizer role and matrix blocks")
-    s.add_argument(
-        "model", help="preset (nequip-seed001, allegro-seed001, nequip-tiny, allegro-tiny), .ckpt or .zip"
-    )
+    s.add_argument("model", help="a model preset (see mlipopt.models.PRESETS), a nequip .ckpt or .zip")
     s.add_argument("--tp-blocks", default="adam", choices=["adam", "flatten", "tensor"])
     s.add_argument("--type-names", default="H,C,N,O", help="atom types for presets (comma separated)")
     s.set_defaults(func=_structure)

@@ -32,7 +32,7 @@ def test_training_reduces_loss_and_writes_the_run_dir(tmp_path):
 
 def test_force_masks_are_applied_and_recorded(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, data={"force_fraction": 0.25}), log=lambda _: None)
-    splits = json.loads((tmp_path / "splits.json").read_text())
+    splits = trainer.splits_record
     assert len(splits["train"]["force_labelled"]) == 3  # round(0.25 · 12)
     assert len(splits["val"]["force_labelled"]) == 1  # round(0.25 · 4)
     assert splits["test"]["force_labelled"] == splits["test"]["frames"]  # test is never masked
@@ -106,10 +106,12 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path):
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
 
 
-def test_resume_refuses_a_different_config(tmp_path):
+def test_resume_refuses_a_different_config_and_touches_nothing(tmp_path):
     train(tiny_config(tmp_path, training={"max_epochs": 1}), log=lambda _: None)
-    with pytest.raises(ConfigError, match=r"differs in: optimizer.lr"):
-        Trainer(tiny_config(tmp_path, optimizer={"lr": 1e-2}), log=lambda _: None).resume()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ConfigError, match=r"differs in: data.force_fraction, optimizer.lr"):
+        train(tiny_config(tmp_path, optimizer={"lr": 1e-2}, data={"force_fraction": 0.5}), log=lambda _: None)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 class Killed(Exception):

@@ -163,17 +163,14 @@ class Trainer:
             name: GraphSet(f, c.model.type_names, c.model.r_max, masks[name]) for name, f in frames.items()
         }
         self.force_normaliser = self.sets["train"].mean_force_components()
-        save_json(
-            {
-                name: {
-                    "source": f.source,
-                    "frames": [int(i) for i in f.index],
-                    "force_labelled": [int(i) for i, m in zip(f.index, self.sets[name].force_mask) if m],
-                }
-                for name, f in frames.items()
-            },
-            self.run_dir / "splits.json",
-        )
+        self.splits_record = {
+            name: {
+                "source": f.source,
+                "frames": [int(i) for i in f.index],
+                "force_labelled": [int(i) for i, m in zip(f.index, self.sets[name].force_mask) if m],
+            }
+            for name, f in frames.items()
+        }
         self.log(
             f"data: {len(frames['train'])} train / {len(frames['val'])} val / "
             f"{len(frames['test'])} test frames; "
@@ -353,6 +350,7 @@ class Trainer:
         c = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_text(dump_config(c), self.run_dir / "config.yaml")
+        save_json(self.splits_record, self.run_dir / "splits.json")
         patience = c.training.early_stopping_patience
         stopped_early = patience is not None and self.bad_epochs >= patience
         while self.epoch < c.training.max_epochs and not stopped_early:
