@@ -168,3 +168,11 @@ def test_allegro_trains(tmp_path):
         log=lambda _: None,
     )
     assert final["epochs"] == 2 and final["test"]["f_mae"] > 0
+
+
+def test_without_validation_or_test_split_the_last_model_is_kept(tmp_path):
+    final = train(
+        tiny_config(tmp_path, data={"split": [12, 0, 0]}, training={"max_epochs": 2}), log=lambda _: None
+    )
+    assert final["best_epoch"] == 2 and final["test"] == {}
+    assert final["frames"] == {"train": 12, "val": 0, "test": 0}

@@ -68,7 +68,7 @@ class GraphSet:
         frames.check(type_names)
         n = len(frames)
         mask = np.ones(n, dtype=bool) if force_mask is None else np.asarray(force_mask, dtype=bool)
-        mask &= np.array([f is not None for f in frames.forces])
+        mask &= np.array([f is not None for f in frames.forces], dtype=bool)
         self.frames = frames
         self.graphs = [to_graph(a, type_names, r_max) for a in frames.atoms]
         self.energy = torch.as_tensor(frames.energy, dtype=torch.float64)

@@ -361,8 +361,8 @@ class Trainer:
 
             start = time.perf_counter()
             self._set_eval_mode(True)
-            val = self.evaluate("val") if len(self.sets["val"]) else {"e_mae": None}
-            metric = validation_metric({"f_mae": None, **val})
+            val = self.evaluate("val") if len(self.sets["val"]) else ErrorMetrics().result()
+            metric = validation_metric(val)
             eval_time = time.perf_counter() - start
             row = {
                 "epoch": self.epoch,
