@@ -42,3 +42,21 @@ def test_batches_cover_the_split_in_seeded_order(frames):
     assert [len(e) for e in first] == [4, 2]
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     assert sorted(torch.cat(first).tolist()) == sorted(frames.energy.tolist())
+
+
+def test_first_graphs_of_a_process_keep_float64_positions():
+    """Regression: before nequip's global state was set, from_ase rounded positions to float32."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, torch\n"
+        "from ase import Atoms\n"
+        "from mlipopt.data import to_graph\n"
+        "atoms = Atoms('H2', positions=[[0, 0, 0], [0.1 + 1e-12, 0.7, 0.3]])\n"
+        "g = to_graph(atoms, ['H'], 2.0)\n"
+        "assert g['pos'].dtype == torch.float64\n"
+        "assert np.array_equal(g['pos'].numpy(), atoms.positions), g['pos'].numpy() - atoms.positions\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

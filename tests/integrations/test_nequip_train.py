@@ -39,9 +39,9 @@ def test_nequip_train_with_soap_learns_and_restarts(tmp_path):
     _nequip_train(interrupted, "trainer.max_epochs=3")
     _nequip_train(interrupted, f"++ckpt_path={interrupted / 'last.ckpt'}", "trainer.max_epochs=6")
     resumed = _epoch_losses(interrupted)  # the restart rewrites the CSV from epoch 3 on
-    # Lightning's restart is reproducible to ~1e-7 on an idle machine; once, on a loaded one, it differed
-    # by 6e-5 (relative). Restarting without the optimizer state or from scratch changes the epoch
-    # losses by percents, so 1e-3 still tells a correct restart from a broken one. mlipopt's own trainer
-    # is held to bitwise equality (tests/train/test_trainer.py).
+    # Reproducible to ~1e-7 on an idle machine; once, on a loaded one, 6e-5 apart (cause not found, outside
+    # mlipopt's code). Consecutive epoch losses here differ by 3e-4 to 5e-4 (relative), so 1e-4 still
+    # tells a continued run from a shifted or restarted one. mlipopt's own trainer is held to bitwise
+    # equality (tests/train/test_trainer.py).
     for epoch in (3, 4, 5):
-        assert resumed[epoch] == pytest.approx(losses[epoch], rel=1e-3)
+        assert resumed[epoch] == pytest.approx(losses[epoch], rel=1e-4)

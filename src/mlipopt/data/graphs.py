@@ -43,12 +43,15 @@ def to_graph(atoms: ase.Atoms, type_names: Sequence[str], r_max: float) -> dict[
     """An unlabelled nequip AtomicDataDict with atom types and a neighbour list (nequip's transforms)."""
     from nequip.data import from_ase
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+    from nequip.utils.global_state import set_global_state
 
+    # nequip's global state makes float64 the default dtype; from_ase builds positions in the default
+    # dtype, so without it the first graphs of a process would hold float32-rounded positions.
+    set_global_state()
     bare = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(type_names))
     graph = NeighborListTransform(r_max=r_max)(mapper(from_ase(bare)))
-    # nequip keeps positions and cells in float64 whatever the model dtype; do not depend on torch's
-    # default dtype at the time of the call.
+    # nequip keeps positions and cells in float64 whatever the model dtype
     return {k: v.double() if torch.is_floating_point(v) else v for k, v in graph.items()}
 
 
