@@ -1,4 +1,4 @@
-"""Command line: ``mlipopt train``, ``mlipopt structure`` and ``mlipopt demo``."""
+"""Command line: ``mlipopt train``, ``study``, ``report``, ``demo`` and ``structure``."""
 
 from __future__ import annotations
 
@@ -40,15 +40,87 @@ def _structure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from .demo import OPTIMIZERS, format_results, run_demo
+def _study_spec(source: str | None, preset_name: str | None, overrides: list[str]):
+    from .study import load_study
+    from .study.presets import STUDY_PRESETS, preset
 
-    names = tuple(args.optimizers.split(",")) if args.optimizers else OPTIMIZERS
-    print(f"mlipopt demo: nequip-tiny on {args.frames} EMT-labelled ethanol frames, {args.steps} steps each")
-    results = run_demo(steps=args.steps, n_frames=args.frames, lr=args.lr, optimizers=names)
+    if source and source in STUDY_PRESETS and not Path(source).exists():
+        source, preset_name = None, source
+    if preset_name:
+        raw = preset(preset_name)
+        if source:  # a YAML file refines the preset
+            import yaml
+
+            from .train.config import ConfigError
+
+            extra = yaml.safe_load(Path(source).read_text()) or {}
+            if not isinstance(extra, dict):
+                raise ConfigError(f"{source}: top level must be a mapping")
+            raw.update(extra)
+        return load_study(raw, overrides)
+    if not source:
+        raise SystemExit("mlipopt study: give a study YAML file or --preset NAME")
+    return load_study(source, overrides)
+
+
+def _run_study_and_report(spec, out: str | None) -> int:
+    import time
+
+    from .report import make_report
+    from .study import run_study
+
+    start = time.perf_counter()
+    outcome = run_study(spec)
+    report = make_report(
+        str(spec.folder / "results.db") if spec.database is None else spec.database, out or spec.folder
+    )
+    print(f"\nstudy {spec.name!r} done in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
+    if outcome.failed:
+        print(f"{len(outcome.failed)} run(s) failed; their errors are in the database (status 'failed')")
     print()
-    print(format_results(results))
+    print((report.parent / "mae_table.md").read_text())
     return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .data import DataError
+    from .train import ConfigError
+
+    try:
+        spec = _study_spec(args.study, args.preset, args.overrides)
+        return _run_study_and_report(spec, args.out)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"mlipopt study: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import make_report
+
+    source = Path(args.source)
+    database = str(source / "results.db") if source.is_dir() else args.source
+    try:
+        path = make_report(database, args.out, args.study)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"mlipopt report: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {path}")
+    print((path.parent / "mae_table.md").read_text())
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .study.presets import preset
+
+    raw = preset("demo")
+    raw["study_dir"] = args.out
+    print(
+        "mlipopt demo: 3BPA labelled by GFN2-xTB (built here, cached), nequip-small, AdamW / Muon / SOAP / "
+        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 2 seeds; about 10 minutes on 2 cores"
+    )
+    from .study import load_study
+
+    return _run_study_and_report(load_study(raw, args.overrides), args.out)
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -89,11 +161,34 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--tp-blocks", default="adam", choices=["adam", "flatten", "tensor"])
     s.add_argument("--type-names", default="H,C,N,O", help="atom types for presets (comma separated)")
     s.set_defaults(func=_structure)
-    d = sub.add_parser("demo", help="train a small NequIP model with AdamW, Muon, SOAP and SOAP-Muon")
-    d.add_argument("--steps", type=int, default=60)
-    d.add_argument("--frames", type=int, default=16)
-    d.add_argument("--lr", type=float, default=1e-2)
-    d.add_argument("--optimizers", default=None, help="comma-separated subset of adamw,muon,soap,soap_muon")
+    st = sub.add_parser(
+        "study",
+        help="run a study (grids × optimizers × force fractions × seeds) and write its report",
+        description="Run STUDY.yaml or a preset (demo, paper-nequip, paper-allegro); KEY=VALUE arguments "
+        "override study keys, e.g. base.data.train=water.xyz seeds=[7,42]. Re-running continues: finished "
+        "runs are skipped, unfinished ones resume from their checkpoints.",
+    )
+    st.add_argument("study", nargs="?", default=None, help="study YAML file or preset name")
+    st.add_argument("overrides", nargs="*", help="KEY=VALUE study overrides (dotted keys)")
+    st.add_argument(
+        "--preset", default=None, help="demo, paper-nequip or paper-allegro (a YAML file refines it)"
+    )
+    st.add_argument("--out", default=None, help="report folder (default: the study folder)")
+    st.set_defaults(func=_study)
+    r = sub.add_parser("report", help="tables and figures of a study from its results database")
+    r.add_argument("source", help="results database (.db file or SQLAlchemy URL) or a study folder")
+    r.add_argument("--out", default=None, help="report folder (default: beside the database)")
+    r.add_argument("--study", default=None, help="study name when the database holds several")
+    r.set_defaults(func=_report)
+    d = sub.add_parser(
+        "demo",
+        help="the main job on the built-in dataset: four optimizers × three force fractions × two seeds",
+        description="Builds a 3BPA dataset with GFN2-xTB (no download), runs the demo study and writes the "
+        "report to --out. Scale it with overrides, e.g. seeds=[7,42,123] base.training.max_epochs=100 "
+        "dataset.frames_per_temperature=200 base.model.preset=nequip-seed001.",
+    )
+    d.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the demo study")
+    d.add_argument("--out", default="mlipopt-demo", help="study and report folder (default: mlipopt-demo)")
     d.set_defaults(func=_demo)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -170,7 +170,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return dict(value)
+        _, item = typing.get_args(tp)
+        return {
+            k: _coerce(v if v is not None or item is Any else {}, item, f"{key}.{k}")
+            for k, v in value.items()
+        }
     if tp is Any:
         return value
     if tp is bool:

@@ -423,6 +423,7 @@ class Trainer:
             "epochs": self.epoch,
             "stopped_early": stopped_early,
             "train_time_s": self.train_time,
+            "steps_per_epoch": math.ceil(len(self.sets["train"]) / self.config.data.batch_size),
             "optimizer": self.config.optimizer.name,
             "force_fraction": self.config.data.force_fraction,
             "frames": {name: len(s) for name, s in self.sets.items()},

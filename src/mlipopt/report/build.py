@@ -1,0 +1,232 @@
+"""``mlipopt report``: tables and figures of a study, tied together by an ``index.md``.
+
+(a) test MAE table, mean ± std over seeds per optimizer × force fraction (seed 001 tables 1/5), best in
+bold and second underlined, as Markdown and CSV; (b) relative-MAE heatmap MAE / MAE(AdamW @ 100 %)
+(figure 1); (c) validation error against training wall-clock, median and IQR over seeds, AdamW's best
+median as the target and each optimizer's time-to-target (figure 2); (d) per-step cost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..study.db import ResultsDB
+from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
+
+BASELINE = "adamw"
+
+
+def _mark(values: dict[str, float]) -> dict[str, str]:
+    """'best' / 'second' by lowest value."""
+    order = sorted(values, key=values.get)
+    return {k: ("best" if i == 0 else "second" if i == 1 else "") for i, k in enumerate(order)}
+
+
+def _fmt(mean: float, std: float, n: int, digits: int, mark: str) -> str:
+    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+    return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
+
+
+def mae_table(cells: dict[tuple[str, float], Cell]) -> tuple[str, str]:
+    """Markdown and CSV of the test MAEs (mean ± std over seeds)."""
+    fractions = sorted({s for _, s in cells}, reverse=True)
+    lines = [
+        "| force labels | optimizer | seeds | E MAE [meV/atom] | F MAE [meV/Å] |",
+        "|---|---|---|---|---|",
+    ]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(
+        ["optimizer", "force_fraction", "n_seeds", "e_mae_mean", "e_mae_std", "f_mae_mean", "f_mae_std",
+         "e_rmse_mean", "f_rmse_mean", "lr", "weight_decay", "energy_weight", "force_weight"]
+    )  # fmt: skip
+    for s in fractions:
+        group = {opt: c for (opt, frac), c in cells.items() if frac == s}
+        e_marks = _mark({k: Cell.stats(c.e_mae)[0] for k, c in group.items()})
+        f_marks = _mark({k: Cell.stats(c.f_mae)[0] for k, c in group.items() if c.f_mae})
+        for opt, c in sorted(group.items(), key=lambda kv: Cell.stats(kv[1].f_mae or kv[1].e_mae)[0]):
+            e, f = Cell.stats(c.e_mae), Cell.stats(c.f_mae) if c.f_mae else (float("nan"), 0.0)
+            lines.append(
+                f"| {100 * s:g} % | {opt} | {len(c.seeds)} | {_fmt(*e, len(c.seeds), 2, e_marks[opt])} | "
+                f"{_fmt(*f, len(c.seeds), 1, f_marks.get(opt, ''))} |"
+            )
+            writer.writerow(
+                [opt, s, len(c.seeds), *e, *f, Cell.stats(c.e_rmse)[0],
+                 Cell.stats(c.f_rmse)[0] if c.f_rmse else "", c.lr, c.weight_decay, *c.loss_ratio]
+            )  # fmt: skip
+    return "\n".join(lines), buffer.getvalue()
+
+
+def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
+    """Figure 1: MAE / MAE(AdamW @ highest force fraction) for energies and forces."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import TwoSlopeNorm
+
+    optimizers = sorted({o for o, _ in cells}, key=lambda o: (o != BASELINE, o))
+    fractions = sorted({s for _, s in cells}, reverse=True)
+    reference_opt = BASELINE if (BASELINE, fractions[0]) in cells else optimizers[0]
+    ref = cells[(reference_opt, fractions[0])]
+    fig, axes = plt.subplots(1, 2, figsize=(3 + 1.3 * len(fractions) * 2, 0.6 * len(optimizers) + 1.8))
+    for ax, (label, attr) in zip(axes, (("energy", "e_mae"), ("forces", "f_mae"))):
+        base = Cell.stats(getattr(ref, attr))[0]
+        data = np.full((len(optimizers), len(fractions)), np.nan)
+        for i, o in enumerate(optimizers):
+            for j, s in enumerate(fractions):
+                values = getattr(cells[(o, s)], attr) if (o, s) in cells else []
+                if values:
+                    data[i, j] = Cell.stats(values)[0] / base
+        finite = data[np.isfinite(data)]
+        vmax = max(float(finite.max()) if finite.size else 2.0, 1.01)
+        vmin = min(float(finite.min()) if finite.size else 0.5, 0.99)
+        image = ax.imshow(data, cmap="RdYlGn_r", norm=TwoSlopeNorm(1.0, vmin, vmax), aspect="auto")
+        for i in range(len(optimizers)):
+            for j in range(len(fractions)):
+                if np.isfinite(data[i, j]):
+                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(len(fractions)), [f"{100 * s:g} %" for s in fractions])
+        ax.set_yticks(range(len(optimizers)), optimizers)
+        ax.set_xlabel("force-labelled frames")
+        ax.set_title(f"{label} MAE / {reference_opt} @ {100 * fractions[0]:g} %")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return reference_opt
+
+
+def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
+    """Figure 2: validation error vs training wall-clock; returns the time-to-target table (Markdown)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = final_runs(db, study)
+    fractions = sorted({r.force_fraction for r in runs}, reverse=True)
+    optimizers = sorted({r.optimizer for r in runs}, key=lambda o: (o != BASELINE, o))
+    colours = {o: plt.cm.tab10(i) for i, o in enumerate(optimizers)}
+    fig, axes = plt.subplots(1, len(fractions), figsize=(4.2 * len(fractions), 3.6), squeeze=False)
+    rows = [
+        "| force labels | optimizer | target [meV] | time to target | epochs | gradient evaluations |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ax, s in zip(axes[0], fractions):
+        data = {
+            o: curves(db, [r for r in runs if r.optimizer == o and r.force_fraction == s]) for o in optimizers
+        }
+        data = {o: c for o, c in data.items() if c is not None}
+        if not data:
+            continue
+        metric = next(iter(data.values())).metric
+        base = data.get(BASELINE)
+        target = float(np.min(base.median)) if base is not None else None
+        for o, c in data.items():
+            ax.plot(c.time, c.median, color=colours[o], label=o)
+            ax.fill_between(c.time, c.q25, c.q75, color=colours[o], alpha=0.2, linewidth=0)
+            if target is not None:
+                hit = time_to_target(c, target)
+                when = f"{hit.seconds:.1f} s" if hit.reached else "not reached"
+                rows.append(
+                    f"| {100 * s:g} % | {o} | {target:.2f} | {when} | {hit.epochs or '—'} | "
+                    f"{hit.gradient_evaluations or '—'} |"
+                )
+                if hit.reached:
+                    ax.plot([hit.seconds], [target], "o", color=colours[o], markersize=4)
+        if target is not None:
+            ax.axhline(target, color="k", linestyle="--", linewidth=0.8, label=f"{BASELINE} best median")
+        ax.set_yscale("log")
+        ax.set_xlabel("training wall-clock [s]")
+        ax.set_ylabel(
+            "validation " + ("force MAE [meV/Å]" if metric == "val_f_mae" else "energy MAE [meV/atom]")
+        )
+        ax.set_title(f"{100 * s:g} % force labels")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return rows
+
+
+def cost_table(db: ResultsDB, study: str) -> list[str]:
+    runs = final_runs(db, study)
+    if not runs:
+        return []
+    s_max = max(r.force_fraction for r in runs)
+    cost = step_cost([r for r in runs if r.force_fraction == s_max])
+    base = cost.get(BASELINE)
+    rows = [f"| optimizer | ms per training step (s = {100 * s_max:g} %) | × {BASELINE} |", "|---|---|---|"]
+    for o, ms in sorted(cost.items(), key=lambda kv: kv[1]):
+        rows.append(f"| {o} | {ms:.1f} | {ms / base:.2f} |" if base else f"| {o} | {ms:.1f} | — |")
+    return rows
+
+
+def make_report(database: str, out_dir: str | Path | None = None, study: str | None = None) -> Path:
+    """Write the report of ``study`` (default: the only study in the database) and return index.md."""
+    url = database if "://" in database else f"sqlite:///{Path(database).resolve()}"
+    if "://" not in database and not Path(database).is_file():
+        raise FileNotFoundError(f"{database}: no results database")
+    db = ResultsDB(url)
+    studies = db.studies()
+    if study is None:
+        if len(studies) != 1:
+            raise ValueError(f"the database holds studies {studies}; name one with --study")
+        study = studies[0]
+    cells = final_cells(db, study)
+    if not cells:
+        raise ValueError(f"study {study!r} has no finished final runs yet")
+    out = Path(out_dir) if out_dir else (Path(database).parent if "://" not in database else Path("report"))
+    out.mkdir(parents=True, exist_ok=True)
+    markdown, table_csv = mae_table(cells)
+    (out / "mae_table.md").write_text(markdown + "\n")
+    (out / "mae_table.csv").write_text(table_csv)
+    reference = relative_heatmap(cells, out / "relative_mae.png")
+    ttt = curves_figure(db, study, out / "val_curves.png")
+    cost = cost_table(db, study)
+    example = run_config(final_runs(db, study)[0])
+    n_runs = {
+        stage: len([r for r in db.runs(study) if r.stage == stage]) for stage in ("sweep", "ratio", "final")
+    }
+    failed = [r.id for r in db.runs(study, status="failed")]
+    index = [
+        f"# Study `{study}`",
+        "",
+        f"Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{url}`.",
+        f"Model `{example['model']['preset']}` ({example['model']['dtype']}); data "
+        f"`{Path(str(example['data'].get('train') or 'generated')).name}`; "
+        f"{example['training']['max_epochs']} epochs per final run; runs: {n_runs['sweep']} sweep, "
+        f"{n_runs['ratio']} loss-ratio, {n_runs['final']} final"
+        + (f"; **{len(failed)} failed**" if failed else "")
+        + ".",
+        "",
+        "## Test errors (mean ± std over seeds; best **bold**, second <u>underlined</u>)",
+        "",
+        markdown,
+        "",
+        "CSV: [mae_table.csv](mae_table.csv)",
+        "",
+        f"## MAE relative to {reference} at full forces",
+        "",
+        "![relative MAE](relative_mae.png)",
+        "",
+        "## Validation error against training wall-clock (median, IQR band over seeds)",
+        "",
+        "![validation curves](val_curves.png)",
+        "",
+        *ttt,
+        "",
+        "## Cost of a training step",
+        "",
+        *cost,
+        "",
+    ]
+    path = out / "index.md"
+    path.write_text("\n".join(index))
+    return path

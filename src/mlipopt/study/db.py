@@ -1,0 +1,195 @@
+"""The results database: every run's config, status, per-epoch curve and final metrics (SQLAlchemy).
+
+An SQLite file by default (WAL journal and a busy timeout, so several worker processes can write at
+once); any SQLAlchemy URL — e.g. ``postgresql://host/db`` — lets several machines share one study.
+Each run's result is written in one transaction when the run ends, so killing a study at any moment
+loses no finished result.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+STATUSES = ("pending", "running", "done", "failed")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    study: Mapped[str] = mapped_column(String(200), index=True)
+    stage: Mapped[str] = mapped_column(String(20))
+    optimizer: Mapped[str] = mapped_column(String(40))
+    force_fraction: Mapped[float] = mapped_column(Float)
+    seed: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    weight_decay: Mapped[float] = mapped_column(Float)
+    energy_weight: Mapped[float] = mapped_column(Float)
+    force_weight: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    config: Mapped[str] = mapped_column(Text)
+    run_dir: Mapped[str] = mapped_column(Text)
+    final: Mapped[str | None] = mapped_column(Text, nullable=True)
+    test_e_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_e_rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_f_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_f_rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_val_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
+    train_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    epochs: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    steps_per_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    host: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    started: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    train_time_s: Mapped[float] = mapped_column(Float)
+    eval_time_s: Mapped[float] = mapped_column(Float)
+    lr: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float] = mapped_column(Float)
+    val_e_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_e_rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_f_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_f_rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _finite(value: Any) -> float | None:
+    return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
+
+
+class ResultsDB:
+    """Thin access layer over the two tables; safe to open from several processes at once."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        sqlite = url.startswith("sqlite")
+        if sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(url, connect_args={"timeout": 60} if sqlite else {})
+        if sqlite:
+
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(connection: Any, _record: Any) -> None:
+                cursor = connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA busy_timeout=60000")
+                cursor.execute("PRAGMA foreign_keys=ON")
+                cursor.close()
+
+        Base.metadata.create_all(self.engine)
+
+    def register(self, study: str, runs: list[Any]) -> None:
+        """Insert runs not yet known (by id); known runs keep their status and results."""
+        with Session(self.engine) as session, session.begin():
+            known = set(session.scalars(select(Run.id).where(Run.id.in_([r.run_id for r in runs]))))
+            for r in runs:
+                if r.run_id in known:
+                    continue
+                session.add(
+                    Run(
+                        id=r.run_id,
+                        study=study,
+                        stage=r.stage,
+                        optimizer=r.optimizer,
+                        force_fraction=r.force_fraction,
+                        seed=r.seed,
+                        lr=r.lr,
+                        weight_decay=r.weight_decay,
+                        energy_weight=r.loss_ratio[0],
+                        force_weight=r.loss_ratio[1],
+                        status="pending",
+                        config=json.dumps(r.config),
+                        run_dir=r.config["run_dir"],
+                    )
+                )
+
+    def status(self, run_id: str) -> str | None:
+        with Session(self.engine) as session:
+            run = session.get(Run, run_id)
+            return None if run is None else run.status
+
+    def mark_running(self, run_id: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            run.status, run.started, run.host, run.error = "running", _now(), socket.gethostname(), None
+
+    def mark_failed(self, run_id: str, error: str) -> None:
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            run.status, run.error, run.finished = "failed", error[-4000:], _now()
+
+    def record_result(self, run_id: str, final: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """Store final metrics and the per-epoch curve and mark the run done, in one transaction."""
+        with Session(self.engine) as session, session.begin():
+            run = session.get(Run, run_id)
+            test = final.get("test") or {}
+            run.status, run.finished = "done", _now()
+            run.final = json.dumps(final, default=str)
+            run.test_e_mae, run.test_e_rmse = _finite(test.get("e_mae")), _finite(test.get("e_rmse"))
+            run.test_f_mae, run.test_f_rmse = _finite(test.get("f_mae")), _finite(test.get("f_rmse"))
+            run.best_val_metric = _finite(final.get("best_val_metric"))
+            run.train_time_s, run.epochs = final.get("train_time_s"), final.get("epochs")
+            run.steps_per_epoch = final.get("steps_per_epoch")
+            for old in session.scalars(select(Epoch).where(Epoch.run_id == run_id)):
+                session.delete(old)
+            session.flush()
+            for row in history:
+                session.add(
+                    Epoch(
+                        run_id=run_id,
+                        epoch=int(row["epoch"]),
+                        train_time_s=float(row["train_time_s"]),
+                        eval_time_s=float(row["eval_time_s"]),
+                        lr=float(row["lr"]),
+                        train_loss=float(row["train_loss"]),
+                        **{
+                            k: _finite(row.get(k))
+                            for k in ("val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse")
+                        },
+                        val_metric=_finite(row.get("val_metric")),
+                    )
+                )
+
+    def runs(
+        self, study: str | None = None, stage: str | None = None, status: str | None = None
+    ) -> list[Run]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Run)
+            if study is not None:
+                query = query.where(Run.study == study)
+            if stage is not None:
+                query = query.where(Run.stage == stage)
+            if status is not None:
+                query = query.where(Run.status == status)
+            return list(session.scalars(query.order_by(Run.id)))
+
+    def curve(self, run_id: str) -> list[Epoch]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
+
+    def studies(self) -> list[str]:
+        with Session(self.engine) as session:
+            return sorted(set(session.scalars(select(Run.study))))

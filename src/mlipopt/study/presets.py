@@ -1,0 +1,102 @@
+"""Named studies: the embedded demo, and seed 001's full protocol for user data.
+
+``demo`` — the one-command main job: 3BPA sampled by GFN2-xTB MD (300/600 K for training and
+validation, 1200 K as an out-of-distribution test), ``nequip-small``, AdamW/Muon/SOAP/SOAP-Muon at
+100 %, 10 % and 0 % force labels, two seeds, 30 epochs with cosine annealing, λ_E:λ_F = 1:1, no
+sweep (untuned learning rates: 5e-3, and 2e-3 for SOAP-Muon, which needs smaller steps — seed 001
+table 4). About 9 minutes on 2 CPU cores. A short schedule and one plateau-free scheduler keep the
+budget; with ReduceLROnPlateau and λ_F = 10 λ_E, 30 epochs let the energy drift at 10 % forces and
+the selection picked epoch 1.
+
+``paper-nequip`` / ``paper-allegro`` — seed 001 appendix B on the user's data (``base.data.train=...``):
+the NequIP-water or Allegro-CDP architecture (table 3), lr grid {3·10^-(p+1), 10^-p, 3·10^-p} (+5·10^-(p+1)
+for NequIP), weight decay {0, 1e-5, 1e-4, 1e-3}, λ_E:λ_F ∈ {1:1, 1:10, 1:100} at full forces, sweeps on
+one seed with 500 (NequIP) / 100 (Allegro) epochs, final runs of 2000 / 1000 epochs on five seeds at
+force fractions {100, 75, 50, 10, 5, 0} %. That is 4 optimizers × 6 fractions × 16 (or 12) grid points
++ 12 ratio runs + 120 final runs: GPU-cluster work (use the Ray executor); expect days on a CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .spec import PAPER_SEEDS
+
+WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
+PAPER_FRACTIONS = [1.0, 0.75, 0.5, 0.1, 0.05, 0.0]
+
+DEMO: dict[str, Any] = {
+    "name": "demo",
+    "dataset": {"system": "3bpa", "temperatures": [300.0, 600.0, 1200.0], "frames_per_temperature": 80},
+    "base": {
+        "data": {"split": [0.8, 0.2, 0.0], "batch_size": 5},
+        "model": {"preset": "nequip-small"},
+        "scheduler": {"name": "cosine"},
+        "training": {"max_epochs": 30},
+    },
+    "optimizers": {
+        "adamw": {"lr": [5e-3]},
+        "muon": {"lr": [5e-3]},
+        "soap": {"lr": [5e-3]},
+        "soap_muon": {"lr": [2e-3], "options": {"rho": 0.0}},
+    },
+    "force_fractions": [1.0, 0.1, 0.0],
+    "seeds": [7, 42],
+    "loss_ratios": [[1.0, 1.0]],
+}
+
+PAPER_NEQUIP: dict[str, Any] = {
+    "name": "paper-nequip",
+    "base": {
+        "data": {"split": [0.8, 0.1, 0.1], "batch_size": 5},
+        "model": {"preset": "nequip-seed001"},
+        "scheduler": {"name": "plateau", "patience": 50, "factor": 0.8},
+        "training": {"max_epochs": 2000, "early_stopping_patience": 600, "early_stopping_min_delta": 1e-6},
+    },
+    "optimizers": {
+        "adamw": {"lr_order": 2, "lr_extra": True, "weight_decay": WEIGHT_DECAYS},
+        "muon": {"lr_order": 2, "lr_extra": True, "weight_decay": WEIGHT_DECAYS},
+        "soap": {"lr_order": 2, "lr_extra": True, "weight_decay": WEIGHT_DECAYS},
+        "soap_muon": {
+            "lr_order": 3,
+            "lr_extra": True,
+            "weight_decay": WEIGHT_DECAYS,
+            "options": {"betas": [0.95, 0.95], "adam_betas": [0.95, 0.95], "rho": 0.5},
+        },
+    },
+    "force_fractions": PAPER_FRACTIONS,
+    "seeds": PAPER_SEEDS,
+    "sweep_epochs": 500,
+}
+
+PAPER_ALLEGRO: dict[str, Any] = {
+    "name": "paper-allegro",
+    "base": {
+        "data": {"split": [0.8, 0.1, 0.1], "batch_size": 5},
+        "model": {"preset": "allegro-seed001"},
+        "scheduler": {"name": "cosine"},
+        "training": {"max_epochs": 1000, "early_stopping_patience": 500, "early_stopping_min_delta": 1e-5},
+    },
+    "optimizers": {
+        "adamw": {"lr_order": 2, "weight_decay": WEIGHT_DECAYS},
+        "muon": {"lr_order": 2, "weight_decay": WEIGHT_DECAYS},
+        "soap": {"lr_order": 2, "weight_decay": WEIGHT_DECAYS},
+        "soap_muon": {
+            "lr_order": 3,
+            "weight_decay": WEIGHT_DECAYS,
+            "options": {"betas": [0.95, 0.98], "adam_betas": [0.9, 0.95], "rho": 0.0},
+        },
+    },
+    "force_fractions": PAPER_FRACTIONS,
+    "seeds": PAPER_SEEDS,
+    "sweep_epochs": 100,
+}
+
+STUDY_PRESETS = {"demo": DEMO, "paper-nequip": PAPER_NEQUIP, "paper-allegro": PAPER_ALLEGRO}
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in STUDY_PRESETS:
+        raise ValueError(f"unknown study preset {name!r}; choose one of {', '.join(STUDY_PRESETS)}")
+    return copy.deepcopy(STUDY_PRESETS[name])

@@ -1,0 +1,77 @@
+"""Report numbers checked on a synthetic database whose answers are known."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from mlipopt.report import make_report
+from mlipopt.report.aggregate import curves, final_runs, time_to_target
+from mlipopt.study import ResultsDB, load_study, run_config
+
+from ..study.helpers import tiny_study
+
+# optimizer → force fraction → per-seed test (E MAE, F MAE)
+RESULTS = {
+    "adamw": {1.0: [(2.0, 40.0), (4.0, 60.0)], 0.1: [(6.0, 100.0), (8.0, 120.0)]},
+    "soap": {1.0: [(1.0, 20.0), (3.0, 30.0)], 0.1: [(5.0, 70.0), (5.0, 90.0)]},
+    "muon": {1.0: [(3.5, 30.0), (3.5, 50.0)], 0.1: [(9.0, 200.0), (9.0, 220.0)]},
+}
+# validation force MAE per epoch (2 epochs of 1 s each): soap reaches adamw's best, muon never does
+CURVES = {"adamw": [50.0, 30.0], "soap": [25.0, 20.0], "muon": [80.0, 60.0]}
+
+
+@pytest.fixture
+def database(tmp_path):
+    spec = load_study(tiny_study(tmp_path, optimizers={o: {"lr": [1e-3]} for o in RESULTS}))
+    db = ResultsDB(spec.database_url)
+    for opt, by_fraction in RESULTS.items():
+        for s, seeds in by_fraction.items():
+            for seed, (e, f) in enumerate(seeds):
+                run = run_config(spec, opt, s, seed, 1e-3, 0.0, (1.0, 10.0), 2, "final")
+                db.register("tiny", [run])
+                history = [
+                    {"epoch": k + 1, "train_time_s": float(k + 1), "eval_time_s": 0.1, "lr": 1e-3,
+                     "train_loss": 1.0, "val_e_mae": 1.0, "val_e_rmse": 1.0, "val_f_mae": v, "val_f_rmse": v,
+                     "val_metric": v}
+                    for k, v in enumerate(CURVES[opt])
+                ]  # fmt: skip
+                final = {"test": {"e_mae": e, "e_rmse": e, "f_mae": f, "f_rmse": f}, "best_val_metric": 1.0,
+                         "train_time_s": {"adamw": 2.0, "soap": 2.4, "muon": 2.2}[opt], "epochs": 2,
+                         "steps_per_epoch": 10}  # fmt: skip
+                db.record_result(run.run_id, final, history)
+    return spec.database_url.removeprefix("sqlite:///")
+
+
+def test_table_statistics_and_marks(database, tmp_path):
+    index = make_report(database, tmp_path / "report")
+    table = (tmp_path / "report" / "mae_table.md").read_text()
+    assert "| 100 % | soap | 2 | **2.00 ± 1.41** | **25.0 ± 7.1** |" in table
+    assert "| 100 % | muon | 2 | 3.50 ± 0.00 | <u>40.0 ± 14.1</u> |" in table
+    assert "| 100 % | adamw | 2 | <u>3.00 ± 1.41</u> | 50.0 ± 14.1 |" in table
+    assert "| 10 % | adamw | 2 | <u>7.00 ± 1.41</u> | <u>110.0 ± 14.1</u> |" in table
+    rows = list(csv.DictReader(open(tmp_path / "report" / "mae_table.csv")))
+    soap = [r for r in rows if r["optimizer"] == "soap" and float(r["force_fraction"]) == 0.1][0]
+    assert float(soap["f_mae_mean"]) == 80.0 and float(soap["f_mae_std"]) == pytest.approx(
+        np.std([70, 90], ddof=1)
+    )
+    for name in ("relative_mae.png", "val_curves.png", "index.md"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    text = index.read_text()
+    assert "| 100 % | muon | 30.00 | not reached | — | — |" in text
+    assert "| 100 % | soap | 30.00 | 1.0 s | 1 | 10 |" in text
+    assert "| soap | 120.0 | 1.20 |" in text  # 2.4 s / (2 epochs × 10 steps), relative to adamw's 100 ms
+
+
+def test_time_to_target_on_known_curves(database):
+    db = ResultsDB(f"sqlite:///{database}")
+    runs = [r for r in final_runs(db, "tiny") if r.force_fraction == 1.0]
+    soap = curves(db, [r for r in runs if r.optimizer == "soap"])
+    assert time_to_target(soap, 25.0).seconds == pytest.approx(1.0)
+    assert time_to_target(soap, 20.0).epochs == 2
+    assert not time_to_target(soap, 19.0).reached
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results database"):
+        make_report(str(tmp_path / "absent.db"))

@@ -1,0 +1,66 @@
+import multiprocessing
+
+from mlipopt.study import ResultsDB, load_study, run_config
+
+from .helpers import tiny_study
+
+
+def _runs(tmp_path, n):
+    spec = load_study(tiny_study(tmp_path))
+    return [run_config(spec, "adamw", 1.0, seed, 1e-3, 0.0, (1.0, 1.0), 2, "final") for seed in range(n)]
+
+
+def _history(n_epochs):
+    return [
+        {"epoch": e, "train_time_s": 0.1 * e, "eval_time_s": 0.01, "lr": 1e-3, "train_loss": 1.0 / e,
+         "val_e_mae": 10.0 / e, "val_e_rmse": 12.0 / e, "val_f_mae": None, "val_f_rmse": None,
+         "val_metric": 100.0 / e}
+        for e in range(1, n_epochs + 1)
+    ]  # fmt: skip
+
+
+def test_register_record_and_read_back(tmp_path):
+    db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    runs = _runs(tmp_path, 2)
+    db.register("tiny", runs)
+    db.register("tiny", runs)  # idempotent
+    assert [r.status for r in db.runs("tiny")] == ["pending", "pending"]
+    db.mark_running(runs[0].run_id)
+    final = {"test": {"e_mae": 1.5, "e_rmse": 2.0, "f_mae": 30.0, "f_rmse": 40.0}, "best_val_metric": 45.0,
+             "train_time_s": 3.0, "epochs": 3, "steps_per_epoch": 2}  # fmt: skip
+    db.record_result(runs[0].run_id, final, _history(3))
+    db.record_result(runs[0].run_id, final, _history(3))  # a rewrite replaces the curve, no duplicates
+    done = db.runs("tiny", status="done")
+    assert len(done) == 1 and done[0].test_f_mae == 30.0 and done[0].steps_per_epoch == 2
+    assert [e.epoch for e in db.curve(runs[0].run_id)] == [1, 2, 3]
+    db.mark_failed(runs[1].run_id, "TrainingDiverged: loss is nan")
+    assert db.status(runs[1].run_id) == "failed"
+    assert db.studies() == ["tiny"]
+
+
+def _writer(url, run_ids, worker):
+    db = ResultsDB(url)
+    for i, run_id in enumerate(run_ids):
+        if i % 4 == worker:
+            db.mark_running(run_id)
+            db.record_result(run_id, {"test": {"e_mae": float(i)}, "best_val_metric": float(i)}, _history(20))
+
+
+def test_concurrent_writers_do_not_corrupt_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    runs = _runs(tmp_path, 24)
+    ResultsDB(url).register("tiny", runs)
+    ids = [r.run_id for r in runs]
+    context = multiprocessing.get_context("spawn")
+    procs = [context.Process(target=_writer, args=(url, ids, w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    db = ResultsDB(url)
+    done = {r.id: r for r in db.runs("tiny", status="done")}
+    assert len(done) == 24
+    for i, run_id in enumerate(ids):
+        assert done[run_id].test_e_mae == float(i)
+        assert len(db.curve(run_id)) == 20

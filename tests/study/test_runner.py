@@ -1,0 +1,108 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from mlipopt.study import ResultsDB, load_study, run_study
+
+from .helpers import tiny_study
+
+
+def test_stages_select_on_the_validation_metric_and_rerun_skips_finished_runs(tmp_path):
+    spec = load_study(tiny_study(tmp_path))
+    lines = []
+    outcome = run_study(spec, progress=lines.append)
+    db = ResultsDB(spec.database_url)
+    runs = db.runs("tiny")
+    assert all(r.status == "done" for r in runs)
+    sweep = [r for r in runs if r.stage == "sweep"]
+    assert len(sweep) == 4  # adamw: 2 lrs × 2 force fractions; soap has one point and is not swept
+    for s in (1.0, 0.0):
+        candidates = [r for r in sweep if r.force_fraction == s]
+        best = min(candidates, key=lambda r: r.best_val_metric)
+        assert outcome.best_point[("adamw", s)] == (best.lr, best.weight_decay)
+    ratio = [r for r in runs if r.stage == "ratio"]
+    # the default-ratio point of adamw is its best sweep run (same config, same id), so only 3 new runs
+    assert len(ratio) == 3
+    finals = [r for r in runs if r.stage == "final"]
+    assert len(finals) == 2 * 2 * 2
+    assert {(r.energy_weight, r.force_weight) for r in finals if r.optimizer == "soap"} == {
+        outcome.best_ratio["soap"]
+    }
+    finished = {r.id: r.finished for r in runs}
+
+    lines.clear()
+    run_study(load_study(tiny_study(tmp_path)), progress=lines.append)
+    assert {r.id: r.finished for r in db.runs("tiny")} == finished
+    assert all("0 to run" in line for line in lines if "runs (" in line)
+
+
+def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path):
+    raw = tiny_study(
+        tmp_path, optimizers={"adamw": {"lr": [1e-3]}, "sgd": {"lr": [1e9]}}, loss_ratios=[[1, 1]]
+    )
+    raw["force_fractions"] = [1.0]
+    outcome = run_study(load_study(raw), progress=lambda _: None)
+    db = ResultsDB(load_study(raw).database_url)
+    failed = db.runs("tiny", status="failed")
+    assert failed and all(r.optimizer == "sgd" for r in failed)
+    assert "TrainingDiverged" in failed[0].error
+    assert len(db.runs("tiny", status="done")) == 2 and set(outcome.failed) == {r.id for r in failed}
+
+
+def test_killing_a_real_study_loses_no_finished_result(tmp_path):
+    """Start `mlipopt study`, SIGKILL it once a final run is in the database, restart, and finish."""
+    raw = tiny_study(tmp_path, seeds=[1, 2, 3])
+    raw["base"]["training"]["max_epochs"] = 4
+    study_file = tmp_path / "tiny.yaml"
+    study_file.write_text(yaml.safe_dump(raw))
+    cmd = [sys.executable, "-m", "mlipopt.cli", "study", str(study_file)]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    url = load_study(raw).database_url
+    deadline = time.time() + 300
+    done_before: dict[str, str] = {}
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if os.path.exists(url.removeprefix("sqlite:///")):
+            done_before = {
+                r.id: r.finished for r in ResultsDB(url).runs("tiny", status="done") if r.stage == "final"
+            }
+            if done_before:
+                break
+    assert proc.poll() is None, (
+        "the study finished before it could be killed: " + proc.stderr.read().decode()[-2000:]
+    )
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    db = ResultsDB(url)
+    for run_id, finished in done_before.items():
+        run = [r for r in db.runs("tiny") if r.id == run_id][0]
+        assert run.status == "done" and run.finished == finished and json.loads(run.final)["test"]
+
+    subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    runs = db.runs("tiny")
+    assert all(r.status == "done" for r in runs)
+    assert len([r for r in runs if r.stage == "final"]) == 2 * 2 * 3
+    for run_id, finished in done_before.items():  # finished runs were not trained again
+        assert [r.finished for r in runs if r.id == run_id] == [finished]
+    assert (tmp_path / "study" / "index.md").is_file()
+
+
+def test_ray_executor(tmp_path):
+    ray = pytest.importorskip("ray")
+    raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [1e-3]}}, loss_ratios=[[1, 1]], seeds=[1, 2])
+    raw["executor"] = {"kind": "ray", "threads_per_run": 1}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_study(load_study(raw), progress=lambda _: None)
+    finally:
+        ray.shutdown()
+    runs = ResultsDB(load_study(raw).database_url).runs("tiny")
+    assert len(runs) == 4 and all(r.status == "done" for r in runs)

@@ -1,0 +1,63 @@
+import pytest
+
+from mlipopt.study import OptimizerGrid, load_study, run_config
+from mlipopt.study.presets import STUDY_PRESETS, preset
+from mlipopt.train import ConfigError
+
+from .helpers import tiny_study
+
+
+def test_learning_rate_grid_around_an_order():
+    assert OptimizerGrid(lr_order=3).learning_rates("x") == [3e-4, 1e-3, 3e-3]
+    assert OptimizerGrid(lr_order=2, lr_extra=True).learning_rates("x") == [3e-3, 5e-3, 1e-2, 3e-2]
+    with pytest.raises(ConfigError, match="give lr"):
+        OptimizerGrid().learning_rates("adamw")
+
+
+def test_run_identity_is_the_config(tmp_path):
+    spec = load_study(tiny_study(tmp_path))
+    a = run_config(spec, "adamw", 1.0, 1, 1e-3, 0.0, (1.0, 1.0), 2, "final")
+    b = run_config(spec, "adamw", 1.0, 1, 1e-3, 0.0, (1.0, 1.0), 2, "sweep")
+    c = run_config(spec, "adamw", 1.0, 1, 1e-3, 1e-4, (1.0, 1.0), 2, "final")
+    assert a.run_id == b.run_id != c.run_id
+    assert a.config["run_dir"].endswith(a.run_id)
+    assert a.config["optimizer"]["name"] == "adamw" and a.config["data"]["force_fraction"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"optimizers": {}}, "at least one optimizer"),
+        ({"optimizers": {"adamw": {}}}, "give lr"),
+        ({"force_fractions": [1.5]}, r"not in \[0, 1\]"),
+        ({"executor": {"kind": "slurm"}}, "local or ray"),
+        ({"base": {"model": {"preset": "nequip-tiny"}}}, "give a dataset"),
+        ({"base": {"data": {"generate": {}}, "optimizer": {"name": "soap"}}}, "leave out `optimizer`"),
+        ({"sweeep_epochs": 3}, "did you mean 'sweep_epochs'"),
+    ],
+)
+def test_bad_studies_fail_with_the_key(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_study(tiny_study(tmp_path, **change))
+
+
+def test_bad_run_config_fails_at_expansion(tmp_path):
+    spec = load_study(tiny_study(tmp_path, optimizers={"adagrad": {"lr": [1e-3]}}))
+    with pytest.raises(ConfigError, match="unknown optimizer 'adagrad'"):
+        run_config(spec, "adagrad", 1.0, 1, 1e-3, 0.0, (1.0, 1.0), 2, "final")
+
+
+@pytest.mark.parametrize("name", sorted(STUDY_PRESETS))
+def test_presets_expand(tmp_path, name):
+    raw = preset(name)
+    raw["study_dir"] = str(tmp_path)
+    raw["base"]["data"]["train"] = str(tmp_path / "data.xyz")  # the demo's comes from its built-in dataset
+    spec = load_study(raw)
+    for optimizer in spec.optimizers:
+        lr = spec.optimizers[optimizer].learning_rates(optimizer)[0]
+        run_config(spec, optimizer, spec.force_fractions[-1], spec.seeds[0], lr, 0.0, (1, 10), 3, "final")
+    if name == "paper-nequip":
+        assert spec.seeds == [7, 42, 123, 2026, 1618]
+        # seed 001 table 4 (water): AdamW/Muon/SOAP at 1e-2 or 5e-3, SOAP-Muon at 1e-3 or 3e-4
+        assert spec.optimizers["adamw"].learning_rates("adamw") == [3e-3, 5e-3, 1e-2, 3e-2]
+        assert spec.optimizers["soap_muon"].learning_rates("soap_muon") == [3e-4, 5e-4, 1e-3, 3e-3]
