@@ -63,46 +63,35 @@ def final_runs(db: ResultsDB, study: str) -> list[Run]:
 
 @dataclass
 class Curves:
-    """Median and IQR of a validation error over seeds, against training wall-clock and epochs."""
+    """Validation error per epoch: median and IQR over seeds, against the median training wall-clock.
+
+    Seeds share the epoch structure, so the median curve is taken epoch by epoch; its x-coordinate is
+    the median (over seeds) training time at the end of that epoch.
+    """
 
     metric: str  # "val_f_mae" or "val_e_mae"
     time: np.ndarray
     median: np.ndarray
     q25: np.ndarray
     q75: np.ndarray
-    epoch_median: np.ndarray  # median over seeds at each epoch index
     steps_per_epoch: int
 
 
-def curves(db: ResultsDB, runs: list[Run], n_points: int = 200) -> Curves | None:
-    """Step-interpolated validation curves (a value is known from the end of its epoch on).
-
-    Uses the force MAE when the validation frames carry forces, else the energy MAE (s = 0).
-    """
-    per_run = [db.curve(r.id) for r in runs]
-    per_run = [c for c in per_run if c]
+def curves(db: ResultsDB, runs: list[Run]) -> Curves | None:
+    """Curves of the runs (one per seed); the force MAE, or the energy MAE when no force is labelled."""
+    per_run = [c for c in (db.curve(r.id) for r in runs) if c]
     if not per_run:
         return None
     metric = "val_f_mae" if all(c[0].val_f_mae is not None for c in per_run) else "val_e_mae"
-    end = min(c[-1].train_time_s for c in per_run)
-    start = max(c[0].train_time_s for c in per_run)
-    grid = np.linspace(start, end, n_points) if end > start else np.array([end])
-    values = []
-    for c in per_run:
-        t = np.array([e.train_time_s for e in c])
-        v = np.array([getattr(e, metric) for e in c], dtype=float)
-        index = np.searchsorted(t, grid, side="right") - 1
-        values.append(v[np.clip(index, 0, len(v) - 1)])
-    values = np.array(values)
     n_epochs = min(len(c) for c in per_run)
-    by_epoch = np.array([[getattr(e, metric) for e in c[:n_epochs]] for c in per_run], dtype=float)
+    values = np.array([[getattr(e, metric) for e in c[:n_epochs]] for c in per_run], dtype=float)
+    times = np.array([[e.train_time_s for e in c[:n_epochs]] for c in per_run], dtype=float)
     return Curves(
         metric,
-        grid,
+        np.median(times, axis=0),
         np.median(values, axis=0),
         np.percentile(values, 25, axis=0),
         np.percentile(values, 75, axis=0),
-        np.median(by_epoch, axis=0),
         int(runs[0].steps_per_epoch or 1),
     )
 
@@ -119,15 +108,12 @@ class TimeToTarget:
 
 
 def time_to_target(curve: Curves, target: float) -> TimeToTarget:
-    """First wall-clock time (and epoch) at which the median curve reaches ``target``; None if never."""
+    """First epoch (and its median wall-clock) at which the median curve reaches ``target``; None if never."""
     hit = np.nonzero(curve.median <= target)[0]
-    hit_epoch = np.nonzero(curve.epoch_median <= target)[0]
-    epochs = int(hit_epoch[0]) + 1 if len(hit_epoch) else None
-    return TimeToTarget(
-        float(curve.time[hit[0]]) if len(hit) else None,
-        epochs,
-        None if epochs is None else epochs * curve.steps_per_epoch,
-    )
+    if not len(hit):
+        return TimeToTarget(None, None, None)
+    epoch = int(hit[0]) + 1
+    return TimeToTarget(float(curve.time[hit[0]]), epoch, epoch * curve.steps_per_epoch)
 
 
 def step_cost(runs: list[Run]) -> dict[str, float]:

@@ -129,8 +129,8 @@ def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
         base = data.get(BASELINE)
         target = float(np.min(base.median)) if base is not None else None
         for o, c in data.items():
-            ax.plot(c.time, c.median, color=colours[o], label=o)
-            ax.fill_between(c.time, c.q25, c.q75, color=colours[o], alpha=0.2, linewidth=0)
+            ax.plot(c.time, c.median, color=colours[o], label=o, drawstyle="steps-post")
+            ax.fill_between(c.time, c.q25, c.q75, color=colours[o], alpha=0.2, linewidth=0, step="post")
             if target is not None:
                 hit = time_to_target(c, target)
                 when = f"{hit.seconds:.1f} s" if hit.reached else "not reached"
