@@ -64,3 +64,13 @@ def test_concurrent_writers_do_not_corrupt_sqlite(tmp_path):
     for i, run_id in enumerate(ids):
         assert done[run_id].test_e_mae == float(i)
         assert len(db.curve(run_id)) == 20
+
+
+def test_a_config_shared_by_a_sweep_and_the_final_stage_is_reported_as_final(tmp_path):
+    spec = load_study(tiny_study(tmp_path))
+    sweep = run_config(spec, "adamw", 1.0, 7, 1e-3, 0.0, (1.0, 1.0), 2, "sweep")
+    final = run_config(spec, "adamw", 1.0, 7, 1e-3, 0.0, (1.0, 1.0), 2, "final")
+    db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    db.register("tiny", [sweep])
+    db.register("tiny", [final])
+    assert [(r.id, r.stage) for r in db.runs("tiny")] == [(sweep.run_id, "final")]

@@ -104,9 +104,16 @@ class ResultsDB:
     def register(self, study: str, runs: list[Any]) -> None:
         """Insert runs not yet known (by id); known runs keep their status and results."""
         with Session(self.engine) as session, session.begin():
-            known = set(session.scalars(select(Run.id).where(Run.id.in_([r.run_id for r in runs]))))
+            known = {
+                run.id: run
+                for run in session.scalars(select(Run).where(Run.id.in_([r.run_id for r in runs])))
+            }
             for r in runs:
                 if r.run_id in known:
+                    # one config serves several stages (e.g. a sweep run on a final seed with the final
+                    # schedule); reports read the final stage, so that label wins
+                    if r.stage == "final":
+                        known[r.run_id].stage = "final"
                     continue
                 session.add(
                     Run(
