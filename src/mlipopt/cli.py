@@ -109,6 +109,26 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fidelity(args: argparse.Namespace) -> int:
+    from .fidelity.protocols import FidelitySettings, evaluate_runs, store, write_report
+
+    run_dirs = [Path(d) for d in args.runs]
+    missing = [str(d) for d in run_dirs if not (d / "config.yaml").is_file()]
+    if missing:
+        print(f"mlipopt fidelity: error: not run directories: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    settings = FidelitySettings(
+        temperature_K=args.temperature, steps=args.steps, timestep_fs=args.timestep, seeds=args.seeds,
+        ensemble=args.ensemble,
+    )  # fmt: skip
+    results, reference = evaluate_runs(run_dirs, args.protocol, args.reference, settings)
+    index = write_report(results, reference, settings, args.protocol, Path(args.out))
+    stored = store(results, run_dirs, args.protocol)
+    print(f"\nreport: {index}" + (f"; {stored} result(s) stored in the study database" if stored else ""))
+    print(index.read_text().split("\n\n", 2)[2].split("\n\n")[0])
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .study.presets import preset
 
@@ -180,6 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=None, help="report folder (default: beside the database)")
     r.add_argument("--study", default=None, help="study name when the database holds several")
     r.set_defaults(func=_report)
+    f = sub.add_parser(
+        "fidelity",
+        help="MD stability and structure of trained runs against a reference calculator or trajectory",
+    )
+    f.add_argument("runs", nargs="+", help="run directories (e.g. studies/demo/runs/*)")
+    f.add_argument("--protocol", default="molecule", choices=["molecule", "liquid", "crystal"])
+    f.add_argument("--reference", default="xtb", help="xtb, emt, or a reference trajectory file")
+    f.add_argument("--temperature", type=float, default=600.0, help="K")
+    f.add_argument("--steps", type=int, default=2000)
+    f.add_argument("--timestep", type=float, default=0.5, help="fs")
+    f.add_argument("--seeds", type=int, default=2)
+    f.add_argument("--ensemble", default="langevin", choices=["langevin", "nose_hoover", "nve"])
+    f.add_argument("--out", default="fidelity", help="report folder (default: fidelity)")
+    f.set_defaults(func=_fidelity)
     d = sub.add_parser(
         "demo",
         help="the main job on the built-in dataset: four optimizers × three force fractions × two seeds",

@@ -72,6 +72,17 @@ class Epoch(Base):
     val_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class Fidelity(Base):
+    """Physical-fidelity results of a run under a protocol (``mlipopt fidelity``)."""
+
+    __tablename__ = "fidelity"
+
+    run_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    protocol: Mapped[str] = mapped_column(String(20), primary_key=True)
+    result: Mapped[str] = mapped_column(Text)
+    recorded: Mapped[str] = mapped_column(String(40))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -179,6 +190,21 @@ class ResultsDB:
                         val_metric=_finite(row.get("val_metric")),
                     )
                 )
+
+    def record_fidelity(self, run_id: str, protocol: str, result: dict[str, Any]) -> None:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(Fidelity, (run_id, protocol))
+            if row is None:
+                session.add(
+                    Fidelity(run_id=run_id, protocol=protocol, result=json.dumps(result), recorded=_now())
+                )
+            else:
+                row.result, row.recorded = json.dumps(result), _now()
+
+    def fidelity(self, run_id: str, protocol: str) -> dict[str, Any] | None:
+        with Session(self.engine) as session:
+            row = session.get(Fidelity, (run_id, protocol))
+            return None if row is None else json.loads(row.result)
 
     def runs(
         self, study: str | None = None, stage: str | None = None, status: str | None = None
