@@ -102,6 +102,7 @@ def initial_structure(system: str, seed: int = 0) -> Atoms:
 
 def xtb_calculator(system: str):
     """GFN2-xTB for molecules, GFN1-xTB for periodic water (GFN2 has no periodic support in tblite)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # small systems run ~100x slower with threads
     try:
         from tblite.ase import TBLite
     except ImportError as exc:  # pragma: no cover - tblite is a declared dependency of the study extra
@@ -116,7 +117,6 @@ def generate(spec: XTBDatasetSpec, progress: Callable[[str], None] = print) -> d
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import thermalize_momenta
 
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite is ~100x slower on small systems with threads
     out: dict[float, list[Atoms]] = {}
     for t_index, temperature in enumerate(spec.temperatures):
         rng = np.random.default_rng([spec.seed, t_index])
