@@ -109,6 +109,14 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_fidelity_dir(run_dirs: list[Path]) -> Path:
+    """``<study>/fidelity`` when the runs belong to one study, else ``fidelity``."""
+    studies = {
+        d.resolve().parent.parent for d in run_dirs if (d.resolve().parent.parent / "results.db").is_file()
+    }
+    return studies.pop() / "fidelity" if len(studies) == 1 else Path("fidelity")
+
+
 def _fidelity(args: argparse.Namespace) -> int:
     from .fidelity.protocols import FidelitySettings, evaluate_runs, store, write_report
 
@@ -121,8 +129,11 @@ def _fidelity(args: argparse.Namespace) -> int:
         temperature_K=args.temperature, steps=args.steps, timestep_fs=args.timestep, seeds=args.seeds,
         ensemble=args.ensemble,
     )  # fmt: skip
-    results, reference = evaluate_runs(run_dirs, args.protocol, args.reference, settings)
-    index = write_report(results, reference, settings, args.protocol, Path(args.out))
+    out = Path(args.out) if args.out else _default_fidelity_dir(run_dirs)
+    results, reference = evaluate_runs(
+        run_dirs, args.protocol, args.reference, settings, trajectory_dir=out / "trajectories"
+    )
+    index = write_report(results, reference, settings, args.protocol, out)
     stored = store(results, run_dirs, args.protocol)
     print(f"\nreport: {index}" + (f"; {stored} result(s) stored in the study database" if stored else ""))
     print(index.read_text().split("\n\n", 2)[2].split("\n\n")[0])
@@ -212,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--timestep", type=float, default=0.5, help="fs")
     f.add_argument("--seeds", type=int, default=2)
     f.add_argument("--ensemble", default="langevin", choices=["langevin", "nose_hoover", "nve"])
-    f.add_argument("--out", default="fidelity", help="report folder (default: fidelity)")
+    f.add_argument("--out", default=None, help="report folder (default: <study>/fidelity or ./fidelity)")
     f.set_defaults(func=_fidelity)
     d = sub.add_parser(
         "demo",

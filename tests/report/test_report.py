@@ -75,3 +75,18 @@ def test_time_to_target_on_known_curves(database):
 def test_report_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no results database"):
         make_report(str(tmp_path / "absent.db"))
+
+
+def test_fidelity_results_join_the_study_report(database, tmp_path):
+    db = ResultsDB(f"sqlite:///{database}")
+    run = final_runs(db, "tiny")[0]
+    result = {
+        "label": "soap s=100% seed 0",
+        "survived": 0.5,
+        "median_time_to_failure_ps": 0.4,
+        "structure_error": 0.12,
+    }
+    db.record_fidelity(run.id, "molecule", result)
+    text = make_report(database, tmp_path / "report").read_text()
+    assert "## Physical fidelity" in text
+    assert "| soap s=100% seed 0 | molecule | 50 % | ≥ 0.400 ps | 0.120 |" in text

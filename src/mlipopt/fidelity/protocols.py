@@ -53,6 +53,7 @@ class FidelityResult:
     duration_ps: float
     structure_error: float  # ∫|Δp| (molecule) or ∫|Δg| (liquid, crystal) against the reference
     failures: list[str] = field(default_factory=list)
+    pair_errors: dict[str, float] = field(default_factory=dict)  # ∫|Δ| per element pair
     extra: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     curve: tuple[list[float], list[float]] = ((), ())  # r, p(r) or g(r) for plots
@@ -77,6 +78,29 @@ def _structure(frames: list[Atoms], protocol: str, rmax: float) -> tuple[np.ndar
     return rdf(frames, min(rmax, 0.49 * min(frames[0].cell.lengths())))
 
 
+def _pair_errors(frames: list[Atoms], reference: list[Atoms], protocol: str, rmax: float) -> dict[str, float]:
+    """∫|Δp| (molecules) or ∫|Δg| (periodic) for every element pair present."""
+    from ase.data import atomic_numbers
+
+    elements = sorted(set(reference[0].get_chemical_symbols()), key=atomic_numbers.__getitem__)
+    out = {}
+    for i, a in enumerate(elements):
+        for b in elements[i:]:
+            if protocol == "molecule":
+                r, p = distance_distribution(frames, rmax, elements=(a, b))
+                _, p_ref = distance_distribution(reference, rmax, elements=(a, b))
+            else:
+                cut = min(rmax, 0.49 * min(reference[0].cell.lengths()))
+                r, p = rdf(frames, cut, elements=(a, b))
+                _, p_ref = rdf(reference, cut, elements=(a, b))
+            out[f"{a}-{b}"] = integrated_absolute_difference(r, p, p_ref)
+    return out
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
 def _monitors(protocol: str, start: Atoms, reference_frames: list[Atoms], rmax: float) -> list:
     if protocol == "molecule":
         return [BlowUp(), BondLength(start)]
@@ -98,8 +122,13 @@ def evaluate(
     reference_frames: list[Atoms],
     settings: FidelitySettings,
     reference_calc: Calculator | None = None,
+    trajectory_dir: Path | None = None,
 ) -> FidelityResult:
-    """Run the protocol with ``calculator`` and compare with ``reference_frames`` (and ``reference_calc``)."""
+    """Run the protocol with ``calculator`` and compare with ``reference_frames`` (and ``reference_calc``).
+
+    With ``trajectory_dir`` every seed's trajectory is saved there as extxyz (unwrapped positions,
+    energies and forces).
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     begin = time.perf_counter()
@@ -117,11 +146,19 @@ def evaluate(
         )
         for seed in range(settings.seeds)
     ]
+    if trajectory_dir is not None:
+        import ase.io
+
+        trajectory_dir.mkdir(parents=True, exist_ok=True)
+        for seed, run in enumerate(runs):
+            ase.io.write(trajectory_dir / f"{_slug(label)}-seed{seed}.xyz", run.frames, format="extxyz")
     frames = [f for r in runs for f in (r.frames if r.stable else r.frames[:-1])]
     r, ref_curve = _structure(reference_frames, protocol, settings.rmax)
+    pair_errors: dict[str, float] = {}
     if frames:
         _, curve = _structure(frames, protocol, settings.rmax)
         error = integrated_absolute_difference(r, curve, ref_curve)
+        pair_errors = _pair_errors(frames, reference_frames, protocol, settings.rmax)
     else:
         curve, error = np.zeros_like(ref_curve), float("nan")
     extra: dict[str, float] = {}
@@ -136,6 +173,7 @@ def evaluate(
         duration_ps=runs[0].duration_ps,
         structure_error=error,
         failures=[r.reason for r in runs if r.reason],
+        pair_errors=pair_errors,
         extra=extra,
         seconds=time.perf_counter() - begin,
         curve=(list(map(float, r)), list(map(float, curve))),
@@ -222,6 +260,7 @@ def evaluate_runs(
     reference: str,
     settings: FidelitySettings,
     progress: Callable[[str], None] = print,
+    trajectory_dir: Path | None = None,
 ) -> tuple[list[FidelityResult], FidelityResult]:
     """Evaluate several trained runs side by side; the reference is evaluated with the same protocol."""
     from ..calculator import load
@@ -246,7 +285,9 @@ def evaluate_runs(
     results = []
     for run_dir in dirs:
         label = run_label(run_dir)
-        result = evaluate(label, load(run_dir), start, protocol, ref_frames, settings, ref_calc)
+        result = evaluate(
+            label, load(run_dir), start, protocol, ref_frames, settings, ref_calc, trajectory_dir
+        )
         progress(
             f"  {label}: survived {100 * result.survived:.0f} %, median time to failure {_ttf(result)}, "
             f"structure error {result.structure_error:.3f} ({result.seconds:.0f} s)"
@@ -267,11 +308,13 @@ def table(results: list[FidelityResult], settings: FidelitySettings, protocol: s
     extra_keys = sorted({k for r in results for k in r.extra})
     lines = [
         f"| run | survived ({settings.seeds} × {settings.steps * settings.timestep_fs / 1000:g} ps) | "
-        f"median time to failure | {what} |" + "".join(f" {k} |" for k in extra_keys),
-        "|---|---|---|---|" + "---|" * len(extra_keys),
+        f"median time to failure | {what} | worst element pair |" + "".join(f" {k} |" for k in extra_keys),
+        "|---|---|---|---|---|" + "---|" * len(extra_keys),
     ]
     for r in results:
-        cells = [r.label, f"{100 * r.survived:.0f} %", _ttf(r), f"{r.structure_error:.3f}"]
+        worst = max(r.pair_errors, key=r.pair_errors.get) if r.pair_errors else None
+        worst_text = f"{worst} ({r.pair_errors[worst]:.3f})" if worst else "—"
+        cells = [r.label, f"{100 * r.survived:.0f} %", _ttf(r), f"{r.structure_error:.3f}", worst_text]
         cells += [f"{r.extra[k]:.3g}" if k in r.extra else "—" for k in extra_keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -168,6 +168,28 @@ def cost_table(db: ResultsDB, study: str) -> list[str]:
     return rows
 
 
+def fidelity_section(db: ResultsDB, study: str, out: Path) -> list[str]:
+    """Stability and structure of evaluated runs (``mlipopt fidelity``), if any were stored."""
+    rows = db.fidelity_results([r.id for r in db.runs(study)])
+    if not rows:
+        return []
+    lines = [
+        "## Physical fidelity",
+        "",
+        "| run | protocol | survived | median time to failure | structure error ∫\\|Δ\\| |",
+        "|---|---|---|---|---|",
+    ]
+    for _, protocol, r in rows:
+        prefix = "≥ " if r["survived"] > 0 else ""
+        lines.append(
+            f"| {r['label']} | {protocol} | {100 * r['survived']:.0f} % | "
+            f"{prefix}{r['median_time_to_failure_ps']:.3f} ps | {r['structure_error']:.3f} |"
+        )
+    if (out / "fidelity" / "index.md").is_file():
+        lines += ["", "Details, overlays and trajectories: [fidelity/index.md](fidelity/index.md)"]
+    return lines + [""]
+
+
 def make_report(database: str, out_dir: str | Path | None = None, study: str | None = None) -> Path:
     """Write the report of ``study`` (default: the only study in the database) and return index.md."""
     url = database if "://" in database else f"sqlite:///{Path(database).resolve()}"
@@ -226,6 +248,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         *cost,
         "",
+        *fidelity_section(db, study, out),
     ]
     path = out / "index.md"
     path.write_text("\n".join(index))

@@ -201,6 +201,14 @@ class ResultsDB:
             else:
                 row.result, row.recorded = json.dumps(result), _now()
 
+    def fidelity_results(self, run_ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(run id, protocol, result) of every fidelity evaluation of these runs."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(Fidelity).where(Fidelity.run_id.in_(run_ids)).order_by(Fidelity.run_id)
+            )
+            return [(row.run_id, row.protocol, json.loads(row.result)) for row in rows]
+
     def fidelity(self, run_id: str, protocol: str) -> dict[str, Any] | None:
         with Session(self.engine) as session:
             row = session.get(Fidelity, (run_id, protocol))
