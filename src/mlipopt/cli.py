@@ -125,18 +125,28 @@ def _fidelity(args: argparse.Namespace) -> int:
     if missing:
         print(f"mlipopt fidelity: error: not run directories: {', '.join(missing)}", file=sys.stderr)
         return 2
+    temperatures = [float(t) for t in str(args.temperature).split(",")]
     settings = FidelitySettings(
-        temperature_K=args.temperature, steps=args.steps, timestep_fs=args.timestep, seeds=args.seeds,
+        temperature_K=temperatures[0], steps=args.steps, timestep_fs=args.timestep, seeds=args.seeds,
         ensemble=args.ensemble,
     )  # fmt: skip
     out = Path(args.out) if args.out else _default_fidelity_dir(run_dirs)
-    results, reference = evaluate_runs(
-        run_dirs, args.protocol, args.reference, settings, trajectory_dir=out / "trajectories"
-    )
-    index = write_report(results, reference, settings, args.protocol, out)
-    stored = store(results, run_dirs, args.protocol)
+    results, references = [], []
+    for temperature in temperatures:
+        settings.temperature_K = temperature
+        at_t, reference = evaluate_runs(
+            run_dirs,
+            args.protocol,
+            args.reference,
+            settings,
+            trajectory_dir=out / "trajectories" / f"{temperature:g}K",
+        )
+        results += at_t
+        references.append(reference)
+    index = write_report(results, references, settings, args.protocol, out, temperatures)
+    stored = store(results, run_dirs * len(temperatures), args.protocol)
     print(f"\nreport: {index}" + (f"; {stored} result(s) stored in the study database" if stored else ""))
-    print(index.read_text().split("\n\n", 2)[2].split("\n\n")[0])
+    print(index.read_text())
     return 0
 
 
@@ -218,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("runs", nargs="+", help="run directories (e.g. studies/demo/runs/*)")
     f.add_argument("--protocol", default="molecule", choices=["molecule", "liquid", "crystal"])
     f.add_argument("--reference", default="xtb", help="xtb, emt, or a reference trajectory file")
-    f.add_argument("--temperature", type=float, default=600.0, help="K")
+    f.add_argument(
+        "--temperature", default="600", help="K; several, comma-separated, give D(T) and E_a (liquid)"
+    )
     f.add_argument("--steps", type=int, default=2000)
     f.add_argument("--timestep", type=float, default=0.5, help="fs")
     f.add_argument("--seeds", type=int, default=2)

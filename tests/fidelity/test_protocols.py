@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
@@ -44,11 +45,12 @@ def test_cli_compares_runs_with_the_reference_and_stores_results(ethanol_runs, t
     out = capsys.readouterr().out
     assert "| adamw s=100% seed 3 |" in out and "| soap s=100% seed 3 |" in out
     saved = json.loads((tmp_path / "fidelity.json").read_text())
-    assert len(saved["results"]) == 2 and saved["reference"]["structure_error"] == 0.0
+    assert len(saved["results"]) == 2 and saved["references"][0]["structure_error"] == 0.0
     for result in saved["results"]:
         assert 0 <= result["survived"] <= 1 and result["structure_error"] >= 0
-    assert (tmp_path / "structure_overlay.png").stat().st_size > 0
-    stored = ResultsDB(f"sqlite:///{root / 'results.db'}").fidelity("adamw-run", "molecule")
+    assert (tmp_path / "structure_overlay_600K.png").stat().st_size > 0
+    assert len(list((tmp_path / "trajectories" / "600K").glob("*.xyz"))) == 4  # 2 runs × 2 seeds
+    stored = ResultsDB(f"sqlite:///{root / 'results.db'}").fidelity("adamw-run", "molecule@600K")
     assert stored["label"] == "adamw s=100% seed 3"
 
 
@@ -68,3 +70,27 @@ def test_reference_against_itself_has_no_structure_error():
 def test_unknown_protocol():
     with pytest.raises(ValueError, match="unknown protocol"):
         evaluate("x", EMT(), bulk("Cu"), "gas", [bulk("Cu")], FidelitySettings())
+
+
+def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
+    """Hot EMT copper as its own reference: D from the MSD, E_a from two temperatures, plots written."""
+    from mlipopt.fidelity.md import run_md
+    from mlipopt.fidelity.protocols import FidelityResult, arrhenius_summary, write_report
+
+    liquid = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(2)
+    results, references = [], []
+    for temperature in (2500.0, 3500.0):
+        settings = FidelitySettings(
+            temperature_K=temperature, steps=300, seeds=1, interval=5, timestep_fs=2.0
+        )
+        reference = run_md(liquid, EMT(), temperature, 300, 2.0, "langevin", 5, seed=7).frames
+        result = evaluate("emt", EMT(), liquid, "liquid", reference, settings)
+        assert result.extra["D_A2_per_ps"] > 0 and result.msd[0]
+        results.append(result)
+        references.append(FidelityResult("reference", 1.0, 0.6, 0.6, 0.0, temperature_K=temperature))
+    rows = arrhenius_summary(results)
+    assert [r["label"] for r in rows] == ["reference", "emt"]
+    assert np.isfinite(rows[1]["Ea"]) and "Ea_relative_error" in rows[1]
+    index = write_report(results, references, settings, "liquid", tmp_path, [2500.0, 3500.0])
+    assert (tmp_path / "msd.png").is_file() and (tmp_path / "arrhenius.png").is_file()
+    assert "E_a [eV]" in index.read_text()

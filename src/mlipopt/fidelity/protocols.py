@@ -43,6 +43,7 @@ class FidelitySettings:
     interval: int = 10
     ensemble: str = "langevin"
     rmax: float = 6.0
+    rdf_threshold: float = 1.0  # minimum windowed ∫|Δg| dr counted as failure (liquids, crystals)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class FidelityResult:
     extra: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     curve: tuple[list[float], list[float]] = ((), ())  # r, p(r) or g(r) for plots
+    msd: tuple[list[float], list[float]] = ((), ())  # lag [ps], MSD [Å²] (liquid)
+    temperature_K: float = 0.0
 
 
 def reference_calculator(kind: str, atoms: Atoms) -> Calculator:
@@ -101,10 +104,24 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
-def _monitors(protocol: str, start: Atoms, reference_frames: list[Atoms], rmax: float) -> list:
+def _rdf_threshold(reference_frames: list[Atoms], rmax: float, window: int, floor: float) -> float:
+    """Failure threshold for the windowed RDF error: twice the largest error of the reference's own
+    windows against its full g(r) (the sampling noise of a window), and at least ``floor``."""
+    r, g_ref = rdf(reference_frames, rmax)
+    noise = [
+        integrated_absolute_difference(r, rdf(reference_frames[i : i + window], rmax)[1], g_ref)
+        for i in range(0, len(reference_frames) - window + 1, window)
+    ]
+    return max(floor, 2 * max(noise, default=0.0))
+
+
+def _monitors(protocol: str, start: Atoms, reference_frames: list[Atoms], settings: FidelitySettings) -> list:
     if protocol == "molecule":
         return [BlowUp(), BondLength(start)]
-    return [BlowUp(), RDFDrift(reference_frames[-20:], rmax=min(rmax, 0.49 * min(start.cell.lengths())))]
+    rmax = min(settings.rmax, 0.49 * min(start.cell.lengths()))
+    window = 10
+    threshold = _rdf_threshold(reference_frames, rmax, window, settings.rdf_threshold)
+    return [BlowUp(), RDFDrift(reference_frames, rmax=rmax, window=window, threshold=threshold)]
 
 
 def _median_time_to_failure(results: list[MDResult]) -> float:
@@ -141,7 +158,7 @@ def evaluate(
             settings.timestep_fs,
             settings.ensemble,
             settings.interval,
-            _monitors(protocol, start, reference_frames, settings.rmax),
+            _monitors(protocol, start, reference_frames, settings),
             seed=seed,
         )
         for seed in range(settings.seeds)
@@ -162,8 +179,10 @@ def evaluate(
     else:
         curve, error = np.zeros_like(ref_curve), float("nan")
     extra: dict[str, float] = {}
+    msd: tuple[list[float], list[float]] = ((), ())
     if protocol == "liquid" and all(r.stable for r in runs):
-        extra.update(_diffusion(runs, reference_frames, settings))
+        diffusion, msd = _diffusion(runs, reference_frames, settings)
+        extra.update(diffusion)
     if protocol == "crystal" and reference_calc is not None:
         extra.update(_crystal(calculator, reference_calc, start))
     return FidelityResult(
@@ -177,21 +196,35 @@ def evaluate(
         extra=extra,
         seconds=time.perf_counter() - begin,
         curve=(list(map(float, r)), list(map(float, curve))),
+        msd=msd,
+        temperature_K=settings.temperature_K,
     )
+
+
+def _msd(frames: list[Atoms], dt_ps: float) -> tuple[np.ndarray, np.ndarray]:
+    msd = mean_squared_displacement(np.array([f.positions for f in frames]))
+    return dt_ps * np.arange(len(msd)), msd
 
 
 def _diffusion(
     runs: list[MDResult], reference_frames: list[Atoms], settings: FidelitySettings
-) -> dict[str, float]:
+) -> tuple[dict[str, float], tuple[list[float], list[float]]]:
+    """D of the model (mean over seeds) and of the reference; the model's mean MSD curve."""
     dt_ps = settings.interval * settings.timestep_fs / 1000
-
-    def coefficient(frames: list[Atoms]) -> float:
-        msd = mean_squared_displacement(np.array([f.positions for f in frames]))
-        return diffusion_coefficient(dt_ps * np.arange(len(msd)), msd).D
-
-    D = float(np.mean([coefficient(r.frames) for r in runs]))
-    D_ref = coefficient(reference_frames)
-    return {"D_A2_per_ps": D, "D_reference": D_ref, "D_relative_error": abs(D - D_ref) / abs(D_ref)}
+    curves = [_msd(r.frames, dt_ps) for r in runs]
+    n = min(len(c[1]) for c in curves)
+    lag, msd = curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0)
+    fits = [diffusion_coefficient(*c) for c in curves]
+    # the reference trajectory concatenates seeds; use its first seed's stretch of the same length
+    ref = diffusion_coefficient(*_msd(reference_frames[: len(runs[0].frames)], dt_ps))
+    D = float(np.mean([f.D for f in fits]))
+    stats_out = {
+        "D_A2_per_ps": D,
+        "D_reference": ref.D,
+        "D_relative_error": abs(D - ref.D) / abs(ref.D),
+        "msd_loglog_slope": float(np.mean([f.loglog_slope for f in fits])),
+    }
+    return stats_out, (list(map(float, lag)), list(map(float, msd)))
 
 
 def _crystal(calculator: Calculator, reference_calc: Calculator, start: Atoms) -> dict[str, float]:
@@ -209,21 +242,35 @@ def _crystal(calculator: Calculator, reference_calc: Calculator, start: Atoms) -
 
 def reference_trajectory(
     source: str, start: Atoms, protocol: str, settings: FidelitySettings
-) -> tuple[list[Atoms], Calculator | None]:
-    """Reference frames: from a trajectory file, or by running the protocol's MD with a calculator."""
+) -> tuple[list[Atoms], Calculator | None, list[MDResult]]:
+    """Reference frames: from a trajectory file, or by running the protocol's MD with a calculator.
+
+    With a calculator the molecule protocol's bond monitor watches the reference too (a reference that
+    "fails" means the criterion is too strict at that temperature); the run continues regardless, so
+    the reference trajectory always has its full length.
+    """
     import ase.io
 
     if Path(source).is_file():
-        return list(ase.io.read(source, index=":")), None
+        return list(ase.io.read(source, index=":")), None, []
     calc = reference_calculator(source, start)
     frames: list[Atoms] = []
+    runs = []
     for seed in range(settings.seeds):
         result = run_md(
             start, calc, settings.temperature_K, settings.steps, settings.timestep_fs, settings.ensemble,
             settings.interval, [BlowUp()], seed=1000 + seed,
         )  # fmt: skip
+        if protocol == "molecule":
+            watch = BondLength(start)
+            for frame, t in zip(result.frames, result.times_ps):
+                reason = watch(frame, [])
+                if reason is not None:
+                    result.failed_at_ps, result.reason = t, reason
+                    break
+        runs.append(result)
         frames += result.frames
-    return frames, calc
+    return frames, calc, runs
 
 
 def run_label(run_dir: Path) -> str:
@@ -271,16 +318,20 @@ def evaluate_runs(
         f"reference ({reference}): {settings.seeds} × {settings.steps} steps at {settings.temperature_K:g} K"
     )
     begin = time.perf_counter()
-    ref_frames, ref_calc = reference_trajectory(reference, start, protocol, settings)
+    ref_frames, ref_calc, ref_runs = reference_trajectory(reference, start, protocol, settings)
     r, ref_curve = _structure(ref_frames, protocol, settings.rmax)
     reference_result = FidelityResult(
         label=f"reference ({Path(reference).name})",
-        survived=1.0,
-        median_time_to_failure_ps=settings.steps * settings.timestep_fs / 1000,
+        survived=float(np.mean([x.stable for x in ref_runs])) if ref_runs else 1.0,
+        median_time_to_failure_ps=(
+            _median_time_to_failure(ref_runs) if ref_runs else settings.steps * settings.timestep_fs / 1000
+        ),
+        failures=[x.reason for x in ref_runs if x.reason],
         duration_ps=settings.steps * settings.timestep_fs / 1000,
         structure_error=0.0,
         seconds=time.perf_counter() - begin,
         curve=(list(map(float, r)), list(map(float, ref_curve))),
+        temperature_K=settings.temperature_K,
     )
     results = []
     for run_dir in dirs:
@@ -348,32 +399,113 @@ def overlay_figure(
 
 def write_report(
     results: list[FidelityResult],
-    reference: FidelityResult,
+    references: list[FidelityResult],
     settings: FidelitySettings,
     protocol: str,
     out: Path,
+    temperatures: list[float] | None = None,
 ) -> Path:
+    """index.md with the table(s), structure overlays, MSD and Arrhenius plots; fidelity.json."""
     out.mkdir(parents=True, exist_ok=True)
-    overlay_figure(results, reference, protocol, out / "structure_overlay.png")
+    temperatures = temperatures or [settings.temperature_K]
+    arrhenius = arrhenius_summary(results) if protocol == "liquid" else []
     (out / "fidelity.json").write_text(
-        json.dumps({"settings": asdict(settings), "protocol": protocol,
-                    "results": [asdict(r) for r in results], "reference": asdict(reference)}, indent=1)
+        json.dumps({"settings": asdict(settings), "protocol": protocol, "temperatures": temperatures,
+                    "results": [asdict(r) for r in results], "references": [asdict(r) for r in references],
+                    "arrhenius": [{**a, "D": {str(k): v for k, v in a["D"].items()}} for a in arrhenius]},
+                   indent=1)
     )  # fmt: skip
     text = [
         f"# Physical fidelity ({protocol})",
         "",
-        f"{settings.ensemble} MD at {settings.temperature_K:g} K, {settings.seeds} seeds × "
-        f"{settings.steps} steps of {settings.timestep_fs:g} fs per model; reference trajectory "
-        f"{reference.seconds:.0f} s.",
-        "",
-        table(results, settings, protocol),
-        "",
-        "![structure against the reference](structure_overlay.png)",
+        f"{settings.ensemble} MD, {settings.seeds} seeds × {settings.steps} steps of "
+        f"{settings.timestep_fs:g} fs per model and temperature; reference trajectories "
+        f"{sum(r.seconds for r in references):.0f} s, models {sum(r.seconds for r in results):.0f} s.",
         "",
     ]
+    for temperature, reference in zip(temperatures, references):
+        at_t = [r for r in results if r.temperature_K == temperature]
+        figure = f"structure_overlay_{temperature:g}K.png"
+        overlay_figure(at_t, reference, protocol, out / figure)
+        text += [
+            f"## {temperature:g} K",
+            "",
+            table([reference, *at_t], settings, protocol),
+            "",
+            f"![structure]({figure})",
+            "",
+        ]
+    text += transport_figures(results, arrhenius, out)
+    if arrhenius:
+        text += ["| run | E_a [eV] | relative error |", "|---|---|---|"]
+        text += [
+            f"| {a['label']} | {a['Ea']:.3f} ± {a['Ea_err']:.3f} | {a.get('Ea_relative_error', 0.0):.2f} |"
+            for a in arrhenius
+        ]
     path = out / "index.md"
-    path.write_text("\n".join(text))
+    path.write_text("\n".join(text) + "\n")
     return path
+
+
+def arrhenius_summary(results: list[FidelityResult]) -> list[dict[str, Any]]:
+    """E_a of each run and of the reference from D(T) over the evaluated temperatures (liquids)."""
+    from .observables import arrhenius_fit
+
+    by_label: dict[str, dict[float, float]] = {}
+    reference: dict[float, float] = {}
+    for r in results:
+        if "D_A2_per_ps" not in r.extra or r.extra["D_A2_per_ps"] <= 0:
+            continue
+        by_label.setdefault(r.label, {})[r.temperature_K] = r.extra["D_A2_per_ps"]
+        reference[r.temperature_K] = r.extra["D_reference"]
+    if len(reference) < 2:
+        return []
+    temps = sorted(reference)
+    ref_fit = arrhenius_fit(temps, [reference[t] for t in temps])
+    rows = [{"label": "reference", "Ea": ref_fit.Ea, "Ea_err": ref_fit.Ea_err, "D": reference}]
+    for label, d in by_label.items():
+        if len(d) == len(temps):
+            fit = arrhenius_fit(temps, [d[t] for t in temps])
+            rows.append({"label": label, "Ea": fit.Ea, "Ea_err": fit.Ea_err, "D": d,
+                         "Ea_relative_error": abs(fit.Ea - ref_fit.Ea) / abs(ref_fit.Ea)})  # fmt: skip
+    return rows
+
+
+def transport_figures(results: list[FidelityResult], arrhenius: list[dict[str, Any]], out: Path) -> list[str]:
+    """MSD curves and the Arrhenius plot (liquids); returns Markdown image lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines = []
+    with_msd = [r for r in results if r.msd[0]]
+    if with_msd:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for r in with_msd:
+            ax.loglog(r.msd[0][1:], r.msd[1][1:], label=f"{r.label} @ {r.temperature_K:g} K", linewidth=1)
+        ax.set_xlabel("lag [ps]")
+        ax.set_ylabel("MSD [Å²]")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "msd.png", dpi=120)
+        plt.close(fig)
+        lines += ["![mean squared displacement](msd.png)", ""]
+    if arrhenius:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for row in arrhenius:
+            temps = sorted(row["D"])
+            style = "k-o" if row["label"] == "reference" else "-o"
+            ax.semilogy([1000 / t for t in temps], [row["D"][t] for t in temps], style, markersize=3,
+                        label=f"{row['label']}: E_a {row['Ea']:.3f} ± {row['Ea_err']:.3f} eV")  # fmt: skip
+        ax.set_xlabel("1000 / T [1/K]")
+        ax.set_ylabel("D [Å²/ps]")
+        ax.legend(fontsize=6)
+        fig.tight_layout()
+        fig.savefig(out / "arrhenius.png", dpi=120)
+        plt.close(fig)
+        lines += ["![Arrhenius plot](arrhenius.png)", ""]
+    return lines
 
 
 def store(results: list[FidelityResult], run_dirs: list[Path], protocol: str) -> int:
@@ -385,7 +517,8 @@ def store(results: list[FidelityResult], run_dirs: list[Path], protocol: str) ->
         database = run_dir.resolve().parent.parent / "results.db"
         if not database.is_file():
             continue
-        ResultsDB(f"sqlite:///{database}").record_fidelity(run_dir.name, protocol, asdict(result))
+        key = f"{protocol}@{result.temperature_K:g}K"
+        ResultsDB(f"sqlite:///{database}").record_fidelity(run_dir.name, key, asdict(result))
         stored += 1
     return stored
 
