@@ -49,14 +49,9 @@ def _study_spec(source: str | None, preset_name: str | None, overrides: list[str
     if preset_name:
         raw = preset(preset_name)
         if source:  # a YAML file refines the preset
-            import yaml
+            from .train.config import read_yaml_mapping
 
-            from .train.config import ConfigError
-
-            extra = yaml.safe_load(Path(source).read_text()) or {}
-            if not isinstance(extra, dict):
-                raise ConfigError(f"{source}: top level must be a mapping")
-            raw.update(extra)
+            raw.update(read_yaml_mapping(Path(source), "study"))
         return load_study(raw, overrides)
     if not source:
         raise SystemExit("mlipopt study: give a study YAML file or --preset NAME")

@@ -20,10 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..data.xtb import XTBDatasetSpec
-from ..train.config import ConfigError, apply_overrides, from_dict, load_config
+from ..train.config import ConfigError, apply_overrides, from_dict, load_config, read_yaml_mapping
 
 PAPER_SEEDS = [7, 42, 123, 2026, 1618]
 
@@ -128,12 +126,7 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         raw = copy.deepcopy(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such study file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raw = read_yaml_mapping(path, "study")
         base_dir = path.resolve().parent
         raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, list(overrides or []))

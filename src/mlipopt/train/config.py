@@ -245,6 +245,19 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
         d.energy_references = str((base / d.energy_references).resolve())
 
 
+def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file, or a :class:`ConfigError` naming the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what} file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    return raw
+
+
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """A checked :class:`RunConfig` from a YAML file or a dict, with ``key=value`` overrides.
 
@@ -255,14 +268,7 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         raw = dict(source)
     else:
         path = Path(source)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections")
+        raw = read_yaml_mapping(path, "config")
         base = path.resolve().parent
         raw.setdefault("run_dir", str(Path("runs") / path.stem))
     raw = apply_overrides(raw, list(overrides or []))
