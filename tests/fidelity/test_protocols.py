@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.calculators.calculator import all_changes
 from ase.calculators.emt import EMT
 
 from mlipopt.cli import main
@@ -94,3 +95,28 @@ def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
     index = write_report(results, references, settings, "liquid", tmp_path, [2500.0, 3500.0])
     assert (tmp_path / "msd.png").is_file() and (tmp_path / "arrhenius.png").is_file()
     assert "E_a [eV]" in index.read_text()
+
+
+def test_crystal_protocol_compares_elastic_constants_and_phonon_bands(tmp_path):
+    """A model that is 3 % stiffer than EMT shows up in C11 and in the phonon frequencies."""
+    from mlipopt.fidelity.md import run_md
+    from mlipopt.fidelity.protocols import write_report
+
+    class StiffEMT(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, properties, system_changes)
+            for key in ("energy", "forces", "stress"):
+                if key in self.results:
+                    self.results[key] = 1.03 * self.results[key]
+
+    cell = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)  # 32 atoms: its own phonopy supercell
+    settings = FidelitySettings(
+        temperature_K=300, steps=60, seeds=1, interval=5, timestep_fs=2.0, ensemble="nve"
+    )
+    reference = run_md(cell, EMT(), 300, 60, 2.0, "nve", 5, seed=0).frames
+    result = evaluate("stiff", StiffEMT(), cell, "crystal", reference, settings, reference_calc=EMT())
+    assert result.extra["C11_relative_error"] == pytest.approx(0.03, abs=1e-6)
+    assert 0 < result.extra["phonon_frequency_MAE_THz"] < 0.5
+    assert "nve_drift_meV_atom_ps" in result.extra
+    write_report([result], [result], settings, "crystal", tmp_path)
+    assert (tmp_path / "phonon_bands.png").stat().st_size > 0

@@ -148,10 +148,8 @@ def bulk_modulus_from_elastic(C: np.ndarray) -> float:
     return float((C[0, 0] + C[1, 1] + C[2, 2] + 2 * (C[0, 1] + C[0, 2] + C[1, 2])) / 9)
 
 
-def phonon_frequencies(
-    atoms: Atoms, supercell: int = 2, qpoints: np.ndarray | None = None, displacement: float = 0.01
-):
-    """Phonon frequencies (THz) at ``qpoints`` (reduced coordinates; default Γ, X, L) via phonopy."""
+def _phonopy(atoms: Atoms, supercell: int, displacement: float):
+    """A phonopy object with force constants from ``atoms.calc`` (finite displacements)."""
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
 
@@ -171,6 +169,50 @@ def phonon_frequencies(
         forces.append(sc.get_forces())
     phonon.forces = np.array(forces)
     phonon.produce_force_constants()
-    q = np.array([[0, 0, 0], [0.5, 0, 0.5], [0.5, 0.5, 0.5]]) if qpoints is None else np.asarray(qpoints)
+    return phonon
+
+
+#: A path through the Brillouin zone in reduced coordinates of the cell's reciprocal lattice
+#: (Γ–X–L–Γ for an fcc primitive cell; a generic path for other cells).
+DEFAULT_PATH = [("Γ", (0, 0, 0)), ("X", (0.5, 0, 0.5)), ("L", (0.5, 0.5, 0.5)), ("Γ", (0, 0, 0))]
+
+
+def phonon_frequencies(
+    atoms: Atoms, supercell: int = 2, qpoints: np.ndarray | None = None, displacement: float = 0.01
+) -> np.ndarray:
+    """Phonon frequencies (THz) at ``qpoints`` (reduced coordinates; default Γ, X, L) via phonopy."""
+    phonon = _phonopy(atoms, supercell, displacement)
+    q = np.array([p for _, p in DEFAULT_PATH[:3]]) if qpoints is None else np.asarray(qpoints)
     phonon.run_qpoints(q)
     return phonon.qpoints.frequencies
+
+
+@dataclass
+class PhononBands:
+    distance: np.ndarray  # path coordinate
+    frequencies: np.ndarray  # (points, branches), THz
+    ticks: list[tuple[float, str]]
+    dos_frequencies: np.ndarray
+    dos: np.ndarray
+
+
+def phonon_bands(atoms: Atoms, supercell: int = 2, points: int = 40, mesh: int = 12) -> PhononBands:
+    """Band structure along :data:`DEFAULT_PATH` and total DOS on a ``mesh``³ grid (phonopy)."""
+    phonon = _phonopy(atoms, supercell, 0.01)
+    segments, ticks, start = [], [(0.0, DEFAULT_PATH[0][0])], 0.0
+    recip = atoms.cell.reciprocal()
+    distance = []
+    for (_, a), (label, b) in zip(DEFAULT_PATH[:-1], DEFAULT_PATH[1:]):
+        q = np.linspace(a, b, points)
+        length = float(np.linalg.norm((np.array(b) - np.array(a)) @ recip))
+        segments.append(q)
+        distance.append(start + np.linspace(0, length, points))
+        start += length
+        ticks.append((start, label))
+    phonon.run_qpoints(np.concatenate(segments))
+    phonon.run_mesh([mesh] * 3, is_gamma_center=True)
+    phonon.run_total_dos()
+    dos = phonon.total_dos
+    return PhononBands(
+        np.concatenate(distance), phonon.qpoints.frequencies, ticks, dos.frequency_points, dos.dos
+    )

@@ -25,9 +25,9 @@ from .observables import (
     diffusion_coefficient,
     distance_distribution,
     elastic_constants,
+    energy_drift,
     integrated_absolute_difference,
     mean_squared_displacement,
-    phonon_frequencies,
     rdf,
 )
 
@@ -59,6 +59,7 @@ class FidelityResult:
     seconds: float = 0.0
     curve: tuple[list[float], list[float]] = ((), ())  # r, p(r) or g(r) for plots
     msd: tuple[list[float], list[float]] = ((), ())  # lag [ps], MSD [Å²] (liquid)
+    phonons: dict[str, Any] = field(default_factory=dict)  # bands of model and reference (crystal)
     temperature_K: float = 0.0
 
 
@@ -183,8 +184,16 @@ def evaluate(
     if protocol == "liquid" and all(r.stable for r in runs):
         diffusion, msd = _diffusion(runs, reference_frames, settings)
         extra.update(diffusion)
+    phonons: dict[str, Any] = {}
     if protocol == "crystal" and reference_calc is not None:
-        extra.update(_crystal(calculator, reference_calc, start))
+        elastic, phonons = _crystal(calculator, reference_calc, start)
+        extra.update(elastic)
+    if settings.ensemble == "nve":
+        drifts = [
+            energy_drift(np.array(x.times_ps), np.array(x.total_energy), len(start)) for x in runs if x.stable
+        ]
+        if drifts:
+            extra["nve_drift_meV_atom_ps"] = float(np.mean(drifts))
     return FidelityResult(
         label=label,
         survived=float(np.mean([r.stable for r in runs])),
@@ -197,6 +206,7 @@ def evaluate(
         seconds=time.perf_counter() - begin,
         curve=(list(map(float, r)), list(map(float, curve))),
         msd=msd,
+        phonons=phonons,
         temperature_K=settings.temperature_K,
     )
 
@@ -227,17 +237,34 @@ def _diffusion(
     return stats_out, (list(map(float, lag)), list(map(float, msd)))
 
 
-def _crystal(calculator: Calculator, reference_calc: Calculator, start: Atoms) -> dict[str, float]:
-    out = {}
+def _crystal(
+    calculator: Calculator, reference_calc: Calculator, start: Atoms
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Elastic-constant relative errors; for cells up to 64 atoms also phonon bands of model and reference.
+
+    A cell larger than the primitive one folds the bands; model and reference fold alike, so the
+    frequency MAE still compares like with like.
+    """
+    from .observables import phonon_bands
+
+    out: dict[str, float] = {}
     model, ref = start.copy(), start.copy()
     model.calc, ref.calc = calculator, reference_calc
     C, C_ref = elastic_constants(model), elastic_constants(ref)
     for name, (i, j) in {"C11": (0, 0), "C12": (0, 1), "C44": (3, 3)}.items():
         out[f"{name}_relative_error"] = float(abs(C[i, j] - C_ref[i, j]) / abs(C_ref[i, j]))
-    if len(start) <= 8:
-        f, f_ref = phonon_frequencies(model), phonon_frequencies(ref)
-        out["phonon_frequency_MAE_THz"] = float(np.mean(np.abs(f - f_ref)))
-    return out
+    bands: dict[str, Any] = {}
+    if len(start) <= 64:  # small cells get a 2×2×2 phonopy supercell; larger ones are their own supercell
+        supercell = 2 if len(start) <= 8 else 1
+        b, b_ref = phonon_bands(model, supercell), phonon_bands(ref, supercell)
+        out["phonon_frequency_MAE_THz"] = float(np.mean(np.abs(b.frequencies - b_ref.frequencies)))
+        bands = {
+            "distance": b.distance.tolist(),
+            "model": b.frequencies.tolist(),
+            "reference": b_ref.frequencies.tolist(),
+            "ticks": b.ticks,
+        }
+    return out, bands
 
 
 def reference_trajectory(
@@ -491,6 +518,20 @@ def transport_figures(results: list[FidelityResult], arrhenius: list[dict[str, A
         fig.savefig(out / "msd.png", dpi=120)
         plt.close(fig)
         lines += ["![mean squared displacement](msd.png)", ""]
+    with_bands = [r for r in results if r.phonons]
+    if with_bands:
+        fig, axes = plt.subplots(1, len(with_bands), figsize=(4 * len(with_bands), 3.4), squeeze=False)
+        for ax, r in zip(axes[0], with_bands):
+            x = r.phonons["distance"]
+            ax.plot(x, r.phonons["reference"], color="k", linewidth=1.2)
+            ax.plot(x, r.phonons["model"], color="tab:red", linewidth=1.0, linestyle="--")
+            ax.set_xticks([t for t, _ in r.phonons["ticks"]], [name for _, name in r.phonons["ticks"]])
+            ax.set_ylabel("frequency [THz]")
+            ax.set_title(f"{r.label} (dashed) vs reference", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "phonon_bands.png", dpi=120)
+        plt.close(fig)
+        lines += ["![phonon bands](phonon_bands.png)", ""]
     if arrhenius:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for row in arrhenius:
