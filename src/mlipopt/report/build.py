@@ -180,11 +180,10 @@ def fidelity_section(db: ResultsDB, study: str, out: Path) -> list[str]:
         "|---|---|---|---|---|",
     ]
     for _, protocol, r in rows:
-        prefix = "≥ " if r["survived"] > 0 else ""
-        lines.append(
-            f"| {r['label']} | {protocol} | {100 * r['survived']:.0f} % | "
-            f"{prefix}{r['median_time_to_failure_ps']:.3f} ps | {r['structure_error']:.3f} |"
-        )
+        ttf = r.get("median_time_to_failure_ps")
+        ttf_text = "—" if ttf is None else ("≥ " if r["survived"] > 0 else "") + f"{ttf:.3f} ps"
+        survived = f"{100 * r['survived']:.0f} %"
+        lines.append(f"| {r['label']} | {protocol} | {survived} | {ttf_text} | {r['structure_error']:.3f} |")
     if (out / "fidelity" / "index.md").is_file():
         lines += ["", "Details, overlays and trajectories: [fidelity/index.md](fidelity/index.md)"]
     return lines + [""]
