@@ -9,6 +9,7 @@ normalised histogram of all interatomic distances of the chosen element pair) pl
 from __future__ import annotations
 
 from collections.abc import Sequence
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,13 +153,18 @@ def _phonopy(atoms: Atoms, supercell: int, displacement: float):
     """A phonopy object with force constants from ``atoms.calc`` (finite displacements)."""
     from phonopy import Phonopy
     from phonopy.structure.atoms import PhonopyAtoms
+    from phonopy.structure.cells import PrimitiveMatrixAutoDefaultWarning
 
     unit = PhonopyAtoms(
         symbols=atoms.get_chemical_symbols(),
         cell=atoms.cell.array,
         scaled_positions=atoms.get_scaled_positions(),
     )
-    phonon = Phonopy(unit, supercell_matrix=np.eye(3, dtype=int) * supercell)
+    # q-points refer to the primitive cell phonopy finds ("auto"), whatever cell the user passes; the
+    # warning phonopy 4 gives for that choice (v3 used the identity) is expected here
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PrimitiveMatrixAutoDefaultWarning)
+        phonon = Phonopy(unit, supercell_matrix=np.eye(3, dtype=int) * supercell, primitive_matrix="auto")
     phonon.generate_displacements(distance=displacement)
     forces = []
     for displaced in phonon.supercells_with_displacements:
@@ -172,8 +178,8 @@ def _phonopy(atoms: Atoms, supercell: int, displacement: float):
     return phonon
 
 
-#: A path through the Brillouin zone in reduced coordinates of the cell's reciprocal lattice
-#: (Γ–X–L–Γ for an fcc primitive cell; a generic path for other cells).
+#: A path through the Brillouin zone in reduced coordinates of the primitive reciprocal lattice
+#: (Γ–X–L–Γ for fcc; a generic path for other lattices).
 DEFAULT_PATH = [("Γ", (0, 0, 0)), ("X", (0.5, 0, 0.5)), ("L", (0.5, 0.5, 0.5)), ("Γ", (0, 0, 0))]
 
 
@@ -200,7 +206,7 @@ def phonon_bands(atoms: Atoms, supercell: int = 2, points: int = 40, mesh: int =
     """Band structure along :data:`DEFAULT_PATH` and total DOS on a ``mesh``³ grid (phonopy)."""
     phonon = _phonopy(atoms, supercell, 0.01)
     segments, ticks, start = [], [(0.0, DEFAULT_PATH[0][0])], 0.0
-    recip = atoms.cell.reciprocal()
+    recip = np.linalg.inv(phonon.primitive.cell).T  # reciprocal of the primitive cell (no 2π)
     distance = []
     for (_, a), (label, b) in zip(DEFAULT_PATH[:-1], DEFAULT_PATH[1:]):
         q = np.linspace(a, b, points)
