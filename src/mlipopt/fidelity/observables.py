@@ -8,8 +8,8 @@ normalised histogram of all interatomic distances of the chosen element pair) pl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
