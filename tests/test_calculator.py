@@ -67,7 +67,7 @@ def test_nve_energy_drift_is_bounded(copper_run):
 def test_load_errors(tmp_path, copper_run):
     with pytest.raises(FileNotFoundError, match="no config.yaml"):
         load(tmp_path)
-    with pytest.raises(ValueError, match="'best' or 'last'"):
+    with pytest.raises(ValueError, match="'best', 'last' or 'refined'"):
         load_model(copper_run, weights="final")
     model, config = load_model(copper_run, weights="last")
     assert config.model.type_names == ["Cu"] and not model.training

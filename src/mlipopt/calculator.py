@@ -17,7 +17,10 @@ from .train.config import RunConfig, load_config
 
 
 def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Module, RunConfig]:
-    """The trained model of ``run_dir`` in eval mode (``weights``: "best" or "last") and its config."""
+    """The trained model of ``run_dir`` in eval mode and its config.
+
+    ``weights``: "best" (validation), "last" (checkpoint) or "refined" (after ``mlipopt refine``).
+    """
     from .models import build_model
 
     run_dir = Path(run_dir)
@@ -26,9 +29,10 @@ def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Mod
         raise FileNotFoundError(f"{run_dir}: no config.yaml — is this an mlipopt run directory?")
     config = load_config(config_file)
     m = config.model
-    if weights not in ("best", "last"):
-        raise ValueError(f"weights must be 'best' or 'last', got {weights!r}")
-    source = run_dir / ("best_model.pt" if weights == "best" else "checkpoint.pt")
+    files = {"best": "best_model.pt", "last": "checkpoint.pt", "refined": "refined_model.pt"}
+    if weights not in files:
+        raise ValueError(f"weights must be 'best', 'last' or 'refined', got {weights!r}")
+    source = run_dir / files[weights]
     if not source.is_file():
         raise FileNotFoundError(f"{run_dir}: no {source.name}; has the run finished an epoch?")
     model = build_model(

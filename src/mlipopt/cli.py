@@ -145,6 +145,19 @@ def _fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refine(args: argparse.Namespace) -> int:
+    from .train.refine import refine
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "best_model.pt").is_file():
+        print(f"mlipopt refine: error: {run_dir} holds no trained run (best_model.pt)", file=sys.stderr)
+        return 2
+    summary = refine(run_dir, args.iterations, args.memory, args.patience)
+    print(f"refined model: {run_dir / 'refined_model.pt'} (iteration {summary['best_iteration']}, "
+          f"{summary['function_evals']} evaluations, {summary['seconds']:.0f} s)")  # fmt: skip
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .study.presets import preset
 
@@ -216,6 +229,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", default=None, help="report folder (default: beside the database)")
     r.add_argument("--study", default=None, help="study name when the database holds several")
     r.set_defaults(func=_report)
+    rf = sub.add_parser(
+        "refine", help="L-BFGS refinement of a trained run (full batch, best validation kept)"
+    )
+    rf.add_argument("run_dir")
+    rf.add_argument("--iterations", type=int, default=50)
+    rf.add_argument("--memory", type=int, default=20, help="L-BFGS history length m")
+    rf.add_argument("--patience", type=int, default=10, help="iterations without validation improvement")
+    rf.set_defaults(func=_refine)
     f = sub.add_parser(
         "fidelity",
         help="MD stability and structure of trained runs against a reference calculator or trajectory",

@@ -176,3 +176,23 @@ def test_without_validation_or_test_split_the_last_model_is_kept(tmp_path):
     )
     assert final["best_epoch"] == 2 and final["test"] == {}
     assert final["frames"] == {"train": 12, "val": 0, "test": 0}
+
+
+@pytest.mark.parametrize(
+    "name, cls, lr, epochs",
+    [
+        ("radam", "RAdam", 2e-3, 3),
+        ("sgd", "SGD", 2e-3, 3),
+        ("lamb", "Lamb", 2e-3, 3),
+        ("ranger", "Ranger", 1e-2, 8),  # RAdam's rectified warm-up and Lookahead start slowly
+        ("muon", "Muon", 2e-3, 3),
+    ],
+)
+def test_every_named_optimizer_trains(tmp_path, name, cls, lr, epochs):
+    trainer = Trainer(
+        tiny_config(tmp_path, optimizer={"name": name, "lr": lr}, training={"max_epochs": epochs})
+    )
+    assert type(trainer.optimizer).__name__ == cls
+    trainer.fit()
+    losses = [row["train_loss"] for row in trainer.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]

@@ -16,6 +16,8 @@ OPTIMIZERS: dict[str, tuple[bool, bool]] = {
     "adam": (False, False),
     "radam": (False, False),
     "sgd": (False, False),
+    "lamb": (False, False),
+    "ranger": (False, False),
     "schedulefree_adamw": (False, True),
     "muon": (True, False),
     "soap": (True, False),
@@ -66,6 +68,13 @@ def build_optimizer(
     if structure:
         raise ValueError(f"optimizer {name!r} takes no structure options (got {sorted(structure)})")
     params = [p for p in model.parameters() if p.requires_grad]
+    if key in ("lamb", "ranger"):
+        # maintained implementations from pytorch-optimizer (LAMB: You et al. 2020, layer-wise trust
+        # ratio; Ranger: RAdam + Lookahead + gradient centralisation), with their documented defaults
+        import pytorch_optimizer
+
+        cls = pytorch_optimizer.Lamb if key == "lamb" else pytorch_optimizer.Ranger
+        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
     if key == "schedulefree_adamw":
         import schedulefree
 

@@ -59,7 +59,7 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # adamw, adam, radam, sgd, schedulefree_adamw, muon, soap, soap_muon
+    name: str = "adamw"  # adamw adam radam sgd lamb ranger schedulefree_adamw muon soap soap_muon
     lr: float = 1e-3
     weight_decay: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)  # e.g. betas, rho, precondition_frequency

@@ -1,0 +1,120 @@
+"""L-BFGS refinement of a trained run (seed 002 appendix B): a short full-batch quasi-Newton stage.
+
+Starts from the run's best weights, minimises the same eq. 11 loss over the whole training split with
+:class:`mlipopt.optim.lbfgs.LBFGS`, evaluates the validation force RMSE after every iteration (energy
+RMSE when no validation frame has forces), stops after ``patience`` iterations without improvement,
+and keeps the best parameters. Writes ``refined_model.pt``, ``refine_metrics.csv`` and
+``refine_final.json`` (test errors before and after, evaluations, wall-clock) into the run directory.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..optim.lbfgs import LBFGS
+from .checkpoint import load_torch, save_json, save_text, save_torch
+from .config import load_config
+from .loss import eq11_loss
+from .trainer import Trainer, forces_enabled
+
+COLUMNS = ("iteration", "loss", "grad_norm", "step_size", "wolfe", "damped", "function_evals",
+           "val_metric", "seconds")  # fmt: skip
+
+
+def refine(
+    run_dir: str | Path,
+    iterations: int = 50,
+    memory: int = 20,
+    patience: int = 10,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Refine the best model of ``run_dir`` with L-BFGS; returns the summary also saved as JSON."""
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / "config.yaml")
+    config.run_dir = str(run_dir)
+    trainer = Trainer(config, log=lambda _: None)
+    trainer.model.load_state_dict(load_torch(run_dir / "best_model.pt")["model"])
+    model, train, c = trainer.model, trainer.sets["train"], config
+    use_forces = c.loss.force_weight > 0 and trainer.force_normaliser > 0
+
+    def val_metric() -> float:
+        errors = trainer.evaluate("val") if len(trainer.sets["val"]) else trainer.evaluate("train")
+        return errors["f_rmse"] if errors["f_rmse"] is not None else errors["e_rmse"]
+
+    def closure() -> torch.Tensor:
+        """Eq. 11 over the whole training split (batches weighted by their share), gradients summed."""
+        model.train()
+        model.zero_grad(set_to_none=True)
+        total = torch.zeros((), dtype=torch.float64)
+        for batch in train.batches(c.data.eval_batch_size):
+            batch = batch.to(trainer.device)
+            with forces_enabled(model, use_forces and batch.has_forces):
+                out = model(batch.data)
+            parts = eq11_loss(
+                out["total_energy"], out.get("forces"), batch, c.loss.energy_weight, c.loss.force_weight,
+                trainer.force_normaliser,
+            )  # fmt: skip
+            weighted = parts.total * (len(batch.energy) / len(train))
+            weighted.backward()
+            total += weighted.detach().cpu()
+        return total
+
+    test_before = trainer.evaluate("test") if len(trainer.sets["test"]) else {}
+    best = val_metric()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    log(f"refine {run_dir}: start, validation metric {best:.3f}")
+    optimizer = LBFGS([p for p in model.parameters() if p.requires_grad], memory=memory)
+    rows, start, bad, best_iteration = [], time.perf_counter(), 0, 0
+    for iteration in range(1, iterations + 1):
+        info = optimizer.step(closure)
+        metric = val_metric()
+        rows.append({
+            "iteration": iteration, "loss": info.loss, "grad_norm": info.grad_norm,
+            "step_size": info.step_size, "wolfe": info.wolfe, "damped": info.damped,
+            "function_evals": info.function_evals, "val_metric": metric,
+            "seconds": time.perf_counter() - start,
+        })  # fmt: skip
+        log(f"  iteration {iteration:>3}: loss {info.loss:.5g}  |g| {info.grad_norm:.3g}  "
+            f"step {info.step_size:.3g}  val {metric:.3f}  ({info.function_evals} evaluations)")  # fmt: skip
+        if metric < best:
+            best, best_iteration, bad = metric, iteration, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                log(f"  no improvement for {patience} iterations: stop")
+                break
+    model.load_state_dict(best_state)
+    save_torch({"model": best_state, "iteration": best_iteration}, run_dir / "refined_model.pt")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    save_text(buffer.getvalue(), run_dir / "refine_metrics.csv")
+    summary = {
+        "best_iteration": best_iteration,
+        "best_val_metric": best,
+        "iterations": len(rows),
+        "function_evals": rows[-1]["function_evals"] if rows else 0,
+        "gradient_evals": rows[-1]["function_evals"] if rows else 0,
+        "damped_steps": optimizer.damped_steps,
+        "seconds": time.perf_counter() - start,
+        "test_before": test_before,
+        "test_after": trainer.evaluate("test") if len(trainer.sets["test"]) else {},
+    }
+    save_json(summary, run_dir / "refine_final.json")
+    if summary["test_after"]:
+        log(
+            "test F MAE {:.2f} -> {:.2f} meV/Å, E MAE {:.3f} -> {:.3f} meV/atom".format(
+                test_before["f_mae"] or float("nan"), summary["test_after"]["f_mae"] or float("nan"),
+                test_before["e_mae"], summary["test_after"]["e_mae"],
+            )
+        )  # fmt: skip
+    return summary
