@@ -106,3 +106,27 @@ def test_ray_executor(tmp_path):
         ray.shutdown()
     runs = ResultsDB(load_study(raw).database_url).runs("tiny")
     assert len(runs) == 4 and all(r.status == "done" for r in runs)
+
+
+def test_then_refine_stage_refines_the_best_optimizers_and_reports_base_vs_lbfgs(tmp_path):
+    from mlipopt.report import make_report
+
+    raw = tiny_study(
+        tmp_path, optimizers={"adamw": {"lr": [5e-3]}, "soap": {"lr": [5e-3]}}, loss_ratios=[[1, 1]]
+    )
+    raw["force_fractions"] = [1.0]
+    raw["refine"] = {"top": 1, "iterations": 2, "memory": 3, "patience": 2}
+    spec = load_study(raw)
+    run_study(spec, progress=lambda _: None)
+    db = ResultsDB(spec.database_url)
+    finals = [r for r in db.runs("tiny") if r.stage == "final"]
+    best = min(
+        {r.optimizer for r in finals},
+        key=lambda o: sum(r.best_val_metric for r in finals if r.optimizer == o),
+    )
+    refined = {r.optimizer for r in finals if db.refinement(r.id) is not None}
+    assert refined == {best}
+    assert all(db.refinement(r.id).status == "done" for r in finals if r.optimizer == best)
+    text = make_report(spec.database_url.removeprefix("sqlite:///")).read_text()
+    assert "## L-BFGS refinement (base → +L-BFGS, test MAE)" in text
+    assert f"| 100 % | {best} | 2 |" in text

@@ -168,6 +168,49 @@ def cost_table(db: ResultsDB, study: str) -> list[str]:
     return rows
 
 
+def refinement_section(db: ResultsDB, study: str) -> list[str]:
+    """Base vs +L-BFGS test MAEs for the refined final runs (seed 002 table 3)."""
+    import json
+
+    cells: dict[tuple[str, float], dict[str, list[float]]] = {}
+    for run in final_runs(db, study):
+        row = db.refinement(run.id)
+        if row is None or row.status != "done" or row.summary is None:
+            continue
+        summary = json.loads(row.summary)
+        before, after = summary["test_before"] or {}, summary["test_after"] or {}
+        cell = cells.setdefault(
+            (run.optimizer, run.force_fraction), {k: [] for k in ("e0", "e1", "f0", "f1", "n")}
+        )
+        cell["e0"].append(before.get("e_mae"))
+        cell["e1"].append(after.get("e_mae"))
+        if before.get("f_mae") is not None:
+            cell["f0"].append(before["f_mae"])
+            cell["f1"].append(after["f_mae"])
+        cell["n"].append(summary["function_evals"])
+    if not cells:
+        return []
+
+    def ms(values: list[float], digits: int) -> str:
+        if not values:
+            return "—"
+        mean, std = Cell.stats(values)
+        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
+
+    lines = [
+        "## L-BFGS refinement (base → +L-BFGS, test MAE)",
+        "",
+        "| force labels | optimizer | runs | E base | E +L-BFGS | F base | F +L-BFGS | evaluations |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (opt, frac), c in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        lines.append(
+            f"| {100 * frac:g} % | {opt} | {len(c['n'])} | {ms(c['e0'], 2)} | {ms(c['e1'], 2)} | "
+            f"{ms(c['f0'], 1)} | {ms(c['f1'], 1)} | {np.mean(c['n']):.0f} |"
+        )
+    return lines + [""]
+
+
 def fidelity_section(db: ResultsDB, study: str, out: Path) -> list[str]:
     """Stability and structure of evaluated runs (``mlipopt fidelity``), if any were stored."""
     rows = db.fidelity_results([r.id for r in db.runs(study)])
@@ -247,6 +290,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         *cost,
         "",
+        *refinement_section(db, study),
         *fidelity_section(db, study, out),
     ]
     path = out / "index.md"

@@ -72,6 +72,20 @@ class Epoch(Base):
     val_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
+class Refinement(Base):
+    """L-BFGS refinement of a finished run (study stage "then refine")."""
+
+    __tablename__ = "refinements"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    test_e_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    test_f_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
 class Fidelity(Base):
     """Physical-fidelity results of a run under a protocol (``mlipopt fidelity``)."""
 
@@ -190,6 +204,24 @@ class ResultsDB:
                         val_metric=_finite(row.get("val_metric")),
                     )
                 )
+
+    def refinement(self, run_id: str) -> Refinement | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Refinement, run_id)
+
+    def record_refinement(
+        self, run_id: str, summary: dict[str, Any] | None, error: str | None = None
+    ) -> None:
+        """Store a refinement's summary (status done) or its error (status failed)."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(Refinement, run_id) or Refinement(run_id=run_id)
+            row.finished, row.error = _now(), error
+            row.status = "failed" if error else "done"
+            if summary is not None:
+                after = summary.get("test_after") or {}
+                row.summary = json.dumps(summary, default=str)
+                row.test_e_mae, row.test_f_mae = _finite(after.get("e_mae")), _finite(after.get("f_mae"))
+            session.merge(row)
 
     def record_fidelity(self, run_id: str, protocol: str, result: dict[str, Any]) -> None:
         with Session(self.engine) as session, session.begin():

@@ -26,6 +26,8 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(int(task.get("threads", 1)))
     db = ResultsDB(task["db_url"])
     run_id = task["run_id"]
+    if task.get("kind") == "refine":
+        return _execute_refinement(task, db)
     if db.status(run_id) == "done":
         return {"run_id": run_id, "status": "done", "skipped": True}
     db.mark_running(run_id)
@@ -39,6 +41,23 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}"
         db.mark_failed(run_id, message + "\n" + traceback.format_exc())
         return {"run_id": run_id, "status": "failed", "error": message}
+
+
+def _execute_refinement(task: dict[str, Any], db: Any) -> dict[str, Any]:
+    from ..train.refine import refine
+
+    run_id = task["run_id"]
+    existing = db.refinement(run_id)
+    if existing is not None and existing.status == "done":
+        return {"run_id": run_id, "status": "done", "skipped": True, "kind": "refine"}
+    try:
+        summary = refine(task["run_dir"], log=lambda _: None, **task["refine"])
+        db.record_refinement(run_id, summary)
+        return {"run_id": run_id, "status": "done", "kind": "refine", "summary": summary}
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        db.record_refinement(run_id, None, message + "\n" + traceback.format_exc())
+        return {"run_id": run_id, "status": "failed", "kind": "refine", "error": message}
 
 
 def available_cpus() -> int:

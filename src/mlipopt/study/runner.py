@@ -135,7 +135,53 @@ class StudyRunner:
                     for seed in spec.seeds
                 ]
         self.execute(finals, "final runs")
+        if spec.refine is not None:
+            self.refine_stage(finals)
         return out
+
+    def refine_stage(self, finals: list[RunSpec]) -> None:
+        """L-BFGS on the final runs of the best ``top`` optimizers per force fraction (by validation)."""
+        import numpy as np
+
+        spec, settings = self.spec, self.spec.refine
+        done = {r.id: r for r in self.db.runs(spec.name, status="done")}
+        chosen = []
+        for s in spec.force_fractions:
+            by_opt: dict[str, list[float]] = {}
+            for run in finals:
+                if (
+                    run.force_fraction == s
+                    and run.run_id in done
+                    and done[run.run_id].best_val_metric is not None
+                ):
+                    by_opt.setdefault(run.optimizer, []).append(done[run.run_id].best_val_metric)
+            ranked = sorted(by_opt, key=lambda o: float(np.mean(by_opt[o])))[: settings.top]
+            chosen += [
+                r for r in finals if r.force_fraction == s and r.optimizer in ranked and r.run_id in done
+            ]
+        todo = [r for r in chosen if (row := self.db.refinement(r.run_id)) is None or row.status != "done"]
+        self.progress(f"L-BFGS refinement: {len(chosen)} runs ({len(chosen) - len(todo)} already done)")
+        options = {
+            "iterations": settings.iterations,
+            "memory": settings.memory,
+            "patience": settings.patience,
+        }
+        tasks = [
+            {"run_id": r.run_id, "kind": "refine", "run_dir": r.config["run_dir"], "refine": options,
+             "db_url": self.db.url}
+            for r in todo
+        ]  # fmt: skip
+        by_id = {r.run_id: r for r in todo}
+        for n, result in enumerate(self.executor.map(tasks), start=1):
+            run = by_id[result["run_id"]]
+            what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed}"
+            if result["status"] == "done" and "summary" in result:
+                before = (result["summary"]["test_before"] or {}).get("f_mae")
+                after = (result["summary"]["test_after"] or {}).get("f_mae")
+                change = f"test F MAE {before:.1f} -> {after:.1f} meV/Å" if before and after else "done"
+                self.progress(f"  [{n:>3}/{len(todo)}] refined {what}: {change}")
+            elif result["status"] == "failed":
+                self.progress(f"  [{n:>3}/{len(todo)}] refining {what} FAILED — {result['error']}")
 
 
 def run_study(spec: StudySpec, progress: Callable[[str], None] = print) -> StudyOutcome:

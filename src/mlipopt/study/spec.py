@@ -66,6 +66,17 @@ class ExecutorSpec:
 
 
 @dataclass
+class RefineSpec:
+    """Stage "then refine" (seed 002): L-BFGS on the final runs of the ``top`` optimizers per force
+    fraction, ranked by their mean validation metric over seeds (the test set is not looked at)."""
+
+    top: int = 3
+    iterations: int = 50
+    memory: int = 20
+    patience: int = 10
+
+
+@dataclass
 class StudySpec:
     name: str = "study"
     base: dict[str, Any] = field(default_factory=dict)  # a `mlipopt train` config (without optimizer)
@@ -79,6 +90,7 @@ class StudySpec:
     study_dir: str | None = None  # default: studies/<name>
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/results.db
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    refine: RefineSpec | None = None
 
     @property
     def folder(self) -> Path:
