@@ -146,3 +146,24 @@ def test_optimizers_train_a_real_nequip_model(factory, tp_blocks):
         loss.backward()
         opt.step()
     assert float(loss_fn().detach()) < 0.5 * first
+
+
+def test_e3nn_fully_connected_layers_readouts_and_onehot_embeddings():
+    """SevenNet-style pieces: e3nn FullyConnectedNet radial MLPs are matrices, a Linear to one scalar is
+    a readout, and a Linear on one-hot species is an embedding (both Adam)."""
+    from e3nn import o3
+    from e3nn.nn import FullyConnectedNet
+
+    from mlipopt.structure import discover
+
+    model = torch.nn.Module()
+    model.weight_nn = FullyConnectedNet([8, 16, 1])
+    model.onehot_to_feature = o3.Linear("5x0e", "16x0e")
+    model.reduce_to_energy = o3.Linear("16x0e", "1x0e")
+    model.mix = o3.Linear("16x0e+4x1o", "16x0e+4x1o")
+    roles = {i.name: (i.kind, i.role, i.blocks) for i in discover(model)}
+    assert roles["weight_nn.layer0.weight"] == ("linear", "matrix", ((0, 128, (8, 16)),))
+    assert roles["weight_nn.layer1.weight"][:2] == ("readout", "adam")
+    assert roles["onehot_to_feature.weight"][:2] == ("embedding", "adam")
+    assert roles["reduce_to_energy.weight"][:2] == ("readout", "adam")
+    assert roles["mix.weight"][1] == "matrix" and len(roles["mix.weight"][2]) == 2

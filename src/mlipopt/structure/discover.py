@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 TP_POLICIES = ("adam", "flatten", "tensor")
+#: Parameter names of Linear layers applied to one-hot species encodings (type embeddings in disguise)
+ONEHOT_NAME = re.compile(r"onehot")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,10 @@ def classify(
     if attr == "weight" and p.ndim == 1 and p.numel() == weight_numel:
         if _is_e3nn_linear(module):
             blocks = _e3nn_linear_blocks(module)
+            if blocks and all(b[2][-1] == 1 for b in blocks):  # mixes channels down to one scalar
+                return info("readout", "adam", fan="in_out")
+            if ONEHOT_NAME.search(name):  # a Linear on one-hot species: a type embedding (SevenNet)
+                return info("embedding", "adam", fan="in_out")
             return info("e3nn-linear", "matrix" if blocks else "adam", blocks, "in_out")
         if _is_e3nn_tp(module):
             if tp_blocks == "adam":
@@ -105,6 +111,15 @@ def classify(
         if fan_out == 1:  # readout to a scalar: Adam (Jordan et al. 2024; seed 001 table 2)
             return info("readout", "adam", fan=fan)
         return info("linear", "matrix", [(0, p.numel(), shape)], fan)
+    if (
+        attr == "weight"
+        and p.ndim == 2
+        and shape == (getattr(module, "h_in", -1), getattr(module, "h_out", -1))
+    ):
+        # e3nn.nn.FullyConnectedNet layer (radial MLPs of e3nn-based models such as SevenNet): (in, out)
+        if shape[1] == 1:
+            return info("readout", "adam", fan="in_out")
+        return info("linear", "matrix", [(0, p.numel(), shape)], "in_out")
     if hasattr(module, "num_embeddings") and hasattr(module, "embedding_dim"):
         return info("embedding", "adam")
     return info("other", "adam")
