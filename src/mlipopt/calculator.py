@@ -35,6 +35,12 @@ def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Mod
     source = run_dir / files[weights]
     if not source.is_file():
         raise FileNotFoundError(f"{run_dir}: no {source.name}; has the run finished an epoch?")
+    from .models import PRESETS
+
+    if PRESETS[m.preset]["family"] == "sevennet":
+        model = build_model(m.preset)
+        model.load_state_dict(load_torch(source)["model"])
+        return model.eval(), config
     model = build_model(
         m.preset,
         type_names=m.type_names,
@@ -49,11 +55,18 @@ def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Mod
 
 
 def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "best"):
-    """An ASE ``Calculator`` (nequip's ``NequIPCalculator``) for the model trained in ``run_dir``."""
+    """An ASE ``Calculator`` for the model trained in ``run_dir``: nequip's ``NequIPCalculator`` for
+    NequIP/Allegro, sevenn's ``SevenNetCalculator`` for a fine-tuned SevenNet."""
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.integrations.ase import NequIPCalculator
 
     model, config = load_model(run_dir, weights)
+    from .models import PRESETS
+
+    if PRESETS[config.model.preset]["family"] == "sevennet":
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator(model, file_type="model_instance", device=device)
     transforms = [
         ChemicalSpeciesToAtomTypeMapper(model_type_names=config.model.type_names),
         NeighborListTransform(r_max=config.model.r_max),

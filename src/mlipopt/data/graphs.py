@@ -1,9 +1,10 @@
-"""Frames → nequip graphs (neighbour lists by nequip's transforms) and minibatches with force masks."""
+"""Frames → model graphs (through a model backend; nequip by default) and minibatches with force masks."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ase
 import numpy as np
@@ -16,26 +17,26 @@ from .io import Frames
 class Batch:
     """One minibatch: the model input plus labels and masks (energies in eV, forces in eV/Å)."""
 
-    data: dict[str, torch.Tensor]
+    data: Any  # the backend's batched input (nequip AtomicDataDict, SevenNet batch, ...)
     energy: torch.Tensor  # (B,)
     n_atoms: torch.Tensor  # (B,)
     forces: torch.Tensor  # (ΣN, 3); zero where the frame's forces are masked
     frame_mask: torch.Tensor  # (B,) bool, frame keeps its force label
     atom_mask: torch.Tensor  # (ΣN,) bool
+    backend: Any = None  # moves ``data`` between devices
 
     @property
     def has_forces(self) -> bool:
         return bool(self.frame_mask.any())
 
     def to(self, device: torch.device | str) -> Batch:
-        from nequip.data import AtomicDataDict
-
         return Batch(
-            AtomicDataDict.to_(dict(self.data), torch.device(device)),
+            self.backend.to(self.data, torch.device(device)),
             *(
                 t.to(device)
                 for t in (self.energy, self.n_atoms, self.forces, self.frame_mask, self.atom_mask)
             ),
+            backend=self.backend,
         )
 
 
@@ -67,13 +68,17 @@ class GraphSet:
         type_names: Sequence[str],
         r_max: float,
         force_mask: np.ndarray | None = None,
+        backend: Any = None,
     ) -> None:
+        from ..models.backends import NequIPBackend
+
         frames.check(type_names)
+        self.backend = backend or NequIPBackend(type_names, r_max)
         n = len(frames)
         mask = np.ones(n, dtype=bool) if force_mask is None else np.asarray(force_mask, dtype=bool)
         mask &= np.array([f is not None for f in frames.forces], dtype=bool)
         self.frames = frames
-        self.graphs = [to_graph(a, type_names, r_max) for a in frames.atoms]
+        self.graphs = [self.backend.graph(a) for a in frames.atoms]
         self.energy = torch.as_tensor(frames.energy, dtype=torch.float64)
         self.n_atoms = torch.as_tensor(frames.n_atoms, dtype=torch.long)
         self.force_mask = torch.as_tensor(mask)
@@ -94,14 +99,12 @@ class GraphSet:
         return float(3 * (self.n_atoms * self.force_mask).sum() / max(len(self), 1))
 
     def avg_num_neighbors(self) -> float:
-        edges = sum(int(g["edge_index"].shape[1]) for g in self.graphs)
+        edges = sum(self.backend.num_edges(g) for g in self.graphs)
         return edges / max(int(self.n_atoms.sum()), 1)
 
     def batch(self, indices: Sequence[int]) -> Batch:
-        from nequip.data import AtomicDataDict
-
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        data = AtomicDataDict.batched_from_list([self.graphs[i] for i in idx.tolist()])
+        data = self.backend.collate([self.graphs[i] for i in idx.tolist()])
         n_atoms = self.n_atoms[idx]
         frame_mask = self.force_mask[idx]
         return Batch(
@@ -111,6 +114,7 @@ class GraphSet:
             forces=torch.cat([self.forces[i] for i in idx.tolist()]),
             frame_mask=frame_mask,
             atom_mask=torch.repeat_interleave(frame_mask, n_atoms),
+            backend=self.backend,
         )
 
     def batches(self, batch_size: int, shuffle_seed: Sequence[int] | int | None = None) -> Iterator[Batch]:

@@ -79,6 +79,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         allegro_mlp_hidden_layers_depth=1,
         allegro_mlp_hidden_layers_width=32,
     ),
+    # the pretrained foundation model shipped in the sevenn wheel (842,623 parameters, 5 layers, l_max 2)
+    "sevennet-0": dict(family="sevennet", r_max=5.0, checkpoint="7net-0"),
     "allegro-tiny": dict(
         family="allegro",
         r_max=4.0,
@@ -108,6 +110,8 @@ def build_model(
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if PRESETS[preset]["family"] == "sevennet":
+        return load_sevennet(PRESETS[preset]["checkpoint"])
     try:
         from nequip.utils.global_state import set_global_state
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -132,3 +136,35 @@ def build_model(
     from allegro.model import AllegroModel
 
     return AllegroModel(**kwargs)
+
+
+def load_sevennet(checkpoint: str = "7net-0") -> torch.nn.Module:
+    """A pretrained SevenNet model from the checkpoints in the ``sevenn`` wheel (offline)."""
+    try:
+        import sevenn.util
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise ImportError("fine-tuning SevenNet needs `pip install mlipopt[sevennet]`") from exc
+    return sevenn.util.load_checkpoint(checkpoint).build_model()
+
+
+def make_backend(preset: str, type_names: list[str], r_max: float):
+    """The backend (graph construction, collation, forward pass) for a preset's model family."""
+    from .backends import NequIPBackend, SevenNetBackend
+
+    if PRESETS[preset]["family"] == "sevennet":
+        return SevenNetBackend(r_max)
+    return NequIPBackend(type_names, r_max)
+
+
+def refit_sevennet_shifts(model: torch.nn.Module, e0_delta: dict[str, float]) -> None:
+    """Add per-element energy offsets (eV/atom) to SevenNet's frozen per-species shifts.
+
+    Fine-tuning data rarely share the pretraining data's energy reference (another functional, basis or
+    code); the offsets are a least-squares fit of the new energies minus the pretrained predictions.
+    """
+    from ase.data import atomic_numbers
+
+    shift = model.rescale_atomic_energy.shift
+    with torch.no_grad():
+        for element, delta in e0_delta.items():
+            shift[model.type_map[atomic_numbers[element]]] += delta

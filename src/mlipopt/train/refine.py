@@ -22,7 +22,7 @@ from ..optim.lbfgs import LBFGS
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import load_config
 from .loss import eq11_loss
-from .trainer import Trainer, forces_enabled
+from .trainer import Trainer
 
 COLUMNS = ("iteration", "loss", "grad_norm", "step_size", "wolfe", "damped", "function_evals",
            "val_metric", "seconds")  # fmt: skip
@@ -55,10 +55,9 @@ def refine(
         total = torch.zeros((), dtype=torch.float64)
         for batch in train.batches(c.data.eval_batch_size):
             batch = batch.to(trainer.device)
-            with forces_enabled(model, use_forces and batch.has_forces):
-                out = model(batch.data)
+            energy, forces = trainer.backend.predict(model, batch.data, use_forces and batch.has_forces)
             parts = eq11_loss(
-                out["total_energy"], out.get("forces"), batch, c.loss.energy_weight, c.loss.force_weight,
+                energy, forces, batch, c.loss.energy_weight, c.loss.force_weight,
                 trainer.force_normaliser,
             )  # fmt: skip
             weighted = parts.total * (len(batch.energy) / len(train))

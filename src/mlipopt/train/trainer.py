@@ -11,13 +11,12 @@ restarted from its last checkpoint produces bitwise the same parameters as an un
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from ..data import (
     reference_energy,
     split_indices,
 )
+from ..models.backends import forces_enabled  # noqa: F401  (re-exported: mlipopt.train.forces_enabled)
 from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
@@ -63,22 +63,6 @@ _RESUMABLE_CHANGES = {("run_dir",), ("training", "max_epochs"), ("training", "pr
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is left untouched."""
-
-
-@contextlib.contextmanager
-def forces_enabled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
-    """Switch nequip's autograd force/stress output on or off (off: energy-only, no force graph)."""
-    from nequip.nn.grad_output import ForceStressOutput
-
-    heads = [m for m in model.modules() if isinstance(m, ForceStressOutput)]
-    before = [h.do_derivatives for h in heads]
-    for h in heads:
-        h.do_derivatives = enabled
-    try:
-        yield
-    finally:
-        for h, b in zip(heads, before):
-            h.do_derivatives = b
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -147,9 +131,10 @@ class Trainer:
             {el for f in frames.values() for el in f.elements()}, key=ase.data.atomic_numbers.__getitem__
         )
         c.model.type_names = list(names)
-        from ..models import PRESETS
+        from ..models import PRESETS, make_backend
 
         c.model.r_max = float(c.model.r_max or PRESETS[c.model.preset]["r_max"])
+        self.backend = make_backend(c.model.preset, c.model.type_names, c.model.r_max)
         if d.energy_references == "fit":
             self.e0 = fit_energy_references(frames["train"], c.model.type_names)
         else:
@@ -160,7 +145,8 @@ class Trainer:
             "test": None,  # never masked
         }
         self.sets = {
-            name: GraphSet(f, c.model.type_names, c.model.r_max, masks[name]) for name, f in frames.items()
+            name: GraphSet(f, c.model.type_names, c.model.r_max, masks[name], self.backend)
+            for name, f in frames.items()
         }
         self.force_normaliser = self.sets["train"].mean_force_components()
         self.splits_record = {
@@ -188,9 +174,11 @@ class Trainer:
         return max(float(np.std(residual)), 1e-3)
 
     def _setup_model(self) -> None:
-        from ..models import build_model
+        from ..models import PRESETS, build_model
 
         m = self.config.model
+        if PRESETS[m.preset]["family"] == "sevennet":
+            return self._setup_pretrained()
         if m.avg_num_neighbors is None:
             m.avg_num_neighbors = round(self.sets["train"].avg_num_neighbors(), 6)
         missing = sorted(set(m.type_names) - set(self.e0))
@@ -216,6 +204,34 @@ class Trainer:
         ).to(self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {m.preset} ({n_params:,} parameters, {m.dtype}), r_max {m.r_max} Å")
+
+    def _setup_pretrained(self) -> None:
+        """A pretrained foundation model: load it and refit its per-element energy shifts to this data."""
+        from ..data import Frames
+        from ..models import build_model, refit_sevennet_shifts
+
+        m = self.config.model
+        torch.manual_seed(self.config.seed)
+        self.model = build_model(m.preset).to(self.device)
+        train = self.sets["train"]
+        self.model.eval()
+        predicted = torch.cat(
+            [
+                self.backend.predict(self.model, b.to(self.device).data, False)[0].detach().cpu()
+                for b in train.batches(16)
+            ]
+        )
+        residual = Frames(
+            train.frames.atoms, (train.energy - predicted.double()).numpy(), train.frames.forces
+        )
+        delta = fit_energy_references(residual, m.type_names)
+        refit_sevennet_shifts(self.model, delta)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        self.log(
+            f"model: {m.preset} pretrained ({n_params:,} parameters), energy shifts refitted by "
+            + ", ".join(f"{k} {v:+.3f}" for k, v in delta.items())
+            + " eV"
+        )
 
     def _build_scheduler(self) -> Any:
         s = self.config.scheduler
@@ -305,11 +321,10 @@ class Trainer:
             )
         for step, batch in enumerate(batches):
             batch = batch.to(self.device)
-            with forces_enabled(self.model, use_forces and batch.has_forces):
-                out = self.model(batch.data)
+            energy, forces = self.backend.predict(self.model, batch.data, use_forces and batch.has_forces)
             parts = eq11_loss(
-                out["total_energy"],
-                out.get("forces"),
+                energy,
+                forces,
                 batch,
                 c.loss.energy_weight,
                 c.loss.force_weight,
@@ -340,9 +355,9 @@ class Trainer:
         need_forces = with_forces and graphs.n_force_frames > 0
         for batch in graphs.batches(self.config.data.eval_batch_size):
             batch = batch.to(self.device)
-            with forces_enabled(self.model, need_forces), torch.set_grad_enabled(need_forces):
-                out = self.model(batch.data)
-            metrics.update(out["total_energy"], out.get("forces") if need_forces else None, batch)
+            with torch.set_grad_enabled(need_forces):
+                energy, forces = self.backend.predict(self.model, batch.data, need_forces)
+            metrics.update(energy, forces, batch)
         return metrics.result()
 
     def fit(self) -> dict[str, Any]:
