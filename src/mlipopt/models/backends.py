@@ -32,6 +32,17 @@ def forces_enabled(model: torch.nn.Module, enabled: bool) -> Iterator[None]:
             h.do_derivatives = b
 
 
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Temporarily set torch's default dtype (nequip sets float64 globally; SevenNet is float32)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 class NequIPBackend:
     """NequIP and Allegro models from the nequip packages."""
 
@@ -82,7 +93,8 @@ class SevenNetBackend:
         from sevenn.atom_graph_data import AtomGraphData
         from sevenn.train.dataload import unlabeled_atoms_to_graph
 
-        return AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, self.r_max))
+        with default_dtype(torch.float32):
+            return AtomGraphData.from_numpy_dict(unlabeled_atoms_to_graph(atoms, self.r_max))
 
     def collate(self, graphs: list[Any]) -> Any:
         from torch_geometric.loader.dataloader import Collater
@@ -101,7 +113,10 @@ class SevenNetBackend:
         import sevenn._keys as KEY
 
         model.set_is_batch_data(True)
-        with torch.enable_grad():  # its force head differentiates through edge vectors in any mode
+        with (
+            torch.enable_grad(),
+            default_dtype(torch.float32),
+        ):  # its force head differentiates through edge vectors in any mode
             out = model(data)
         energy = out[KEY.PRED_TOTAL_ENERGY].reshape(-1)
         if not forces:

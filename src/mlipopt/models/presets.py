@@ -144,7 +144,10 @@ def load_sevennet(checkpoint: str = "7net-0") -> torch.nn.Module:
         import sevenn.util
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError("fine-tuning SevenNet needs `pip install mlipopt[sevennet]`") from exc
-    return sevenn.util.load_checkpoint(checkpoint).build_model()
+    from .backends import default_dtype
+
+    with default_dtype(torch.float32):  # the checkpoint is float32 whatever nequip set globally
+        return sevenn.util.load_checkpoint(checkpoint).build_model()
 
 
 def make_backend(preset: str, type_names: list[str], r_max: float):
