@@ -85,7 +85,7 @@ def test_powell_damping_on_negative_curvature():
 def test_float32_and_a_non_descent_restart_keep_working():
     A, b = quadratic(n=10, condition=100.0)
     A, b = A.float(), b.float()
-    x = torch.zeros(10, requires_grad=True)
+    x = torch.zeros(10, dtype=torch.float32, requires_grad=True)
     _, info = run(lambda p: LBFGS(p), lambda x: 0.5 * x @ A @ x - b @ x, x, 200, tol=1e-4)
     assert info.grad_norm < 1e-4
 
