@@ -40,6 +40,7 @@ class DataConfig:
     energy_key: str = "energy"
     forces_key: str = "forces"
     max_frames: int | None = None  # use only the first N frames of the train file
+    max_test_frames: int | None = None  # use only the first N frames of the test file
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # fractions or counts
     force_fraction: float = 1.0  # s: frames keeping force labels in train and val (never test)
     energy_references: str = "fit"  # "fit" (least squares on train) or an isolated-atoms file

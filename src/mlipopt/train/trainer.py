@@ -117,7 +117,10 @@ class Trainer:
         c, d = self.config, self.config.data
         pool = generate_frames(**asdict(d.generate)) if d.generate else self._read(d.train, d.max_frames)
         sizes = list(d.split)
-        given = {name: self._read(getattr(d, name)) for name in ("val", "test") if getattr(d, name)}
+        limits = {"val": None, "test": d.max_test_frames}
+        given = {
+            name: self._read(getattr(d, name), limits[name]) for name in ("val", "test") if getattr(d, name)
+        }
         if "val" in given:
             sizes[1] = 0
         if "test" in given:
