@@ -196,3 +196,18 @@ def test_every_named_optimizer_trains(tmp_path, name, cls, lr, epochs):
     trainer.fit()
     losses = [row["train_loss"] for row in trainer.history]
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "soap"])
+def test_frozen_parameters_stay_fixed(tmp_path, optimizer):
+    config = tiny_config(tmp_path, model={"freeze": ["type_embed"]}, optimizer={"name": optimizer})
+    trainer = Trainer(config, log=lambda _: None)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    after = dict(trainer.model.named_parameters())
+    frozen = [n for n in before if "type_embed" in n]
+    assert frozen and trainer.frozen == sum(before[n].numel() for n in frozen)
+    assert all(torch.equal(before[n], after[n]) for n in frozen)
+    assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen)
+    with pytest.raises(ConfigError, match="matches no parameter"):
+        Trainer(tiny_config(tmp_path / "x", model={"freeze": ["no_such_layer"]}), log=lambda _: None)

@@ -56,6 +56,7 @@ class ModelConfig:
     r_max: float | None = None  # default: the preset's
     avg_num_neighbors: float | None = None  # default: measured on the training set
     options: dict[str, Any] = field(default_factory=dict)  # overrides of preset keys
+    freeze: list[str] = field(default_factory=list)  # regexes of parameter names to keep fixed
 
 
 @dataclass

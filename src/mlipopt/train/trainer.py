@@ -90,6 +90,7 @@ class Trainer:
         self.device = torch.device(config.training.device)
         self._setup_data()
         self._setup_model()
+        self.frozen = self._freeze()
         self.optimizer = build_optimizer(
             config.optimizer.name,
             self.model,
@@ -235,6 +236,23 @@ class Trainer:
             + ", ".join(f"{k} {v:+.3f}" for k, v in delta.items())
             + " eV"
         )
+
+    def _freeze(self) -> int:
+        """Fix the parameters whose names match ``model.freeze`` (e.g. a foundation model's embedding)."""
+        import re
+
+        patterns = [re.compile(p) for p in self.config.model.freeze]
+        if not patterns:
+            return 0
+        frozen = 0
+        for name, p in self.model.named_parameters():
+            if any(pat.search(name) for pat in patterns):
+                p.requires_grad_(False)
+                frozen += p.numel()
+        if not frozen:
+            raise ConfigError(f"model.freeze {self.config.model.freeze} matches no parameter")
+        self.log(f"frozen: {frozen:,} parameters matching {', '.join(self.config.model.freeze)}")
+        return frozen
 
     def _build_scheduler(self) -> Any:
         s = self.config.scheduler
