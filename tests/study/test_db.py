@@ -74,3 +74,22 @@ def test_a_config_shared_by_a_sweep_and_the_final_stage_is_reported_as_final(tmp
     db.register("tiny", [sweep])
     db.register("tiny", [final])
     assert [(r.id, r.stage) for r in db.runs("tiny")] == [(sweep.run_id, "final")]
+
+
+def _open(url, barrier):
+    barrier.wait()
+    ResultsDB(url).studies()
+
+
+def test_processes_opening_a_new_database_at_once(tmp_path):
+    """Table creation races between processes that open a fresh database simultaneously."""
+    context = multiprocessing.get_context("spawn")
+    for trial in range(3):
+        url = f"sqlite:///{tmp_path / f'new{trial}.db'}"
+        barrier = context.Barrier(4)
+        procs = [context.Process(target=_open, args=(url, barrier)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=120)
+            assert p.exitcode == 0

@@ -124,7 +124,26 @@ class ResultsDB:
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
 
-        Base.metadata.create_all(self.engine)
+        self._create_tables()
+
+    def _create_tables(self) -> None:
+        """Create missing tables. Processes opening a new SQLite file at once would race (each sees a
+        table missing; the second CREATE fails), so creation is serialised with a lock file beside it."""
+        path = self.url.removeprefix("sqlite:///") if self.url.startswith("sqlite:///") else None
+        if path is None or path == ":memory:":
+            Base.metadata.create_all(self.engine)
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            Base.metadata.create_all(self.engine)
+            return
+        with open(f"{path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                Base.metadata.create_all(self.engine)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def register(self, study: str, runs: list[Any]) -> None:
         """Insert runs not yet known (by id); known runs keep their status and results."""
