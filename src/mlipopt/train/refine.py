@@ -21,7 +21,6 @@ import torch
 from ..optim.lbfgs import LBFGS
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import load_config
-from .loss import eq11_loss
 from .trainer import Trainer
 
 COLUMNS = ("iteration", "loss", "grad_norm", "step_size", "wolfe", "damped", "function_evals",
@@ -42,7 +41,6 @@ def refine(
     trainer = Trainer(config, log=lambda _: None)
     trainer.model.load_state_dict(load_torch(run_dir / "best_model.pt")["model"])
     model, train, c = trainer.model, trainer.sets["train"], config
-    use_forces = c.loss.force_weight > 0 and trainer.force_normaliser > 0
 
     def val_metric() -> float:
         errors = trainer.evaluate("val") if len(trainer.sets["val"]) else trainer.evaluate("train")
@@ -55,11 +53,7 @@ def refine(
         total = torch.zeros((), dtype=torch.float64)
         for batch in train.batches(c.data.eval_batch_size):
             batch = batch.to(trainer.device)
-            energy, forces = trainer.backend.predict(model, batch.data, use_forces and batch.has_forces)
-            parts = eq11_loss(
-                energy, forces, batch, c.loss.energy_weight, c.loss.force_weight,
-                trainer.force_normaliser,
-            )  # fmt: skip
+            parts = trainer.batch_loss(batch)
             weighted = parts.total * (len(batch.energy) / len(train))
             weighted.backward()
             total += weighted.detach().cpu()

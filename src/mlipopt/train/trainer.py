@@ -324,12 +324,20 @@ class Trainer:
         if has_train_eval_modes(self.optimizer):
             (self.optimizer.eval if evaluating else self.optimizer.train)()
 
+    def batch_loss(self, batch: Any) -> Any:
+        """Eq. 11 on one batch (on the device); forces are computed only when the batch has labels."""
+        c = self.config
+        use_forces = c.loss.force_weight > 0 and self.force_normaliser > 0 and batch.has_forces
+        energy, forces = self.backend.predict(self.model, batch.data, use_forces)
+        return eq11_loss(
+            energy, forces, batch, c.loss.energy_weight, c.loss.force_weight, self.force_normaliser
+        )
+
     def train_epoch(self) -> dict[str, float]:
         c = self.config
         self.model.train()
         self._set_eval_mode(False)
         train = self.sets["train"]
-        use_forces = c.loss.force_weight > 0 and self.force_normaliser > 0
         sums = {"train_loss": 0.0, "train_energy_loss": 0.0, "train_force_loss": 0.0}
         batches = train.batches(c.data.batch_size, shuffle_seed=[c.seed, self.epoch])
         n_batches = math.ceil(len(train) / c.data.batch_size)
@@ -342,15 +350,7 @@ class Trainer:
             )
         for step, batch in enumerate(batches):
             batch = batch.to(self.device)
-            energy, forces = self.backend.predict(self.model, batch.data, use_forces and batch.has_forces)
-            parts = eq11_loss(
-                energy,
-                forces,
-                batch,
-                c.loss.energy_weight,
-                c.loss.force_weight,
-                self.force_normaliser,
-            )
+            parts = self.batch_loss(batch)
             if not torch.isfinite(parts.total):
                 raise TrainingDiverged(
                     f"loss is {float(parts.total.detach())} at epoch {self.epoch + 1}, batch {step + 1}; "
