@@ -152,7 +152,7 @@ def _refine(args: argparse.Namespace) -> int:
     if not (run_dir / "best_model.pt").is_file():
         print(f"mlipopt refine: error: {run_dir} holds no trained run (best_model.pt)", file=sys.stderr)
         return 2
-    summary = refine(run_dir, args.iterations, args.memory, args.patience)
+    summary = refine(run_dir, args.iterations, args.memory, args.patience, args.criterion)
     print(f"refined model: {run_dir / 'refined_model.pt'} (iteration {summary['best_iteration']}, "
           f"{summary['function_evals']} evaluations, {summary['seconds']:.0f} s)")  # fmt: skip
     return 0
@@ -236,6 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     rf.add_argument("--iterations", type=int, default=50)
     rf.add_argument("--memory", type=int, default=20, help="L-BFGS history length m")
     rf.add_argument("--patience", type=int, default=10, help="iterations without validation improvement")
+    rf.add_argument(
+        "--criterion",
+        choices=("force_rmse", "metric"),
+        default="force_rmse",
+        help="validation quantity that picks the kept iteration: force RMSE (seed 002) or 10·E-MAE+F-MAE",
+    )
     rf.set_defaults(func=_refine)
     f = sub.add_parser(
         "fidelity",

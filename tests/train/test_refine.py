@@ -1,6 +1,7 @@
 import csv
 import json
 
+import pytest
 import torch
 
 from mlipopt.cli import main
@@ -9,10 +10,13 @@ from mlipopt.train import train
 from .helpers import tiny_config
 
 
-def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsys):
+@pytest.mark.parametrize("criterion", ["force_rmse", "metric"])
+def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsys, criterion):
     train(tiny_config(tmp_path, training={"max_epochs": 2}), log=lambda _: None)
-    assert main(["refine", str(tmp_path), "--iterations", "4", "--memory", "5", "--patience", "3"]) == 0
+    args = ["--iterations", "4", "--memory", "5", "--patience", "3", "--criterion", criterion]
+    assert main(["refine", str(tmp_path), *args]) == 0
     summary = json.loads((tmp_path / "refine_final.json").read_text())
+    assert summary["criterion"] == criterion
     rows = list(csv.DictReader(open(tmp_path / "refine_metrics.csv")))
     assert 1 <= len(rows) <= 4
     assert summary["function_evals"] >= len(rows) and summary["gradient_evals"] == summary["function_evals"]
@@ -26,6 +30,9 @@ def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsy
     if summary["best_iteration"]:
         assert float(rows[summary["best_iteration"] - 1]["val_metric"]) == summary["best_val_metric"]
     assert set(summary["test_after"]) == {"e_mae", "e_rmse", "f_mae", "f_rmse"}
+    if criterion == "metric":  # the starting point is the trained model's own selection metric
+        final = json.loads((tmp_path / "final_metrics.json").read_text())
+        assert abs(start_metric - final["best_val_metric"]) < 1e-3 * final["best_val_metric"]
     from mlipopt.calculator import load_model
 
     model, _ = load_model(tmp_path, weights="refined")

@@ -165,6 +165,7 @@ class StudyRunner:
             "iterations": settings.iterations,
             "memory": settings.memory,
             "patience": settings.patience,
+            "criterion": settings.criterion,
         }
         tasks = [
             {"run_id": r.run_id, "kind": "refine", "run_dir": r.config["run_dir"], "refine": options,

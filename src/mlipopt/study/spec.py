@@ -74,6 +74,7 @@ class RefineSpec:
     iterations: int = 50
     memory: int = 20
     patience: int = 10
+    criterion: str = "force_rmse"  # or "metric" (10 × E-MAE + F-MAE; keeps the energy in check)
 
 
 @dataclass
@@ -154,6 +155,10 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
     for s in spec.force_fractions:
         if not 0 <= s <= 1:
             raise ConfigError(f"study.force_fractions: {s} is not in [0, 1]")
+    if spec.refine is not None and spec.refine.criterion not in ("force_rmse", "metric"):
+        raise ConfigError(
+            f"study.refine.criterion must be force_rmse or metric, got {spec.refine.criterion!r}"
+        )
     if spec.executor.kind not in ("local", "ray"):
         raise ConfigError(f"study.executor.kind must be local or ray, got {spec.executor.kind!r}")
     data = spec.base.setdefault("data", {})
@@ -161,6 +166,10 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         value = data.get(key)
         if isinstance(value, str) and value != "fit" and not Path(value).is_absolute():
             data[key] = str((base_dir / value).resolve())
+    for extra in (data.get("extra_tests") or {}).values():
+        value = extra.get("file") if isinstance(extra, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            extra["file"] = str((base_dir / value).resolve())
     if spec.dataset is None and "train" not in data and "generate" not in data:
         raise ConfigError("study: give a dataset (built-in xTB) or base.data.train / base.data.generate")
     return spec

@@ -32,6 +32,16 @@ class GenerateConfig:
 
 
 @dataclass
+class ExtraTestConfig:
+    """A further test set reported separately (out-of-distribution paths, other temperatures)."""
+
+    file: str = ""
+    max_frames: int | None = None  # use only the first N frames
+    exclude_training: bool = False  # drop frames whose structure is in the train or val split
+    coordinate: str | None = None  # info key of a path coordinate (e.g. OH_dist): energies plotted along it
+
+
+@dataclass
 class DataConfig:
     train: str | None = None  # extxyz (or any ASE-readable) file; split into train/val/test unless given
     val: str | None = None
@@ -46,6 +56,7 @@ class DataConfig:
     energy_references: str = "fit"  # "fit" (least squares on train) or an isolated-atoms file
     batch_size: int = 5
     eval_batch_size: int = 32
+    extra_tests: dict[str, ExtraTestConfig] = field(default_factory=dict)  # name -> further test set
 
 
 @dataclass
@@ -85,6 +96,21 @@ class LossConfig:
 
 
 @dataclass
+class ForgettingConfig:
+    """Held-out structures sampled by MD with the pretrained model and labelled by it (no pretraining
+    data needed): the fine-tuned model's error on them measures forgetting; replay frames mix more
+    such frames into training."""
+
+    frames: int = 0  # held-out frames; 0 switches the measure off
+    replay_frames: int = 0  # pretrained-labelled frames added to the training split
+    temperature: float = 600.0  # K, Langevin
+    steps_between_frames: int = 20
+    frames_per_trajectory: int = 10  # trajectories start from training-file frames
+    timestep_fs: float = 0.5
+    seed: int = 0
+
+
+@dataclass
 class TrainingConfig:
     max_epochs: int = 100
     clip_grad_norm: float | None = None
@@ -105,6 +131,7 @@ class RunConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,6 +166,24 @@ class RunConfig:
             raise ConfigError("training.max_epochs and training.checkpoint_every must be ≥ 1")
         if self.loss.energy_weight < 0 or self.loss.force_weight < 0:
             raise ConfigError("loss weights must be non-negative")
+        for name, extra in d.extra_tests.items():
+            if not extra.file:
+                raise ConfigError(f"data.extra_tests.{name}.file is required")
+            if name in ("train", "val", "test"):
+                raise ConfigError(f"data.extra_tests: {name!r} is a split name; choose another")
+        g = self.forgetting
+        if g.frames or g.replay_frames:
+            if "checkpoint" not in PRESETS[self.model.preset]:
+                raise ConfigError(
+                    f"forgetting needs a pretrained model; model.preset {self.model.preset!r} starts "
+                    "from random weights (use sevennet-0)"
+                )
+            if (
+                min(g.frames, g.replay_frames) < 0
+                or g.steps_between_frames < 1
+                or g.frames_per_trajectory < 1
+            ):
+                raise ConfigError("forgetting: frame counts must be ≥ 0, steps and frames per trajectory ≥ 1")
 
 
 def _type_name(tp: Any) -> str:
@@ -245,6 +290,9 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
             setattr(d, name, str((base / value).resolve()))
     if d.energy_references != "fit" and not Path(d.energy_references).is_absolute():
         d.energy_references = str((base / d.energy_references).resolve())
+    for extra in d.extra_tests.values():
+        if extra.file and not Path(extra.file).is_absolute():
+            extra.file = str((base / extra.file).resolve())
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:

@@ -21,7 +21,10 @@ import torch
 from ..optim.lbfgs import LBFGS
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import load_config
+from .loss import validation_metric
 from .trainer import Trainer
+
+CRITERIA = ("force_rmse", "metric")
 
 COLUMNS = ("iteration", "loss", "grad_norm", "step_size", "wolfe", "damped", "function_evals",
            "val_metric", "seconds")  # fmt: skip
@@ -32,9 +35,17 @@ def refine(
     iterations: int = 50,
     memory: int = 20,
     patience: int = 10,
+    criterion: str = "force_rmse",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Refine the best model of ``run_dir`` with L-BFGS; returns the summary also saved as JSON."""
+    """Refine the best model of ``run_dir`` with L-BFGS; returns the summary also saved as JSON.
+
+    ``criterion`` picks the kept iteration: ``force_rmse`` (validation force RMSE, seed 002 appendix B)
+    or ``metric`` (10 × E-MAE + F-MAE, the training selection metric — guards the energy, which a
+    force-only criterion lets drift when λ_F ≫ λ_E).
+    """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     run_dir = Path(run_dir)
     config = load_config(run_dir / "config.yaml")
     config.run_dir = str(run_dir)
@@ -44,6 +55,8 @@ def refine(
 
     def val_metric() -> float:
         errors = trainer.evaluate("val") if len(trainer.sets["val"]) else trainer.evaluate("train")
+        if criterion == "metric":
+            return validation_metric(errors)
         return errors["f_rmse"] if errors["f_rmse"] is not None else errors["e_rmse"]
 
     def closure() -> torch.Tensor:
@@ -59,7 +72,7 @@ def refine(
             total += weighted.detach().cpu()
         return total
 
-    test_before = trainer.evaluate("test") if len(trainer.sets["test"]) else {}
+    before = trainer.test_metrics()
     best = val_metric()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     log(f"refine {run_dir}: start, validation metric {best:.3f}")
@@ -99,9 +112,12 @@ def refine(
         "gradient_evals": rows[-1]["function_evals"] if rows else 0,
         "damped_steps": optimizer.damped_steps,
         "seconds": time.perf_counter() - start,
-        "test_before": test_before,
-        "test_after": trainer.evaluate("test") if len(trainer.sets["test"]) else {},
+        "criterion": criterion,
     }
+    after = trainer.test_metrics(tag="_refined")
+    for key in before:  # test_before/test_after, extra_tests_before/..., forgetting_before/...
+        summary[f"{key}_before"], summary[f"{key}_after"] = before[key], after[key]
+    test_before = before["test"]
     save_json(summary, run_dir / "refine_final.json")
     if summary["test_after"]:
         log(

@@ -90,6 +90,8 @@ class Trainer:
         self.device = torch.device(config.training.device)
         self._setup_data()
         self._setup_model()
+        self._setup_forgetting()
+        self.force_normaliser = self.sets["train"].mean_force_components()
         self.frozen = self._freeze()
         self.optimizer = build_optimizer(
             config.optimizer.name,
@@ -152,7 +154,8 @@ class Trainer:
             name: GraphSet(f, c.model.type_names, c.model.r_max, masks[name], self.backend)
             for name, f in frames.items()
         }
-        self.force_normaliser = self.sets["train"].mean_force_components()
+        self.pool = pool
+        self.extra_sets = {name: self._extra_set(name, frames) for name in d.extra_tests}
         self.splits_record = {
             name: {
                 "source": f.source,
@@ -167,6 +170,49 @@ class Trainer:
             f"forces on {self.sets['train'].n_force_frames} train and {self.sets['val'].n_force_frames} val "
             f"frames (s = {d.force_fraction:g}); types {','.join(c.model.type_names)}"
         )
+
+    def _extra_set(self, name: str, splits: dict[str, Frames]) -> GraphSet:
+        """A further test set; ``exclude_training`` drops frames whose structure is in train or val."""
+        d, extra = self.config.data, self.config.data.extra_tests[name]
+        index = ":" if extra.max_frames is None else f":{extra.max_frames}"
+        frames = read_frames(extra.file, d.energy_key, d.forces_key, index=index, require_forces=False)
+        if extra.exclude_training:
+            seen = {_structure_key(a) for split in ("train", "val") for a in splits[split].atoms}
+            keep = [i for i, a in enumerate(frames.atoms) if _structure_key(a) not in seen]
+            if not keep:
+                raise ConfigError(f"data.extra_tests.{name}: every frame of {extra.file} is in train/val")
+            dropped = len(frames) - len(keep)
+            frames = frames.subset(keep)
+            self.log(f"extra test {name}: {len(frames)} frames ({dropped} dropped: in train/val)")
+        return GraphSet(frames, self.config.model.type_names, self.config.model.r_max, None, self.backend)
+
+    def _setup_forgetting(self) -> None:
+        """Held-out pretrained-labelled frames (forgetting measure) and replay frames mixed into train."""
+        from .forgetting import pretrained_frames, shift_energies
+
+        g, m = self.config.forgetting, self.config.model
+        self.forgetting_set: GraphSet | None = None
+        if g.frames:
+            held = pretrained_frames(m.preset, self.pool, g.frames, "heldout", g, self.log)
+            held = shift_energies(held, self.shift_delta)
+            self.forgetting_set = GraphSet(held, m.type_names, m.r_max, None, self.backend)
+        if g.replay_frames:
+            replay = pretrained_frames(m.preset, self.pool, g.replay_frames, "replay", g, self.log)
+            replay = shift_energies(replay, self.shift_delta)
+            train = self.sets["train"]
+            merged = Frames(
+                train.frames.atoms + replay.atoms,
+                np.concatenate([train.frames.energy, replay.energy]),
+                train.frames.forces + replay.forces,
+                train.frames.source,
+                train.frames.index + [-1 - i for i in range(len(replay))],  # negative: replay frame
+            )
+            mask = np.concatenate([train.force_mask.numpy(), np.ones(len(replay), dtype=bool)])
+            self.sets["train"] = GraphSet(merged, m.type_names, m.r_max, mask, self.backend)
+            self.splits_record["replay"] = {"source": replay.source, "frames": len(replay)}
+            self.log(
+                f"replay: {len(replay)} pretrained-labelled frames added to {len(train)} training frames"
+            )
 
     def _energy_scale(self) -> float:
         """Force RMS of the labelled training frames (nequip's usual per-type scale), else energy spread."""
@@ -230,6 +276,7 @@ class Trainer:
         )
         delta = fit_energy_references(residual, m.type_names)
         refit_sevennet_shifts(self.model, delta)
+        self.shift_delta = delta
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(
             f"model: {m.preset} pretrained ({n_params:,} parameters), energy shifts refitted by "
@@ -370,7 +417,12 @@ class Trainer:
 
     def evaluate(self, split: str, with_forces: bool = True) -> dict[str, float | None]:
         """E (meV/atom) and F (meV/Å) MAE/RMSE on a split; forces on its labelled frames only."""
-        graphs = self.sets[split]
+        return self.evaluate_set(self.sets[split], with_forces)
+
+    def evaluate_set(
+        self, graphs: GraphSet, with_forces: bool = True, energies: list[float] | None = None
+    ) -> dict[str, float | None]:
+        """Errors on any :class:`GraphSet`; predicted energies (eV) are appended to ``energies`` if given."""
         self.model.eval()
         metrics = ErrorMetrics()
         need_forces = with_forces and graphs.n_force_frames > 0
@@ -379,7 +431,36 @@ class Trainer:
             with torch.set_grad_enabled(need_forces):
                 energy, forces = self.backend.predict(self.model, batch.data, need_forces)
             metrics.update(energy, forces, batch)
+            if energies is not None:
+                energies.extend(energy.detach().reshape(-1).double().cpu().tolist())
         return metrics.result()
+
+    def extra_test_metrics(self, name: str, tag: str = "") -> dict[str, Any]:
+        """Errors on extra test ``name``, plus the energy MAE after removing the mean per-atom offset (the
+        shape of a path, whatever its absolute reference); per-frame energies go to
+        ``extra_test_<name><tag>.csv``."""
+        graphs, extra = self.extra_sets[name], self.config.data.extra_tests[name]
+        predicted: list[float] = []
+        result: dict[str, Any] = dict(self.evaluate_set(graphs, energies=predicted))
+        reference, n_atoms = graphs.energy.numpy(), graphs.n_atoms.numpy()
+        per_atom = (np.array(predicted) - reference) / n_atoms
+        result["e_mae_offset_free"] = float(1e3 * np.mean(np.abs(per_atom - per_atom.mean())))
+        result["frames"] = len(graphs)
+        rows = ["frame,coordinate,n_atoms,energy_ref,energy_pred"]
+        for i, (a, e_ref, e_pred) in enumerate(zip(graphs.frames.atoms, reference, predicted)):
+            coordinate = a.info.get(extra.coordinate, "") if extra.coordinate else ""
+            rows.append(f"{graphs.frames.index[i]},{coordinate},{len(a)},{float(e_ref)!r},{float(e_pred)!r}")
+        save_text("\n".join(rows) + "\n", self.run_dir / f"extra_test_{name}{tag}.csv")
+        return result
+
+    def test_metrics(self, tag: str = "") -> dict[str, Any]:
+        """Everything measured on held-out data: the test split, extra test sets, forgetting."""
+        out: dict[str, Any] = {"test": self.evaluate("test") if len(self.sets["test"]) else {}}
+        if self.extra_sets:
+            out["extra_tests"] = {name: self.extra_test_metrics(name, tag) for name in self.extra_sets}
+        if self.forgetting_set is not None:
+            out["forgetting"] = self.evaluate_set(self.forgetting_set)
+        return out
 
     def fit(self) -> dict[str, Any]:
         """Train until max_epochs or early stopping, then test the best model; returns final metrics."""
@@ -451,9 +532,10 @@ class Trainer:
         self._set_eval_mode(True)
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        test = self.evaluate("test") if len(self.sets["test"]) else {}
+        measured = self.test_metrics()
+        test = measured["test"]
         final = {
-            "test": test,
+            **measured,
             "best_epoch": self.best_epoch,
             "best_val_metric": self.best_metric,
             "epochs": self.epoch,
@@ -471,6 +553,10 @@ class Trainer:
                 "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, "
                 "F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(**test)
             )
+        for name, errors in measured.get("extra_tests", {}).items():
+            self.log(f"{name}: {_describe(errors)}")
+        if "forgetting" in measured:
+            self.log(f"forgetting (vs the pretrained model): {_describe(measured['forgetting'])}")
         return final
 
     def _write_metrics_csv(self) -> None:
@@ -490,6 +576,20 @@ class Trainer:
             f"val E {fmt(row['val_e_mae'], '.2f')} meV/atom  F {fmt(row['val_f_mae'], '.1f')} meV/Å  "
             f"metric {row['val_metric']:.2f}  lr {row['lr']:.3g}  t {row['train_time_s']:.1f}s"
         )
+
+
+def _structure_key(atoms: Any) -> bytes:
+    """Identity of a structure up to 1e-4 Å (frames copied between files keep their coordinates)."""
+    return atoms.numbers.tobytes() + (np.round(atoms.positions, 4) + 0.0).tobytes()  # no -0.0
+
+
+def _describe(errors: dict[str, Any]) -> str:
+    text = f"E MAE {errors['e_mae']:.3f} meV/atom"
+    if errors.get("e_mae_offset_free") is not None:
+        text += f" ({errors['e_mae_offset_free']:.3f} offset-free)"
+    if errors.get("f_mae") is not None:
+        text += f", F MAE {errors['f_mae']:.2f} meV/Å"
+    return text
 
 
 def train(config: RunConfig, restart: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
