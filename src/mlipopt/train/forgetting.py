@@ -98,13 +98,11 @@ def pretrained_frames(
         frames = result.frames[1:]  # the start is a training frame: never part of the sampled set
         if not result.stable:
             frames = frames[:-1]
-            log(
-                f"forgetting: {stream} trajectory {t} stopped at {result.failed_at_ps:.3f} ps ({result.reason})"
-            )
+            stop = f"{result.failed_at_ps:.3f} ps ({result.reason})"
+            log(f"forgetting: {stream} trajectory {t} stopped at {stop}")
         sampled.extend(frames)
-        log(
-            f"forgetting: {stream} trajectory {t + 1}/{n_traj} at {cfg.temperature:g} K → {len(sampled)} frames"
-        )
+        where = f"{stream} trajectory {t + 1}/{n_traj} at {cfg.temperature:g} K"
+        log(f"forgetting: {where} → {len(sampled)} frames")
     if len(sampled) < n_frames:
         raise RuntimeError(
             f"the pretrained model's MD gave {len(sampled)} of {n_frames} {stream} frames (unstable at "
