@@ -17,6 +17,7 @@ import numpy as np
 
 from ..study.db import ResultsDB
 from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
+from .heldout import extra_tests_section, forgetting_section
 
 BASELINE = "adamw"
 
@@ -291,6 +292,8 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         *cost,
         "",
         *refinement_section(db, study),
+        *extra_tests_section(db, study, out),
+        *forgetting_section(db, study, out),
         *fidelity_section(db, study, out),
     ]
     path = out / "index.md"
