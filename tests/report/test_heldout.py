@@ -45,7 +45,8 @@ def database(tmp_path):
             )
             if opt == "adamw":  # refined: forgetting and the path both change
                 summary = {
-                    "function_evals": 7, "test_before": final["test"], "test_after": _errors(1.0, f_test - 10),
+                    "function_evals": 7, "test_before": final["test"],
+                    "test_after": _errors(1.0, f_test - 10),
                     "extra_tests_after": {"path": _errors(2 * e_path, e_mae_offset_free=e_free, frames=3)},
                     "forgetting_after": _errors(e_forget, f_forget + 20),
                 }  # fmt: skip

@@ -102,8 +102,11 @@ def _read_path(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     rows = list(csv.DictReader(open(path)))
     if not rows or rows[0]["coordinate"] == "":
         return None
-    x = np.array([float(r["coordinate"]) for r in rows])
-    return x, np.array([float(r["energy_ref"]) for r in rows]), np.array([float(r["energy_pred"]) for r in rows])
+
+    def column(key: str) -> np.ndarray:
+        return np.array([float(r[key]) for r in rows])
+
+    return column("coordinate"), column("energy_ref"), column("energy_pred")
 
 
 def path_figure(runs: list[Run], names: list[str], path: Path) -> bool:
