@@ -57,9 +57,9 @@ def database(tmp_path):
 def test_extra_test_and_forgetting_tables(database, tmp_path):
     text = make_report(database, tmp_path / "report").read_text()
     assert "### `path` (3 frames)" in text
-    assert "| 100 % | adamw | 2 | 5.00 ± 1.41 | 2.00 ± 1.41 | — |" in text
-    assert "| 100 % | adamw +L-BFGS | 2 | 10.00 ± 2.83 | 2.00 ± 1.41 | — |" in text
-    assert "| 100 % | lamb | 2 | 8.00 ± 0.00 | 2.00 ± 0.00 | — |" in text
+    assert "| 100 % | adamw | 2 | 5.00 ± 1.41 | 5.00 ± 1.41 | 2.00 ± 1.41 | — | — |" in text
+    assert "| 100 % | adamw +L-BFGS | 2 | 10.00 ± 2.83 | 10.00 ± 2.83 | 2.00 ± 1.41 | — | — |" in text
+    assert "| 100 % | lamb | 2 | 8.00 ± 0.00 | 8.00 ± 0.00 | 2.00 ± 0.00 | — | — |" in text
     assert "| 100 % | lamb | 2 | 40.0 ± 0.0 | 1.00 ± 0.00 | 100.0 ± 14.1 |" in text
     assert "| 100 % | adamw +L-BFGS | 2 | 50.0 ± 14.1 | 3.00 ± 1.41 | 60.0 ± 14.1 |" in text
     # rows ordered by test error: lamb (40) before adamw (60)

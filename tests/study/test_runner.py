@@ -128,5 +128,5 @@ def test_then_refine_stage_refines_the_best_optimizers_and_reports_base_vs_lbfgs
     assert refined == {best}
     assert all(db.refinement(r.id).status == "done" for r in finals if r.optimizer == best)
     text = make_report(spec.database_url.removeprefix("sqlite:///")).read_text()
-    assert "## L-BFGS refinement (base → +L-BFGS, test MAE)" in text
+    assert "## L-BFGS refinement (base → +L-BFGS, test MAE" in text
     assert f"| 100 % | {best} | 2 |" in text

@@ -73,16 +73,16 @@ def extra_tests_section(db: ResultsDB, study: str, out: Path) -> list[str]:
         lines += [
             f"### `{name}` ({n_frames} frames)",
             "",
-            "| force labels | optimizer | runs | E MAE [meV/atom] | E MAE offset-free | F MAE [meV/Å] |",
-            "|---|---|---|---|---|---|",
+            "| force labels | optimizer | runs | E MAE [meV/atom] | E RMSE | E MAE offset-free | "
+            "F MAE [meV/Å] | F RMSE |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for opt, frac, variant in _order(per_test):
             v = per_test[(opt, frac, variant)]
             label = opt if variant == "base" else f"{opt} +L-BFGS"
-            lines.append(
-                f"| {100 * frac:g} % | {label} | {len(v)} | {_ms([x['e_mae'] for x in v], 2)} | "
-                f"{_ms([x.get('e_mae_offset_free') for x in v], 2)} | {_ms([x.get('f_mae') for x in v], 1)} |"
-            )
+            cells = [_ms([x.get(k) for x in v], 2) for k in ("e_mae", "e_rmse", "e_mae_offset_free")]
+            cells += [_ms([x.get(k) for x in v], 1) for k in ("f_mae", "f_rmse")]
+            lines.append(f"| {100 * frac:g} % | {label} | {len(v)} | " + " | ".join(cells) + " |")
         lines.append("")
     figure = path_figure(final_runs(db, study), names, out / "extra_test_paths.png")
     if figure:

@@ -92,11 +92,28 @@ PAPER_ALLEGRO: dict[str, Any] = {
     "sweep_epochs": 100,
 }
 
+#: The ten optimizers of seed 002 (seven first-order) and seed 001 (three matrix-aware) at the learning
+#: rates documented in docs/optimizers.md (SevenNet-0, a few epochs; untuned beyond a few probes).
+FINETUNE_OPTIMIZERS: dict[str, Any] = {
+    "adam": {"lr": [1e-4]},
+    "adamw": {"lr": [1e-4], "weight_decay": [1e-5]},
+    "radam": {"lr": [1e-4]},
+    "sgd": {"lr": [1e-3]},
+    "lamb": {"lr": [1e-3]},
+    "ranger": {"lr": [1e-3]},
+    "schedulefree_adamw": {"lr": [1e-4]},
+    "muon": {"lr": [1e-4]},
+    "soap": {"lr": [1e-4]},
+    "soap_muon": {"lr": [3e-5], "options": {"rho": 0.0}},
+}
+
 #: Seed 002 on the shared ethanol data, reduced for a CPU: SevenNet-0 fine-tuned on 40 rMD17 frames with
-#: all ten optimizers, three seeds, then L-BFGS on the best three; tested on test_MD.xyz (first 200).
+#: all ten optimizers, three seeds, then L-BFGS on the best three; tested on test_MD.xyz (first 200),
+#: with the H-removal path and two normal-mode paths as out-of-distribution tests and forgetting measured
+#: on 20 frames of SevenNet-0's own 500 K MD. About 20 minutes on 2 cores.
 #: Full budget: `mlipopt study --preset finetune-ethanol base.data.max_frames=1000 base.data.split=[0.9,0.1,0]
 #: base.data.max_test_frames=1000 base.training.max_epochs=100 seeds=[7,42,123,2026,1618]
-#: refine.iterations=200` (a GPU job).
+#: refine.iterations=200 base.forgetting.frames=200` (a GPU job).
 FINETUNE_ETHANOL: dict[str, Any] = {
     "name": "finetune-ethanol",
     "base": {
@@ -107,23 +124,55 @@ FINETUNE_ETHANOL: dict[str, Any] = {
             "max_test_frames": 200,
             "split": [30, 10, 0],
             "batch_size": 5,
+            "extra_tests": {
+                "H_removal": {"file": "SHARED/ethanol/test_H_removal.xyz", "coordinate": "OH_dist"},
+                "normal_mode_874": {
+                    "file": "SHARED/ethanol/test_norm_mode_874.xyz",
+                    "coordinate": "displacement",
+                },
+                "normal_mode_3005": {
+                    "file": "SHARED/ethanol/test_norm_mode_3005.xyz",
+                    "coordinate": "displacement",
+                },
+            },
         },
         "model": {"preset": "sevennet-0"},
         "scheduler": {"name": "cosine"},
         "training": {"max_epochs": 6},
+        "forgetting": {"frames": 20, "temperature": 500.0},
     },
-    "optimizers": {
-        "adam": {"lr": [1e-4]},
-        "adamw": {"lr": [1e-4], "weight_decay": [1e-5]},
-        "radam": {"lr": [1e-4]},
-        "sgd": {"lr": [1e-3]},
-        "lamb": {"lr": [1e-3]},
-        "ranger": {"lr": [1e-3]},
-        "schedulefree_adamw": {"lr": [1e-4]},
-        "muon": {"lr": [1e-4]},
-        "soap": {"lr": [1e-4]},
-        "soap_muon": {"lr": [3e-5], "options": {"rho": 0.0}},
+    "optimizers": FINETUNE_OPTIMIZERS,
+    "force_fractions": [1.0],
+    "seeds": [7, 42, 123],
+    "loss_ratios": [[1.0, 10.0]],
+    "refine": {"top": 3, "iterations": 10, "memory": 10, "patience": 5},
+}
+
+#: Seed 002 table 1 on the shared 3BPA data, reduced for a CPU: SevenNet-0 fine-tuned on 20 frames of
+#: train_300K.xyz (10 for validation, 30 more held out as the in-distribution 300 K test), tested out of
+#: distribution on every 10th frame of train_mixedT.xyz (300/600/1200 K) minus any frame used in train or
+#: val; forgetting on 20 frames of SevenNet-0's own 600 K MD. One energy+force step costs ~0.25 s per
+#: 3BPA frame on 2 cores: about 35 minutes on 2 cores.
+#: Full budget: `mlipopt study --preset finetune-3bpa base.data.max_frames=500 base.data.split=[400,50,50]
+#: base.data.extra_tests.mixedT.stride=1 base.training.max_epochs=100 refine.iterations=200` (a GPU job).
+FINETUNE_3BPA: dict[str, Any] = {
+    "name": "finetune-3bpa",
+    "base": {
+        "data": {
+            "train": "SHARED/3BPA/train_300K.xyz",
+            "max_frames": 60,
+            "split": [20, 10, 30],
+            "batch_size": 5,
+            "extra_tests": {
+                "mixedT": {"file": "SHARED/3BPA/train_mixedT.xyz", "stride": 10, "exclude_training": True},
+            },
+        },
+        "model": {"preset": "sevennet-0"},
+        "scheduler": {"name": "cosine"},
+        "training": {"max_epochs": 6},
+        "forgetting": {"frames": 20, "temperature": 600.0},
     },
+    "optimizers": FINETUNE_OPTIMIZERS,
     "force_fractions": [1.0],
     "seeds": [7, 42, 123],
     "loss_ratios": [[1.0, 10.0]],
@@ -135,6 +184,7 @@ STUDY_PRESETS = {
     "paper-nequip": PAPER_NEQUIP,
     "paper-allegro": PAPER_ALLEGRO,
     "finetune-ethanol": FINETUNE_ETHANOL,
+    "finetune-3bpa": FINETUNE_3BPA,
 }
 
 

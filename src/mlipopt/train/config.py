@@ -37,6 +37,7 @@ class ExtraTestConfig:
 
     file: str = ""
     max_frames: int | None = None  # use only the first N frames
+    stride: int = 1  # then every k-th frame (a file ordered by temperature keeps all temperatures)
     exclude_training: bool = False  # drop frames whose structure is in the train or val split
     coordinate: str | None = None  # info key of a path coordinate (e.g. OH_dist): energies plotted along it
 
@@ -169,6 +170,8 @@ class RunConfig:
         for name, extra in d.extra_tests.items():
             if not extra.file:
                 raise ConfigError(f"data.extra_tests.{name}.file is required")
+            if extra.stride < 1:
+                raise ConfigError(f"data.extra_tests.{name}.stride must be ≥ 1")
             if name in ("train", "val", "test"):
                 raise ConfigError(f"data.extra_tests: {name!r} is a split name; choose another")
         g = self.forgetting

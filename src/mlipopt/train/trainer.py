@@ -174,7 +174,7 @@ class Trainer:
     def _extra_set(self, name: str, splits: dict[str, Frames]) -> GraphSet:
         """A further test set; ``exclude_training`` drops frames whose structure is in train or val."""
         d, extra = self.config.data, self.config.data.extra_tests[name]
-        index = ":" if extra.max_frames is None else f":{extra.max_frames}"
+        index = f":{'' if extra.max_frames is None else extra.max_frames}:{extra.stride}"
         frames = read_frames(extra.file, d.energy_key, d.forces_key, index=index, require_forces=False)
         if extra.exclude_training:
             seen = {_structure_key(a) for split in ("train", "val") for a in splits[split].atoms}
