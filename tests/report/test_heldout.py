@@ -32,6 +32,7 @@ def database(tmp_path):
                 "test": _errors(1.0, f_test),
                 "extra_tests": {"path": _errors(e_path, e_mae_offset_free=e_free, frames=3)},
                 "forgetting": _errors(e_forget, f_forget),
+                "pretrained": {"test": _errors(3.0, 190.0 + seed), "forgetting": _errors(0.0, 0.0)},
                 "best_val_metric": 1.0, "train_time_s": 1.0, "epochs": 2, "steps_per_epoch": 1,
             }  # fmt: skip
             history = [{"epoch": 1, "train_time_s": 1.0, "eval_time_s": 0.1, "lr": 1e-3, "train_loss": 1.0,
@@ -39,6 +40,10 @@ def database(tmp_path):
             db.record_result(run.run_id, final, history)
             folder = Path(run.config["run_dir"])
             folder.mkdir(parents=True)
+            (folder / "extra_test_path_pretrained.csv").write_text(
+                "frame,coordinate,n_atoms,energy_ref,energy_pred\n0,0.2,9,-1.0,-0.7\n1,0.0,9,0.0,0.3\n"
+                "2,0.1,9,-2.0,-1.2\n"
+            )
             (folder / "extra_test_path.csv").write_text(
                 "frame,coordinate,n_atoms,energy_ref,energy_pred\n"
                 "0,0.2,9,-1.0,-0.5\n1,0.0,9,0.0,0.1\n2,0.1,9,-2.0,-1.9\n"
@@ -64,6 +69,10 @@ def test_extra_test_and_forgetting_tables(database, tmp_path):
     assert "| 100 % | adamw +L-BFGS | 2 | 50.0 ± 14.1 | 3.00 ± 1.41 | 60.0 ± 14.1 |" in text
     # rows ordered by test error: lamb (40) before adamw (60)
     assert text.index("| 100 % | lamb | 2 | 40.0") < text.index("| 100 % | adamw | 2 | 60.0")
+    # the pretrained model before fine-tuning: its mean over the 4 runs, forgetting zero by definition
+    assert "(pretrained model, per-element energy shifts refitted to the training split; 4 runs): " in text
+    assert "test E MAE 3.00 ± 0.00 meV/atom, F MAE 190.5 ± 0.6 meV/Å." in text
+    assert "| 100 % | pretrained (no fine-tuning) | 4 | 190.5 ± 0.6 | 0.00 ± 0.00 | 0.0 ± 0.0 |" in text
     for figure in ("extra_test_paths.png", "forgetting.png"):
         assert (tmp_path / "report" / figure).stat().st_size > 0
         assert f"]({figure})" in text

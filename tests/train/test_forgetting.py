@@ -46,6 +46,9 @@ def test_forgetting_is_zero_before_fine_tuning_and_replay_joins_training(tmp_pat
     assert before["e_mae"] < 0.05 and before["f_mae"] < 0.5
     final = trainer.fit()
     assert final["forgetting"]["f_mae"] > 10 * before["f_mae"]  # fine-tuning moved the model
+    # the run records where it started: the pretrained model's errors on the same held-out data
+    assert final["pretrained"]["forgetting"] == before
+    assert final["pretrained"]["test"]["f_mae"] != final["test"]["f_mae"]
     saved = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     assert saved["forgetting"] == final["forgetting"]
     assert json.loads((tmp_path / "run" / "splits.json").read_text())["replay"]["frames"] == 3

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..study.db import ResultsDB
 from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
-from .heldout import extra_tests_section, forgetting_section
+from .heldout import extra_tests_section, forgetting_section, pretrained_summary
 
 BASELINE = "adamw"
 
@@ -280,6 +280,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         markdown,
         "",
+        *pretrained_summary(db, study),
         "CSV: [mae_table.csv](mae_table.csv)",
         "",
         f"## MAE relative to {reference} at full forces",

@@ -18,6 +18,7 @@ from ..study.db import ResultsDB, Run
 from .aggregate import Cell, final_runs
 
 Rows = dict[tuple[str, float, str], list[dict[str, Any]]]  # (optimizer, fraction, variant) -> per seed
+PRETRAINED = "pretrained (no fine-tuning)"
 
 
 def _collect(db: ResultsDB, study: str, key: str) -> Rows:
@@ -25,6 +26,9 @@ def _collect(db: ResultsDB, study: str, key: str) -> Rows:
     rows: Rows = {}
     for run in final_runs(db, study):
         final = json.loads(run.final or "{}")
+        start = (final.get("pretrained") or {}).get(key)
+        if start:  # the pretrained model before fine-tuning, evaluated by every run on its own split
+            rows.setdefault((PRETRAINED, run.force_fraction, "base"), []).append(start)
         if final.get(key):
             rows.setdefault((run.optimizer, run.force_fraction, "base"), []).append(final[key])
         refined = db.refinement(run.id)
@@ -53,6 +57,21 @@ def _order(rows: Rows, by: Rows | None = None) -> list[tuple[str, float, str]]:
         return float(np.mean([r.get("f_mae") or r.get("e_mae") or 0.0 for r in base]))
 
     return sorted(rows, key=lambda k: (-k[1], score(k), k[2] != "base"))
+
+
+def pretrained_summary(db: ResultsDB, study: str) -> list[str]:
+    """One line: the test errors of the pretrained model before fine-tuning (shifts refitted)."""
+    rows = _collect(db, study, "test")
+    start = [v for (opt, _, _), values in rows.items() if opt == PRETRAINED for v in values]
+    if not start:
+        return []
+    e = _ms([x.get("e_mae") for x in start], 2)
+    f = _ms([x.get("f_mae") for x in start], 1)
+    return [
+        f"Before fine-tuning (pretrained model, per-element energy shifts refitted to the training split; "
+        f"{len(start)} runs): test E MAE {e} meV/atom, F MAE {f} meV/Å.",
+        "",
+    ]
 
 
 def extra_tests_section(db: ResultsDB, study: str, out: Path) -> list[str]:
@@ -123,6 +142,9 @@ def path_figure(runs: list[Run], names: list[str], path: Path) -> bool:
         for run in runs:
             if run.force_fraction != fraction:
                 continue
+            start = _read_path(Path(run.run_dir) / f"extra_test_{name}_pretrained.csv")
+            if start is not None:
+                data.setdefault(name, {}).setdefault(PRETRAINED, []).append(start)
             curve = _read_path(Path(run.run_dir) / f"extra_test_{name}.csv")
             if curve is not None:
                 data.setdefault(name, {}).setdefault(run.optimizer, []).append(curve)
@@ -139,7 +161,8 @@ def path_figure(runs: list[Run], names: list[str], path: Path) -> bool:
         ax.plot(x[order], (ref - ref[zero])[order], "k-", linewidth=2, label="reference")
         for opt, curves in sorted(by_opt.items()):
             pred = np.mean([c[2] for c in curves], axis=0)
-            ax.plot(x[order], (pred - pred[zero])[order], color=colours[opt], label=opt, linewidth=1)
+            style = {"color": "grey", "linestyle": "--"} if opt == PRETRAINED else {"color": colours[opt]}
+            ax.plot(x[order], (pred - pred[zero])[order], label=opt, linewidth=1, **style)
         ax.set_xlabel(labels[name])
         ax.set_ylabel("ΔE [eV]")
         ax.set_title(name)

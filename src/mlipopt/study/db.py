@@ -133,17 +133,10 @@ class ResultsDB:
         if path is None or path == ":memory:":
             Base.metadata.create_all(self.engine)
             return
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
+        from .._filelock import exclusive
+
+        with exclusive(f"{path}.lock"):
             Base.metadata.create_all(self.engine)
-            return
-        with open(f"{path}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                Base.metadata.create_all(self.engine)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def register(self, study: str, runs: list[Any]) -> None:
         """Insert runs not yet known (by id); known runs keep their status and results."""

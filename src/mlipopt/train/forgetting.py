@@ -29,6 +29,7 @@ import ase.io
 import numpy as np
 from ase import Atoms
 
+from .._filelock import exclusive
 from ..data import Frames, read_frames
 from .checkpoint import save_text
 from .config import ForgettingConfig
@@ -61,8 +62,7 @@ def pretrained_frames(
     ``stream`` is ``"heldout"`` or ``"replay"`` (disjoint start frames and seeds). Labels are the
     pretrained model's raw predictions (its own energy reference).
     """
-    from ..fidelity.md import BlowUp, run_md
-    from ..models import PRESETS, build_model
+    from ..models import PRESETS
 
     if n_frames <= 0:
         raise ValueError("n_frames must be positive")
@@ -74,9 +74,25 @@ def pretrained_frames(
     starts = [pool.atoms[candidates[i % len(candidates)]] for i in range(n_traj)]
     checkpoint = PRESETS[preset]["checkpoint"]
     cache = _cache_file(checkpoint, starts, n_frames, stream, cfg)
-    if cache.is_file():
-        return read_frames(cache)
+    with exclusive(cache.with_suffix(".lock")):  # parallel runs of a study: one samples, the rest wait
+        if not cache.is_file():
+            _sample(preset, starts, n_frames, stream, cfg, cache, log)
+    return read_frames(cache)
 
+
+def _sample(
+    preset: str,
+    starts: list[Atoms],
+    n_frames: int,
+    stream: str,
+    cfg: ForgettingConfig,
+    cache: Path,
+    log: Callable[[str], None],
+) -> None:
+    from ..fidelity.md import BlowUp, run_md
+    from ..models import build_model
+
+    offset, n_traj = STREAMS[stream], len(starts)
     from sevenn.calculator import SevenNetCalculator
 
     calculator = SevenNetCalculator(build_model(preset).eval(), file_type="model_instance")
@@ -114,7 +130,6 @@ def pretrained_frames(
     buffer = io.StringIO()
     ase.io.write(buffer, sampled, format="extxyz")
     save_text(buffer.getvalue(), cache)  # atomic: an interrupted generation leaves no half file
-    return read_frames(cache)
 
 
 def shift_energies(frames: Frames, per_element: dict[str, float]) -> Frames:

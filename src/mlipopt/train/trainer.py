@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import sys
 import time
@@ -284,6 +285,13 @@ class Trainer:
             + " eV"
         )
 
+    @property
+    def is_pretrained(self) -> bool:
+        """True when training starts from a pretrained foundation model (fine-tuning)."""
+        from ..models import PRESETS
+
+        return "checkpoint" in PRESETS[self.config.model.preset]
+
     def _freeze(self) -> int:
         """Fix the parameters whose names match ``model.freeze`` (e.g. a foundation model's embedding)."""
         import re
@@ -468,6 +476,10 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_text(dump_config(c), self.run_dir / "config.yaml")
         save_json(self.splits_record, self.run_dir / "splits.json")
+        baseline = self.run_dir / "pretrained_metrics.json"
+        if self.epoch == 0 and self.is_pretrained:
+            # the starting point of fine-tuning, on the same held-out data (shifts already refitted)
+            save_json(self.test_metrics(tag="_pretrained"), baseline)
         patience = c.training.early_stopping_patience
         stopped_early = patience is not None and self.bad_epochs >= patience
         while self.epoch < c.training.max_epochs and not stopped_early:
@@ -547,6 +559,9 @@ class Trainer:
             "frames": {name: len(s) for name, s in self.sets.items()},
             "force_frames": {name: s.n_force_frames for name, s in self.sets.items()},
         }
+        baseline = self.run_dir / "pretrained_metrics.json"
+        if self.is_pretrained and baseline.is_file():
+            final["pretrained"] = json.loads(baseline.read_text())
         save_json(final, self.run_dir / "final_metrics.json")
         if test:
             self.log(
