@@ -63,3 +63,11 @@ def test_train_reports_data_errors(tmp_path, capsys):
     )
     assert main(["train", str(tmp_path / "c.yaml"), "--run-dir", str(tmp_path / "run")]) == 2
     assert "data.xyz: frame 0: no energy under key 'energy'" in capsys.readouterr().err
+
+
+def test_preset_flag_takes_key_value_overrides():
+    from mlipopt.cli import _study_spec
+
+    spec = _study_spec("seeds=[1,2]", "finetune-ethanol", ["base.training.max_epochs=2"])
+    assert spec.name == "finetune-ethanol" and spec.seeds == [1, 2]
+    assert spec.base["training"]["max_epochs"] == 2

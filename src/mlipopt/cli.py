@@ -44,6 +44,8 @@ def _study_spec(source: str | None, preset_name: str | None, overrides: list[str
     from .study import load_study
     from .study.presets import STUDY_PRESETS, preset
 
+    if source and "=" in source and not Path(source).exists():  # `--preset NAME key=value ...`
+        source, overrides = None, [source, *overrides]
     if source and source in STUDY_PRESETS and not Path(source).exists():
         source, preset_name = None, source
     if preset_name:
@@ -191,11 +193,14 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .study.presets import STUDY_PRESETS
+
+    STUDY_PRESET_NAMES = list(STUDY_PRESETS)  # noqa: N806
     parser = argparse.ArgumentParser(prog="mlipopt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser(
         "train",
-        help="train a NequIP/Allegro model from a YAML config",
+        help="train (or fine-tune SevenNet-0) from a YAML config",
         description="Train from CONFIG (see examples/ and docs/config.md); KEY=VALUE arguments override "
         "config keys, e.g. optimizer.name=soap optimizer.lr=3e-3 data.force_fraction=0.1. A run "
         "directory with a checkpoint of the same config is resumed.",
@@ -213,14 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     st = sub.add_parser(
         "study",
         help="run a study (grids × optimizers × force fractions × seeds) and write its report",
-        description="Run STUDY.yaml or a preset (demo, paper-nequip, paper-allegro); KEY=VALUE arguments "
+        description=f"Run STUDY.yaml or a preset ({', '.join(STUDY_PRESET_NAMES)}); KEY=VALUE arguments "
         "override study keys, e.g. base.data.train=water.xyz seeds=[7,42]. Re-running continues: finished "
         "runs are skipped, unfinished ones resume from their checkpoints.",
     )
     st.add_argument("study", nargs="?", default=None, help="study YAML file or preset name")
     st.add_argument("overrides", nargs="*", help="KEY=VALUE study overrides (dotted keys)")
     st.add_argument(
-        "--preset", default=None, help="demo, paper-nequip or paper-allegro (a YAML file refines it)"
+        "--preset",
+        default=None,
+        help=f"{', '.join(STUDY_PRESET_NAMES)} (a YAML file refines it)",
     )
     st.add_argument("--out", default=None, help="report folder (default: the study folder)")
     st.set_defaults(func=_study)
