@@ -107,6 +107,16 @@ FINETUNE_OPTIMIZERS: dict[str, Any] = {
     "soap_muon": {"lr": [3e-5], "options": {"rho": 0.0}},
 }
 
+#: Seed 002's protocol: ten optimizers, full forces, three seeds, λ_E:λ_F = 1:10, then L-BFGS on the
+#: best three (10 iterations: the reduced CPU budget).
+FINETUNE_PROTOCOL: dict[str, Any] = {
+    "optimizers": FINETUNE_OPTIMIZERS,
+    "force_fractions": [1.0],
+    "seeds": [7, 42, 123],
+    "loss_ratios": [[1.0, 10.0]],
+    "refine": {"top": 3, "iterations": 10, "memory": 10, "patience": 5},
+}
+
 #: Seed 002 on the shared ethanol data, reduced for a CPU: SevenNet-0 fine-tuned on 40 rMD17 frames with
 #: all ten optimizers, three seeds, then L-BFGS on the best three; tested on test_MD.xyz (first 200),
 #: with the H-removal path and two normal-mode paths as out-of-distribution tests and forgetting measured
@@ -141,11 +151,7 @@ FINETUNE_ETHANOL: dict[str, Any] = {
         "training": {"max_epochs": 6},
         "forgetting": {"frames": 20, "temperature": 500.0},
     },
-    "optimizers": FINETUNE_OPTIMIZERS,
-    "force_fractions": [1.0],
-    "seeds": [7, 42, 123],
-    "loss_ratios": [[1.0, 10.0]],
-    "refine": {"top": 3, "iterations": 10, "memory": 10, "patience": 5},
+    **FINETUNE_PROTOCOL,
 }
 
 #: Seed 002 table 1 on the shared 3BPA data, reduced for a CPU: SevenNet-0 fine-tuned on 20 frames of
@@ -172,11 +178,7 @@ FINETUNE_3BPA: dict[str, Any] = {
         "training": {"max_epochs": 6},
         "forgetting": {"frames": 20, "temperature": 600.0},
     },
-    "optimizers": FINETUNE_OPTIMIZERS,
-    "force_fractions": [1.0],
-    "seeds": [7, 42, 123],
-    "loss_ratios": [[1.0, 10.0]],
-    "refine": {"top": 3, "iterations": 10, "memory": 10, "patience": 5},
+    **FINETUNE_PROTOCOL,
 }
 
 STUDY_PRESETS = {
