@@ -1,4 +1,4 @@
-"""docs/optimizers.md states each optimizer's defaults and fine-tuning lr: check them against the code."""
+"""docs/optimizers.md states each optimizer's defaults and fine-tuning lr grid; checked against the code."""
 
 import ast
 from pathlib import Path
@@ -37,4 +37,4 @@ def test_documented_defaults_are_the_ones_used(name):
         key, value = item.split("=", 1)
         assert group[key] == ast.literal_eval(value), (name, key, group[key])
     for preset in ("finetune-ethanol", "finetune-3bpa"):
-        assert STUDY_PRESETS[preset]["optimizers"][name]["lr"] == [float(finetune_lr.strip("`"))]
+        assert STUDY_PRESETS[preset]["optimizers"][name]["lr"] == ast.literal_eval(finetune_lr.strip("`"))
