@@ -9,6 +9,7 @@ import pytest
 
 from mlipopt.data import generate_frames
 from mlipopt.train import ConfigError, Trainer, train
+from mlipopt.train.refine import refine
 
 from .helpers import tiny_config
 
@@ -60,6 +61,11 @@ def test_extra_tests_drop_training_frames_and_report_paths(tmp_path):
     assert path["e_mae"] == pytest.approx(1e3 * np.abs(err).mean())
     assert path["e_mae_offset_free"] == pytest.approx(1e3 * np.abs(err - err.mean()).mean())
     assert json.loads((tmp_path / "run" / "final_metrics.json").read_text())["extra_tests"]["path"] == path
+    # L-BFGS refinement reports the same sets before and after
+    summary = refine(tmp_path / "run", iterations=1, memory=3, patience=1, log=lambda _: None)
+    assert summary["extra_tests_before"]["path"] == path
+    assert summary["extra_tests_after"]["unseen"]["frames"] == 7
+    assert (tmp_path / "run" / "extra_test_path_refined.csv").is_file()
 
 
 def test_an_extra_test_made_only_of_training_frames_is_refused(tmp_path):
