@@ -511,12 +511,7 @@ def transport_figures(results: list[FidelityResult], arrhenius: list[dict[str, A
         fig, ax = plt.subplots(figsize=(5, 3.6))
         for r in with_msd:
             ax.loglog(r.msd[0][1:], r.msd[1][1:], label=f"{r.label} @ {r.temperature_K:g} K", linewidth=1)
-        ax.set_xlabel("lag [ps]")
-        ax.set_ylabel("MSD [Å²]")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "msd.png", dpi=120)
-        plt.close(fig)
+        _save_figure(fig, ax, "lag [ps]", "MSD [Å²]", out / "msd.png")
         lines += ["![mean squared displacement](msd.png)", ""]
     with_bands = [r for r in results if r.phonons]
     if with_bands:
@@ -539,14 +534,21 @@ def transport_figures(results: list[FidelityResult], arrhenius: list[dict[str, A
             style = "k-o" if row["label"] == "reference" else "-o"
             ax.semilogy([1000 / t for t in temps], [row["D"][t] for t in temps], style, markersize=3,
                         label=f"{row['label']}: E_a {row['Ea']:.3f} ± {row['Ea_err']:.3f} eV")  # fmt: skip
-        ax.set_xlabel("1000 / T [1/K]")
-        ax.set_ylabel("D [Å²/ps]")
-        ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(out / "arrhenius.png", dpi=120)
-        plt.close(fig)
+        _save_figure(fig, ax, "1000 / T [1/K]", "D [Å²/ps]", out / "arrhenius.png")
         lines += ["![Arrhenius plot](arrhenius.png)", ""]
     return lines
+
+
+def _save_figure(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path) -> None:
+    """Label one-axes figure, add its legend, write it and free it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def store(results: list[FidelityResult], run_dirs: list[Path], protocol: str) -> int:
