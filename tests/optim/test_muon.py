@@ -68,3 +68,8 @@ def test_scale_rules():
     assert muon_scale((2, 2, 16), "original", "in_out") == pytest.approx(2.0)
     with pytest.raises(ValueError):
         muon_scale((2, 2), "bogus")
+
+
+def test_misspelled_argument_names_the_closest_valid_one():
+    with pytest.raises(TypeError, match="'momentun'.*did you mean 'momentum'"):
+        Muon(make_params([(3, 3)]), momentun=0.9)

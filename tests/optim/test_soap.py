@@ -69,15 +69,15 @@ def test_newton_schulz_soap_muon_matches_reference():
 
 
 def test_rank_deficient_block_agrees_with_reference_outside_the_null_space():
-    """A (5, 8) block: after the first step the 8 × 8 Gram matrix has rank 5, so its null-space
-    eigenvectors are arbitrary (batched and single ``eigh`` may differ). The first update must still
-    agree with the oracle on the 5-dimensional row space, and every later step must stay finite."""
+    """Official SOAP on a (5, 8) block: after the first step the 8 × 8 Gram matrix has rank 5, so its
+    null-space eigenvectors are arbitrary (batched and single ``eigh`` may differ). The first update
+    must still agree with the oracle on the 5-dimensional row space, and later steps stay finite."""
     from .helpers import stochastic_loss
 
     fast, slow = make_params([(5, 8)]), make_params([(5, 8)])
     p0 = make_params([(5, 8)])[0].detach()
-    opt_fast = SOAP(fast, lr=1e-2)
-    opt_slow = SOAPReference(slow, lr=1e-2)
+    opt_fast = SOAP(fast, lr=1e-2, null_space="official")
+    opt_slow = SOAPReference(slow, lr=1e-2, null_space="official")
     probe = make_params([(5, 8)])
     (grad,) = torch.autograd.grad(stochastic_loss(probe, 0), probe)
     # the first gradient's row space: the range of the first Gram matrix Gᵀ G
@@ -91,6 +91,78 @@ def test_rank_deficient_block_agrees_with_reference_outside_the_null_space():
     assert float((step_fast - step_slow).norm() / step_slow.norm()) < 1e-10
     run(opt_fast, fast, 30, start=2)
     assert torch.isfinite(fast[0]).all()
+
+
+def _rotate_null_basis(optimizer, seed):
+    """Replace every null-space part of the optimizer's eigenbases by a random rotation of it."""
+    sd = optimizer.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    rotated = 0
+    for entry in sd["state"].values():
+        for bases, nulls in zip(entry["Q"], entry["null"]):
+            for q, null in zip(bases, nulls):
+                k = int(null.sum()) if null is not None else 0
+                if k < 2:
+                    continue
+                w = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=gen))[0].to(q.dtype)
+                q[:, null.bool()] = q[:, null.bool()] @ w
+                rotated += 1
+    optimizer.load_state_dict(sd)
+    return rotated
+
+
+@pytest.mark.parametrize("cls,kwargs", [(SOAP, {}), (SOAPMuon, {"rho": 0.5}), (SOAPMuon, {"rho": 0.0})])
+def test_update_does_not_depend_on_the_null_space_basis(cls, kwargs):
+    """Two runs that differ only in the (arbitrary) eigenvectors of a rank-deficient Gram matrix —
+    here a random rotation of them — take the same steps under the isotropic null-space rule, through
+    basis refreshes; official SOAP does not (which shows the test can fail)."""
+    shapes = [(12, 16), (3, 4, 5), (6, 9)]
+    finals = {}
+    for rule in ("isotropic", "official"):
+        a, b = make_params(shapes), make_params(shapes)
+        opt_a = cls(a, lr=1e-2, precondition_frequency=5, null_space=rule, **kwargs)
+        opt_b = cls(b, lr=1e-2, precondition_frequency=5, null_space=rule, **kwargs)
+        run(opt_a, a, 1)
+        run(opt_b, b, 1)
+        assert _rotate_null_basis(opt_b, seed=5) >= 2  # the 16- and 9-sided modes have null spaces
+        run(opt_a, a, 30, start=1)
+        run(opt_b, b, 30, start=1)
+        finals[rule] = max_rel(a, b)
+    assert finals["isotropic"] < 1e-10
+    assert finals["official"] > 1e-6
+
+
+def test_rank_deficient_blocks_match_reference_under_the_isotropic_rule():
+    """With the null space handled isotropically the batched optimizer and the oracle agree on
+    non-square blocks too, step by step (no dependence on how either ``eigh`` breaks ties)."""
+    shapes = [(5, 8), (12, 16), (9, 4)]
+    for cls, ref_kwargs in ((SOAP, {}), (SOAPMuon, {"ortho": True, "rho": 0.5, "normalize": True})):
+        fast, slow = make_params(shapes), make_params(shapes)
+        opt_fast = cls(fast, lr=1e-2, precondition_frequency=4, **({"rho": 0.5} if cls is SOAPMuon else {}))
+        opt_slow = SOAPReference(slow, lr=1e-2, precondition_frequency=4, **ref_kwargs)
+        for t in range(25):
+            run(opt_fast, fast, 1, start=t)
+            run(opt_slow, slow, 1, start=t)
+            assert max_rel(fast, slow) < 1e-9, (cls.__name__, t)
+
+
+def test_isotropic_rule_leaves_full_rank_blocks_as_official_soap():
+    a, b = make_params(FULL_RANK), make_params(FULL_RANK)
+    opt_a = SOAP(a, lr=1e-2, precondition_frequency=3)
+    opt_b = SOAP(b, lr=1e-2, precondition_frequency=3, null_space="official")
+    run(opt_a, a, 20)
+    run(opt_b, b, 20)
+    assert max_rel(a, b) == 0.0
+
+
+def test_misspelled_arguments_name_the_closest_valid_one():
+    ps = make_params([(3, 3)])
+    with pytest.raises(TypeError, match="'precondition_frequncy'.*did you mean 'precondition_frequency'"):
+        SOAP(ps, precondition_frequncy=1)
+    with pytest.raises(TypeError, match="'rhoo'.*did you mean 'rho'"):
+        SOAPMuon(ps, rhoo=0.5)
+    with pytest.raises(ValueError, match="null_space"):
+        SOAP(ps, null_space="ignore")
 
 
 def test_identity_basis_is_adam():

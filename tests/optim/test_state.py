@@ -52,7 +52,7 @@ def test_state_dict_is_a_snapshot_of_plain_tensors():
     opt = SOAP(groups(params), lr=1e-2)
     run(opt, params, 3)
     sd = opt.state_dict()
-    assert set(sd["state"][0]) == {"exp_avg", "exp_avg_sq", "GG", "Q"}
+    assert set(sd["state"][0]) == {"exp_avg", "exp_avg_sq", "GG", "Q", "null"}
     assert sd["state"][0]["exp_avg"].shape == (40,)
     assert [len(x) for x in sd["state"][0]["GG"]] == [2, 2]
     assert sd["param_groups"][0]["blocks"][0] == [(0, 16, (4, 4)), (16, 32, (4, 4))]

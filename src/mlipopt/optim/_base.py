@@ -8,6 +8,8 @@ rebuilds the buckets from them — checkpoints stay a faithful, portable torch o
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,40 @@ from torch import Tensor
 from ._layout import GroupPlan, build_plan, resolve_layout
 
 NONFINITE_MODES = ("raise", "skip")
+
+
+def accepted_arguments(cls: type) -> list[str]:
+    """Public keyword arguments of ``cls``'s constructor, subclasses' and base classes' together."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is torch.optim.Optimizer or klass is object:
+            continue
+        for name, param in inspect.signature(init).parameters.items():
+            if (
+                name in ("self", "params", "defaults")
+                or name.startswith("_")
+                or param.kind is param.VAR_KEYWORD
+            ):
+                continue
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def reject_unknown(cls: type, unknown: dict[str, Any]) -> None:
+    """Refuse misspelled constructor arguments (a silently ignored ``precondition_frequncy`` would
+    train with the default) with a TypeError naming the closest valid argument."""
+    if not unknown:
+        return
+    valid = accepted_arguments(cls)
+    problems = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, valid, n=1)
+        problems.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"{cls.__name__} got unknown argument(s) {', '.join(problems)}; valid: {', '.join(valid)}"
+    )
 
 
 class NonFiniteGradientError(FloatingPointError):

@@ -97,16 +97,40 @@ def eigenbasis(gram: Tensor, previous: Tensor | None) -> tuple[Tensor, int]:
     return q, n_failed
 
 
-def power_iteration_basis(gram: Tensor, basis: Tensor) -> tuple[Tensor, Tensor, int]:
+def eigenvalue_estimates(gram: Tensor, basis: Tensor) -> Tensor:
+    """``diag(Qᵀ G Q)`` per block ``(B, d)``: the eigenvalues when ``Q`` is G's eigenbasis."""
+    return (basis * (gram @ basis)).sum(dim=-2)
+
+
+def null_directions(estimates: Tensor) -> Tensor:
+    """Columns ``(B, d)`` whose Gram eigenvalue is zero up to rounding: ``λ ≤ 10·d·ε·λ_max``.
+
+    A Gram matrix ``XᵀX`` computed in floating point carries errors of order ``d·ε·‖X‖²`` (ε of the
+    dtype), so smaller eigenvalues cannot be told from zero and their eigenvectors are arbitrary.
+    An all-zero Gram matrix (a block that never had a gradient) is null in every direction.
+    """
+    d = estimates.shape[-1]
+    tol = 10.0 * d * torch.finfo(estimates.dtype).eps
+    top = estimates.amax(dim=-1, keepdim=True).clamp_min(0.0)
+    return estimates <= tol * top
+
+
+def power_iteration_basis(
+    gram: Tensor, basis: Tensor, last: Tensor | None = None
+) -> tuple[Tensor, Tensor, int]:
     """One power-iteration step with QR refresh of an eigenbasis (official SOAP's refresh).
 
     Columns are first re-sorted by the estimated eigenvalues ``diag(Qᵀ G Q)`` (descending); the
-    permutation is returned so that the caller can re-sort the second moment to match.
+    permutation is returned so that the caller can re-sort the second moment to match. Columns
+    flagged in ``last`` ``(B, d)`` (null directions, whose estimates depend on an arbitrary basis)
+    are sorted after all others, in their index order.
     Returns ``(Q_new, order (B, d), n_failed)``. A failed block keeps ``basis`` and the identity order.
     """
     prod = gram @ basis
     est_eig = (basis * prod).sum(dim=-2)
-    order = torch.argsort(est_eig, dim=-1, descending=True)
+    if last is not None:
+        est_eig = est_eig.masked_fill(last, float("-inf"))
+    order = torch.argsort(est_eig, dim=-1, descending=True, stable=True)
     power = torch.gather(prod, -1, order.unsqueeze(-2).expand_as(prod))
     # QR in at least float32: orthogonality of Q matters more than speed (as in official SOAP).
     work = power if power.dtype in (torch.float32, torch.float64) else power.float()

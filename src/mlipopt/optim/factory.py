@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from ._base import accepted_arguments, reject_unknown
+
 #: name → (needs structure-aware param groups, has train()/eval() modes)
 OPTIMIZERS: dict[str, tuple[bool, bool]] = {
     "adamw": (False, False),
@@ -57,29 +59,42 @@ def build_optimizer(
     "adam": {"lr": 1e-3}}``) for muon/soap/soap_muon; ``kwargs`` go to the optimizer constructor.
     """
     key = canonical_name(name)
+    cls = optimizer_class(key)
+    reject_unknown(cls, {k: v for k, v in kwargs.items() if k not in accepted_arguments(cls)})
     if OPTIMIZERS[key][0]:
         from ..structure import param_groups
-        from .muon import Muon
-        from .soap import SOAP, SOAPMuon
 
         groups = param_groups(model, **{"tp_blocks": "flatten", **(structure or {})})
-        cls = {"muon": Muon, "soap": SOAP, "soap_muon": SOAPMuon}[key]
         return cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
     if structure:
         raise ValueError(f"optimizer {name!r} takes no structure options (got {sorted(structure)})")
     params = [p for p in model.parameters() if p.requires_grad]
+    if key == "sgd":
+        kwargs = {"momentum": 0.9, **kwargs}
+    return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The class behind optimizer ``name``: torch.optim (Adam, AdamW, RAdam, SGD), pytorch-optimizer's
+    maintained LAMB (You et al. 2020, layer-wise trust ratio) and Ranger (RAdam + Lookahead +
+    gradient centralisation), schedulefree's AdamW, and mlipopt's Muon, SOAP and SOAP-Muon."""
+    key = canonical_name(name)
+    if key in ("muon", "soap", "soap_muon"):
+        from .muon import Muon
+        from .soap import SOAP, SOAPMuon
+
+        return {"muon": Muon, "soap": SOAP, "soap_muon": SOAPMuon}[key]
     if key in ("lamb", "ranger"):
-        # maintained implementations from pytorch-optimizer (LAMB: You et al. 2020, layer-wise trust
-        # ratio; Ranger: RAdam + Lookahead + gradient centralisation), with their documented defaults
         import pytorch_optimizer
 
-        cls = pytorch_optimizer.Lamb if key == "lamb" else pytorch_optimizer.Ranger
-        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
+        return pytorch_optimizer.Lamb if key == "lamb" else pytorch_optimizer.Ranger
     if key == "schedulefree_adamw":
         import schedulefree
 
-        return schedulefree.AdamWScheduleFree(params, lr=lr, weight_decay=weight_decay, **kwargs)
-    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "radam": torch.optim.RAdam}.get(key)
-    if cls is not None:
-        return cls(params, lr=lr, weight_decay=weight_decay, **kwargs)
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, **{"momentum": 0.9, **kwargs})
+        return schedulefree.AdamWScheduleFree
+    return {
+        "adamw": torch.optim.AdamW,
+        "adam": torch.optim.Adam,
+        "radam": torch.optim.RAdam,
+        "sgd": torch.optim.SGD,
+    }[key]

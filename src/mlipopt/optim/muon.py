@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from . import _linalg
-from ._base import BlockOptimizer
+from ._base import BlockOptimizer, reject_unknown
 from ._layout import Bucket, GroupPlan
 
 SCALE_RULES = ("match_rms_adamw", "original")
@@ -70,7 +70,9 @@ class Muon(BlockOptimizer):
         eps: float = 1e-8,
         ns_dtype: torch.dtype = torch.float32,
         nonfinite: str = "raise",
+        **unknown: Any,
     ):
+        reject_unknown(type(self), unknown)
         if lr < 0 or weight_decay < 0 or eps < 0:
             raise ValueError(
                 f"lr, weight_decay and eps must be non-negative, got {lr}, {weight_decay}, {eps}"

@@ -72,6 +72,7 @@ class SOAPReference(torch.optim.Optimizer):
         rho: float = 0.5,
         normalize: bool = False,
         adam_betas: tuple[float, float] | None = None,
+        null_space: str = "isotropic",
     ):
         defaults = dict(
             lr=lr,
@@ -85,6 +86,7 @@ class SOAPReference(torch.optim.Optimizer):
             rho=rho,
             normalize=normalize,
             adam_betas=adam_betas,
+            null_space=null_space,
         )
         super().__init__(params, defaults)
 
@@ -128,6 +130,10 @@ class SOAPReference(torch.optim.Optimizer):
                         [None if gg is None else torch.linalg.eigh(gg)[1].flip(-1) for gg in per_block]
                         for per_block in state["GG"]
                     ]
+                    state["null"] = [
+                        [None if q is None else _null(gg, q) for gg, q in zip(grams, bases)]
+                        for grams, bases in zip(state["GG"], state["Q"])
+                    ]
             group["step"] += 1
             if group["step"] == 1:
                 continue
@@ -154,6 +160,8 @@ class SOAPReference(torch.optim.Optimizer):
                             m_proj = _mode_product(m_proj, q[mode], mode)
                     v = v_flat[s:e].view(shape)
                     v.lerp_(g_proj.square(), 1 - b2)
+                    if group["null_space"] == "isotropic":
+                        _mean_over_null(v, state["null"][b])
                     u = m_proj / (v.sqrt() + group["eps"])
                     for mode in range(len(shape)):
                         if q[mode] is not None:
@@ -184,20 +192,46 @@ class SOAPReference(torch.optim.Optimizer):
                 g_blocks = _views(p.grad, layout)
                 self._gram_update(state, g_blocks, group, (b1, b2))
                 if t % group["precondition_frequency"] == 0:
-                    self._refresh(state, layout, v_flat)
+                    self._refresh(state, layout, v_flat, group["null_space"] == "isotropic")
 
     @staticmethod
-    def _refresh(state, layout, v_flat: Tensor) -> None:
+    def _refresh(state, layout, v_flat: Tensor, isotropic: bool) -> None:
+        """Power iteration + QR; with the isotropic rule, a basis that had null columns is recomputed
+        by ``eigh`` and those columns' second moments are sorted last."""
         for b, (s, e, shape) in enumerate(layout.blocks):
             v = v_flat[s:e].view(shape)
             for mode in range(len(shape)):
-                gg, q = state["GG"][b][mode], state["Q"][b][mode]
+                gg, q, null = state["GG"][b][mode], state["Q"][b][mode], state["null"][b][mode]
                 if gg is None:
                     continue
                 prod = gg @ q
-                order = torch.argsort((q * prod).sum(0), descending=True)
+                estimates = (q * prod).sum(0)
+                if isotropic:
+                    estimates = estimates.masked_fill(null, float("-inf"))
+                order = torch.argsort(estimates, descending=True, stable=True)
                 v.copy_(v.index_select(mode, order))
-                state["Q"][b][mode] = torch.linalg.qr(prod[:, order])[0]
+                if isotropic and null.any():
+                    new_q = torch.linalg.eigh(gg)[1].flip(-1)
+                else:
+                    new_q = torch.linalg.qr(prod[:, order])[0]
+                state["Q"][b][mode] = new_q
+                state["null"][b][mode] = _null(gg, new_q)
+
+
+def _null(gg: Tensor, q: Tensor) -> Tensor:
+    """Null directions of ``gg`` among the columns of ``q``: ``qᵀ gg q ≤ 10·d·ε·max``."""
+    estimates = torch.diagonal(q.T @ gg @ q)
+    tol = 10 * len(estimates) * torch.finfo(gg.dtype).eps
+    return estimates <= tol * max(float(estimates.max()), 0.0)
+
+
+def _mean_over_null(v: Tensor, nulls) -> None:
+    """In place: along each mode, entries at null directions become their mean over those directions."""
+    for mode, null in enumerate(nulls):
+        if null is None or not null.any():
+            continue
+        moved = v.movedim(mode, -1)
+        moved[..., null] = moved[..., null].mean(dim=-1, keepdim=True)
 
 
 class MuonReference(torch.optim.Optimizer):

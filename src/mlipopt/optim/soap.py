@@ -7,6 +7,20 @@ in the eigenbasis with bias correction, the update is projected back, and every
 second moment re-sorted to the new eigenvalue order. A 3-D block ``(m1, m2, n)`` gets one
 preconditioner per mode. Elements outside any block (1-D parameters) get Adam.
 
+**Null directions (a deliberate deviation, ``null_space="isotropic"``, the default).** A Gram matrix
+that is rank-deficient — always the longer side of a non-square block at the first step, and any mode
+whose gradients span a subspace — has eigenvectors for eigenvalue 0 that are arbitrary: two LAPACK
+builds, or a batched and a single ``eigh``, return different ones, and Adam's per-coordinate
+``1/√v`` in that basis turns the arbitrary choice into a different update (1e-2 apart after 30 steps
+on a 12 × 16 block). Since no basis of a degenerate eigenspace is preferred, the preconditioner must
+be isotropic there: the second moment of null coordinates is replaced by its mean over the null
+coordinates of that mode (``null_directions``: eigenvalue ``≤ 10·d·ε·λ_max``), and a refresh that
+starts from a basis with null columns recomputes the basis with ``eigh`` (power iteration would carry
+the arbitrary columns along) and sorts the null columns' second moments last. The update then does not
+depend on which null basis was returned (tested with random rotations of it). Full-rank blocks are
+untouched, so this equals official SOAP wherever official SOAP is well defined;
+``null_space="official"`` restores the official behaviour exactly.
+
 Implementation note: the first moment is stored *in the eigenbasis* and re-expressed when the
 basis changes (``M̃ ← Q_newᵀ Q_old M̃ Q_oldᵀ Q_new`` mode by mode). This equals official SOAP,
 which keeps it in parameter space and projects it every step, and saves two projections per step.
@@ -21,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import _linalg
-from ._base import BlockOptimizer
+from ._base import BlockOptimizer, reject_unknown
 from ._layout import Bucket, GroupPlan
 
 
@@ -50,6 +64,9 @@ def project(x: Tensor, bases: list[Tensor | None], back: bool = False) -> Tensor
     return x
 
 
+NULL_SPACE_RULES = ("isotropic", "official")
+
+
 class SOAP(BlockOptimizer):
     """SOAP (ShampoO with Adam in the Preconditioner's eigenbasis), block-structure aware.
 
@@ -64,6 +81,9 @@ class SOAP(BlockOptimizer):
         weight_decay: decoupled (AdamW-style) weight decay, applied after the update.
         precondition_frequency: refresh the eigenbases every this many steps.
         max_precond_dim: modes larger than this are not preconditioned (identity basis).
+        null_space: ``"isotropic"`` (default: Adam is isotropic across the null directions of a
+            rank-deficient Gram matrix, so the update does not depend on the arbitrary eigenvectors
+            ``eigh`` returns there; see the module doc) or ``"official"`` (official SOAP exactly).
         nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf.
     """
 
@@ -81,10 +101,15 @@ class SOAP(BlockOptimizer):
         weight_decay: float = 0.0,
         precondition_frequency: int = 10,
         max_precond_dim: int = 10000,
+        null_space: str = "isotropic",
         nonfinite: str = "raise",
-        **extra: Any,
+        _subclass_defaults: dict[str, Any] | None = None,
+        **unknown: Any,
     ):
+        reject_unknown(type(self), unknown)
         _check_betas(betas, "betas")
+        if null_space not in NULL_SPACE_RULES:
+            raise ValueError(f"null_space must be one of {NULL_SPACE_RULES}, got {null_space!r}")
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(
                 f"lr, eps and weight_decay must be non-negative, got {lr}, {eps}, {weight_decay}"
@@ -101,8 +126,9 @@ class SOAP(BlockOptimizer):
             weight_decay=weight_decay,
             precondition_frequency=int(precondition_frequency),
             max_precond_dim=int(max_precond_dim),
+            null_space=null_space,
             nonfinite=nonfinite,
-            **extra,
+            **(_subclass_defaults or {}),
         )
         super().__init__(params, defaults)
 
@@ -115,24 +141,34 @@ class SOAP(BlockOptimizer):
         p0 = plan.params[0]
         grams: list[Tensor | None] = []
         bases: list[Tensor | None] = []
+        nulls: list[Tensor | None] = []
         for mode, d in enumerate(bucket.shape):
             if d > group["max_precond_dim"]:
                 grams.append(None)
                 bases.append(None)
+                nulls.append(None)
                 continue
-            g_rows, q_rows = [], []
+            g_rows, q_rows, n_rows = [], [], []
+            no_null = torch.zeros(d, dtype=torch.bool, device=p0.device)
             for i, b in bucket.members:
                 saved = self.state[plan.params[i]] if known[i] else None
                 if saved and saved["GG"][b][mode] is not None:
                     g_rows.append(saved["GG"][b][mode])
                     q_rows.append(saved["Q"][b][mode])
+                    # absent in older checkpoints; load_state_dict casts it to the parameter dtype
+                    null = saved.get("null", [None] * (b + 1))[b]
+                    n_rows.append(null[mode] != 0 if null is not None else no_null)
                 else:
                     g_rows.append(torch.zeros(d, d, dtype=p0.dtype, device=p0.device))
                     q_rows.append(torch.eye(d, dtype=p0.dtype, device=p0.device))
+                    n_rows.append(no_null)
             grams.append(torch.stack(g_rows))
             bases.append(torch.stack(q_rows))
+            nulls.append(torch.stack([n.to(p0.device) for n in n_rows]))
         bucket.state["GG"] = grams
         bucket.state["Q"] = bases
+        bucket.state["null"] = nulls
+        bucket.state["has_null"] = any(n is not None and bool(n.any()) for n in nulls)
         new = [r for r, (i, _) in enumerate(bucket.members) if not known[i]]
         bucket.new_rows = torch.tensor(new, device=p0.device, dtype=torch.long) if new else None
 
@@ -142,8 +178,10 @@ class SOAP(BlockOptimizer):
             n_blocks = len(plan.layouts[i].blocks)
             gg = entry.setdefault("GG", [None] * n_blocks)
             qq = entry.setdefault("Q", [None] * n_blocks)
+            nn = entry.setdefault("null", [None] * n_blocks)
             gg[b] = [None if g is None else g[r].clone() for g in bucket.state["GG"]]
             qq[b] = [None if q is None else q[r].clone() for q in bucket.state["Q"]]
+            nn[b] = [None if n is None else n[r].clone() for n in bucket.state["null"]]
 
     # ------------------------------------------------------------------ step
     def _step_plan(self, plan: GroupPlan, group: dict[str, Any]) -> None:
@@ -163,6 +201,8 @@ class SOAP(BlockOptimizer):
             g_proj = project(g, bases)
             m.lerp_(g_proj, 1 - beta1)
             v.lerp_(g_proj.square(), 1 - beta2)
+            if bucket.state["has_null"] and group["null_space"] == "isotropic":
+                v.copy_(isotropic_in_null_space(v, bucket.state["null"]))
             u = project(m / (v.sqrt() + eps), bases, back=True)
             if bucket.ortho and self._orthogonalize:
                 u = self._orthogonalize_update(u, group)
@@ -188,7 +228,8 @@ class SOAP(BlockOptimizer):
         rows = bucket.new_rows
         beta = _shampoo_beta(group, self._betas(group, bucket.ortho))
         g_rows = g.index_select(0, rows)
-        for mode, (gg, q) in enumerate(zip(bucket.state["GG"], bucket.state["Q"])):
+        state = bucket.state
+        for mode, (gg, q, null) in enumerate(zip(state["GG"], state["Q"], state["null"])):
             if gg is None:
                 continue
             gg_rows = gg.index_select(0, rows).lerp_(gram(g_rows, mode), 1 - beta)
@@ -196,6 +237,8 @@ class SOAP(BlockOptimizer):
             new_q, failed = _linalg.eigenbasis(gg_rows, None)
             group["basis_failures"] += failed
             q.index_copy_(0, rows, new_q)
+            null.index_copy_(0, rows, _linalg.null_directions(_linalg.eigenvalue_estimates(gg_rows, new_q)))
+        state["has_null"] = any(n is not None and bool(n.any()) for n in state["null"])
         bucket.new_rows = None
 
     def _update_preconditioner(
@@ -209,20 +252,32 @@ class SOAP(BlockOptimizer):
         if steps_done % group["precondition_frequency"] != 0:
             return
         m, v = bucket.state["exp_avg"], bucket.state["exp_avg_sq"]
+        isotropic = group["null_space"] == "isotropic"
         m_param_space = project(m, bases, back=True)
         new_bases: list[Tensor | None] = []
-        for mode, (gg, q) in enumerate(zip(grams, bases)):
+        for mode, (gg, q, null) in enumerate(zip(grams, bases, bucket.state["null"])):
             if gg is None:
                 new_bases.append(None)
                 continue
-            new_q, order, failed = _linalg.power_iteration_basis(gg, q)
+            had_null = null.any(dim=-1) if isotropic else None
+            new_q, order, failed = _linalg.power_iteration_basis(gg, q, null if isotropic else None)
+            if had_null is not None and bool(had_null.any()):
+                # the power iterate of arbitrary null columns is itself arbitrary: solve exactly
+                rows = had_null.nonzero().squeeze(-1)
+                exact, failed_exact = _linalg.eigenbasis(
+                    gg.index_select(0, rows), new_q.index_select(0, rows)
+                )
+                new_q.index_copy_(0, rows, exact)
+                failed += failed_exact
             group["basis_failures"] += failed
             v.copy_(_permute_mode(v, order, mode))
+            null.copy_(_linalg.null_directions(_linalg.eigenvalue_estimates(gg, new_q)))
             new_bases.append(new_q)
         for q, new_q in zip(bases, new_bases):
             if q is not None:
                 q.copy_(new_q)
         m.copy_(project(m_param_space, bases))
+        bucket.state["has_null"] = any(n is not None and bool(n.any()) for n in bucket.state["null"])
 
     def _orthogonalize_update(self, u: Tensor, group: dict[str, Any]) -> Tensor:
         return u
@@ -261,10 +316,12 @@ class SOAPMuon(SOAP):
             params,
             lr=lr,
             betas=betas,
-            adam_betas=None if adam_betas is None else tuple(adam_betas),
-            rho=float(rho),
-            normalize=bool(normalize),
-            ns_steps=int(ns_steps),
+            _subclass_defaults=dict(
+                adam_betas=None if adam_betas is None else tuple(adam_betas),
+                rho=float(rho),
+                normalize=bool(normalize),
+                ns_steps=int(ns_steps),
+            ),
             **kwargs,
         )
 
@@ -285,6 +342,20 @@ class SOAPMuon(SOAP):
             rms = mat.square().mean(dim=(-2, -1), keepdim=True).sqrt()
             mat = mat / rms.clamp_min(torch.finfo(mat.dtype).tiny)
         return mat.reshape(shape)
+
+
+def isotropic_in_null_space(v: Tensor, nulls: list[Tensor | None]) -> Tensor:
+    """``v`` (B, d0, d1[, d2]) with its entries along each mode's null directions ``nulls[k]`` (B, dₖ)
+    replaced by their mean over those directions: the only diagonal preconditioner that is the same
+    in every basis of a degenerate eigenspace."""
+    for mode, null in enumerate(nulls):
+        if null is None:
+            continue
+        moved = v.movedim(mode + 1, -1)
+        weight = null.to(v.dtype).view(null.shape[0], *([1] * (moved.ndim - 2)), null.shape[1])
+        mean = (moved * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp_min(1.0)
+        v = torch.where(weight > 0, mean, moved).movedim(-1, mode + 1)
+    return v
 
 
 def _check_betas(betas: tuple[float, float], name: str) -> None:

@@ -94,14 +94,17 @@ class Trainer:
         self._setup_forgetting()
         self.force_normaliser = self.sets["train"].mean_force_components()
         self.frozen = self._freeze()
-        self.optimizer = build_optimizer(
-            config.optimizer.name,
-            self.model,
-            lr=config.optimizer.lr,
-            weight_decay=config.optimizer.weight_decay,
-            structure=config.optimizer.structure or None,
-            **config.optimizer.options,
-        )
+        try:
+            self.optimizer = build_optimizer(
+                config.optimizer.name,
+                self.model,
+                lr=config.optimizer.lr,
+                weight_decay=config.optimizer.weight_decay,
+                structure=config.optimizer.structure or None,
+                **config.optimizer.options,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"optimizer ({config.optimizer.name}): {exc}") from None
         self.scheduler = self._build_scheduler()
         self.epoch = 0
         self.train_time = 0.0
