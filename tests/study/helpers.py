@@ -16,6 +16,8 @@ TINY_STUDY: dict[str, Any] = {
     "seeds": [1, 2],
     "loss_ratios": [[1.0, 1.0], [1.0, 10.0]],
     "sweep_epochs": 1,
+    "sweep_extensions": 0,
+    "step_cost": {"repeats": 2, "warmup": 1},
     "executor": {"workers": 1},
 }
 

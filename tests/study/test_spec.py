@@ -2,6 +2,7 @@ import pytest
 
 from mlipopt.study import OptimizerGrid, load_study, run_config
 from mlipopt.study.presets import STUDY_PRESETS, preset
+from mlipopt.study.spec import neighbour_rate
 from mlipopt.train import ConfigError
 
 from .helpers import tiny_study
@@ -10,8 +11,29 @@ from .helpers import tiny_study
 def test_learning_rate_grid_around_an_order():
     assert OptimizerGrid(lr_order=3).learning_rates("x") == [3e-4, 1e-3, 3e-3]
     assert OptimizerGrid(lr_order=2, lr_extra=True).learning_rates("x") == [3e-3, 5e-3, 1e-2, 3e-2]
-    with pytest.raises(ConfigError, match="give lr"):
-        OptimizerGrid().learning_rates("adamw")
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        OptimizerGrid().learning_rates("adamx")
+    with pytest.raises(ConfigError, match="positive"):
+        OptimizerGrid(lr=[1e-3, -1e-3]).learning_rates("adamw")
+
+
+def test_an_optimizer_without_a_grid_gets_its_default_grid(tmp_path):
+    """`optimizers: {adamw: {}, soap_muon: {}}` is a complete study: the default grids are swept."""
+    from mlipopt.optim import DEFAULT_LR_GRIDS
+
+    spec = load_study(tiny_study(tmp_path, optimizers={"adamw": {}, "soap_muon": {}}))
+    for name in ("adamw", "soap_muon"):
+        rates = spec.optimizers[name].learning_rates(name)
+        assert rates == DEFAULT_LR_GRIDS[name] and len(rates) >= 4
+    # seed 001 table 4's optima and seed 002's fine-tuning rates lie inside, with a point beyond each end
+    adam = DEFAULT_LR_GRIDS["adamw"]
+    assert adam[0] < 5e-4 and adam[-1] > 3e-2
+    assert DEFAULT_LR_GRIDS["soap_muon"][0] < 3e-4 and DEFAULT_LR_GRIDS["soap_muon"][-1] > 1e-3
+
+
+def test_neighbour_rate_walks_the_grid_ladder():
+    assert [neighbour_rate(x, 1) for x in (1e-3, 3e-3, 5e-3)] == [3e-3, 1e-2, 1.58e-2]
+    assert [neighbour_rate(x, -1) for x in (1e-3, 3e-3, 5e-3)] == [3e-4, 1e-3, 1.58e-3]
 
 
 def test_run_identity_is_the_config(tmp_path):
@@ -28,7 +50,8 @@ def test_run_identity_is_the_config(tmp_path):
     "change, message",
     [
         ({"optimizers": {}}, "at least one optimizer"),
-        ({"optimizers": {"adamw": {}}}, "give lr"),
+        ({"optimizers": {"adamz": {}}}, "unknown optimizer"),
+        ({"sweep_extensions": -1}, "sweep_extensions"),
         ({"force_fractions": [1.5]}, r"not in \[0, 1\]"),
         ({"executor": {"kind": "slurm"}}, "local or ray"),
         ({"base": {"model": {"preset": "nequip-tiny"}}}, "give a dataset"),

@@ -29,7 +29,7 @@ def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsy
     assert refined["iteration"] == summary["best_iteration"]
     if summary["best_iteration"]:
         assert float(rows[summary["best_iteration"] - 1]["val_metric"]) == summary["best_val_metric"]
-    assert set(summary["test_after"]) == {"e_mae", "e_rmse", "f_mae", "f_rmse"}
+    assert set(summary["test_after"]) == {"e_mae", "e_rmse", "e_bias", "f_mae", "f_rmse"}
     if criterion == "metric":  # the starting point is the trained model's own selection metric
         final = json.loads((tmp_path / "final_metrics.json").read_text())
         assert abs(start_metric - final["best_val_metric"]) < 1e-3 * final["best_val_metric"]

@@ -26,7 +26,7 @@ def test_training_reduces_loss_and_writes_the_run_dir(tmp_path):
         assert (tmp_path / "run" / name).is_file()
     saved = json.loads((tmp_path / "run" / "final_metrics.json").read_text())
     assert saved["frames"] == {"train": 12, "val": 4, "test": 4}
-    assert set(saved["test"]) == {"e_mae", "e_rmse", "f_mae", "f_rmse"}
+    assert set(saved["test"]) == {"e_mae", "e_rmse", "e_bias", "f_mae", "f_rmse"}
     assert final["best_epoch"] == min(range(1, 7), key=lambda e: float(rows[e - 1]["val_metric"]))
 
 

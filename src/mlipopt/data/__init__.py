@@ -3,7 +3,13 @@
 from .generate import SYSTEMS, generate_frames
 from .graphs import Batch, GraphSet, to_graph
 from .io import DataError, Frames, read_frames
-from .references import fit_energy_references, isolated_atom_energies, reference_energy
+from .references import (
+    composition_matrix,
+    fit_energy_references,
+    isolated_atom_energies,
+    least_squares_per_element,
+    reference_energy,
+)
 from .splits import force_mask, n_keep, split_indices
 
 __all__ = [
@@ -12,10 +18,12 @@ __all__ = [
     "Frames",
     "GraphSet",
     "SYSTEMS",
+    "composition_matrix",
     "fit_energy_references",
     "generate_frames",
     "force_mask",
     "isolated_atom_energies",
+    "least_squares_per_element",
     "n_keep",
     "read_frames",
     "reference_energy",

@@ -24,13 +24,8 @@ def isolated_atom_energies(path: str | Path, energy_key: str = "energy") -> dict
     return energies
 
 
-def fit_energy_references(frames: Frames, elements: list[str] | None = None) -> dict[str, float]:
-    """E0 per element minimising Σ_n (E_n − Σ_Z c_nZ E0_Z)² over ``frames`` (c_nZ: count of Z in frame n).
-
-    With a single composition (one molecule's MD) the counts are collinear; the minimum-norm solution is
-    returned, which still makes the residual energies zero-mean.
-    """
-    elements = elements or frames.elements()
+def composition_matrix(frames: Frames, elements: list[str]) -> np.ndarray:
+    """Counts ``c_nZ`` of element Z in frame n, shape ``(len(frames), len(elements))``."""
     column = {el: j for j, el in enumerate(elements)}
     counts = np.zeros((len(frames), len(elements)))
     for n, a in enumerate(frames.atoms):
@@ -38,8 +33,25 @@ def fit_energy_references(frames: Frames, elements: list[str] | None = None) -> 
             if symbol not in column:
                 raise DataError(f"{frames.source}: frame {frames.index[n]} holds {symbol}, not in {elements}")
             counts[n, column[symbol]] += 1
-    solution, *_ = np.linalg.lstsq(counts, frames.energy, rcond=None)
-    return {el: float(solution[j]) for el, j in column.items()}
+    return counts
+
+
+def least_squares_per_element(
+    counts: np.ndarray, energies: np.ndarray, elements: list[str]
+) -> dict[str, float]:
+    """Per-element values x minimising ‖counts·x − energies‖² (minimum norm when counts are collinear)."""
+    solution, *_ = np.linalg.lstsq(counts, np.asarray(energies, dtype=np.float64), rcond=None)
+    return {el: float(solution[j]) for j, el in enumerate(elements)}
+
+
+def fit_energy_references(frames: Frames, elements: list[str] | None = None) -> dict[str, float]:
+    """E0 per element minimising Σ_n (E_n − Σ_Z c_nZ E0_Z)² over ``frames`` (c_nZ: count of Z in frame n).
+
+    With a single composition (one molecule's MD) the counts are collinear; the minimum-norm solution is
+    returned, which still makes the residual energies zero-mean.
+    """
+    elements = elements or frames.elements()
+    return least_squares_per_element(composition_matrix(frames, elements), frames.energy, elements)
 
 
 def reference_energy(frames: Frames, e0: dict[str, float]) -> np.ndarray:

@@ -1,4 +1,8 @@
-"""Named NequIP/Allegro architectures: seed 001 table 3 sizes and tiny CPU test models."""
+"""Named NequIP/Allegro architectures: seed 001 table 3 sizes and tiny CPU test models.
+
+Seed 001 table 3 trains the per-type energy shifts; here that is ``model.energy_shifts: trainable``
+(the default, ``refit``, fits them in closed form instead: :mod:`mlipopt.models.energy_shifts`).
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         radial_mlp_depth=3,
         radial_mlp_width=64,
         per_type_energy_scales_trainable=True,
-        per_type_energy_shifts_trainable=True,
     ),
     "allegro-seed001": dict(
         family="allegro",
@@ -46,7 +49,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         readout_mlp_hidden_layers_width=32,
         readout_mlp_nonlinearity=None,
         per_type_energy_scales_trainable=True,
-        per_type_energy_shifts_trainable=True,
     ),
     "nequip-tiny": dict(
         family="nequip",

@@ -27,6 +27,25 @@ OPTIMIZERS: dict[str, tuple[bool, bool]] = {
 }
 
 
+#: Learning-rate grids swept when a study gives an optimizer neither ``lr`` nor ``lr_order``
+#: (docs/optimizers.md). They span seed 001 table 4's optima for training from scratch (AdamW, Muon,
+#: SOAP 5e-3…3e-2; SOAP-Muon 3e-4…1e-3) and seed 002's fine-tuning rates (5e-4…5e-3; SGD 1e-3…1e-2),
+#: with one point of room beyond each end; a study extends a grid when its best rate lies on an edge.
+ADAM_FAMILY_GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+DEFAULT_LR_GRIDS: dict[str, list[float]] = {
+    "adamw": ADAM_FAMILY_GRID,
+    "adam": ADAM_FAMILY_GRID,
+    "radam": ADAM_FAMILY_GRID,
+    "lamb": ADAM_FAMILY_GRID,
+    "ranger": ADAM_FAMILY_GRID,
+    "schedulefree_adamw": ADAM_FAMILY_GRID,
+    "sgd": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+    "muon": ADAM_FAMILY_GRID,  # "match_rms_adamw" scaling: AdamW's rates carry over
+    "soap": ADAM_FAMILY_GRID,
+    "soap_muon": [1e-4, 3e-4, 1e-3, 3e-3],  # ~10× below the others (seed 001 table 4)
+}
+
+
 def canonical_name(name: str) -> str:
     key = name.lower().replace("-", "_")
     aliases = {

@@ -14,11 +14,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-
-STATUSES = ("pending", "running", "done", "failed")
 
 
 class Base(DeclarativeBase):
@@ -50,10 +48,17 @@ class Run(Base):
     train_time_s: Mapped[float | None] = mapped_column(Float, nullable=True)
     epochs: Mapped[int | None] = mapped_column(Integer, nullable=True)
     steps_per_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # training diagnostics (mlipopt.train.diagnostics), comma-separated; "" when the run looks sound
+    flags: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started: Mapped[str | None] = mapped_column(String(40), nullable=True)
     finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+def run_flags(run: Run) -> list[str]:
+    """The diagnostics flags stored with a run (empty when it looks sound or was never checked)."""
+    return [f for f in (run.flags or "").split(",") if f]
 
 
 class Epoch(Base):
@@ -67,6 +72,7 @@ class Epoch(Base):
     train_loss: Mapped[float] = mapped_column(Float)
     val_e_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_e_rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
+    val_e_bias: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_f_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_f_rmse: Mapped[float | None] = mapped_column(Float, nullable=True)
     val_metric: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -84,6 +90,41 @@ class Refinement(Base):
     test_f_mae: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+class Selection(Base):
+    """The hyperparameters a study stage chose for one (optimizer, force fraction), and why."""
+
+    __tablename__ = "selections"
+
+    study: Mapped[str] = mapped_column(String(200), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(20), primary_key=True)
+    optimizer: Mapped[str] = mapped_column(String(40), primary_key=True)
+    force_fraction: Mapped[float] = mapped_column(Float, primary_key=True)
+    run_id: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    lr: Mapped[float | None] = mapped_column(Float, nullable=True)
+    weight_decay: Mapped[float | None] = mapped_column(Float, nullable=True)
+    grid: Mapped[str] = mapped_column(Text)  # JSON list of the learning rates tried, extensions included
+    extensions: Mapped[int] = mapped_column(Integer, default=0)
+    position: Mapped[str] = mapped_column(String(20))  # interior, lower edge, upper edge, single point
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)  # e.g. selected among flagged runs
+
+
+class StepCost(Base):
+    """A controlled measurement of one optimizer's training-step time (same batch, interleaved)."""
+
+    __tablename__ = "step_costs"
+
+    study: Mapped[str] = mapped_column(String(200), primary_key=True)
+    optimizer: Mapped[str] = mapped_column(String(40), primary_key=True)
+    with_forces: Mapped[int] = mapped_column(Integer, primary_key=True)
+    median_s: Mapped[float] = mapped_column(Float)
+    q25_s: Mapped[float] = mapped_column(Float)
+    q75_s: Mapped[float] = mapped_column(Float)
+    ratio_median: Mapped[float | None] = mapped_column(Float, nullable=True)  # paired, vs the baseline
+    repeats: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text)  # batch, threads, machine
+    recorded: Mapped[str] = mapped_column(String(40))
 
 
 class Fidelity(Base):
@@ -132,11 +173,24 @@ class ResultsDB:
         path = self.url.removeprefix("sqlite:///") if self.url.startswith("sqlite:///") else None
         if path is None or path == ":memory:":
             Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
             return
         from .._filelock import exclusive
 
         with exclusive(f"{path}.lock"):
             Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Databases written by an older mlipopt lack newer nullable columns: add them (no data lost)."""
+        existing = inspect(self.engine)
+        with self.engine.begin() as connection:
+            for table in Base.metadata.sorted_tables:
+                have = {c["name"] for c in existing.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in have and column.nullable:
+                        kind = column.type.compile(dialect=self.engine.dialect)
+                        connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
     def register(self, study: str, runs: list[Any]) -> None:
         """Insert runs not yet known (by id); known runs keep their status and results."""
@@ -197,6 +251,7 @@ class ResultsDB:
             run.best_val_metric = _finite(final.get("best_val_metric"))
             run.train_time_s, run.epochs = final.get("train_time_s"), final.get("epochs")
             run.steps_per_epoch = final.get("steps_per_epoch")
+            run.flags = ",".join(final.get("flags") or [])
             for old in session.scalars(select(Epoch).where(Epoch.run_id == run_id)):
                 session.delete(old)
             session.flush()
@@ -211,11 +266,37 @@ class ResultsDB:
                         train_loss=float(row["train_loss"]),
                         **{
                             k: _finite(row.get(k))
-                            for k in ("val_e_mae", "val_e_rmse", "val_f_mae", "val_f_rmse")
+                            for k in ("val_e_mae", "val_e_rmse", "val_e_bias", "val_f_mae", "val_f_rmse")
                         },
                         val_metric=_finite(row.get("val_metric")),
                     )
                 )
+
+    def record_selection(
+        self, study: str, stage: str, optimizer: str, force_fraction: float, **values: Any
+    ) -> None:
+        """Store (replace) the selection of one stage for one (optimizer, force fraction)."""
+        with Session(self.engine) as session, session.begin():
+            row = Selection(study=study, stage=stage, optimizer=optimizer, force_fraction=force_fraction)
+            for key, value in values.items():
+                setattr(row, key, json.dumps(value) if key == "grid" else value)
+            session.merge(row)
+
+    def selections(self, study: str, stage: str | None = None) -> list[Selection]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Selection).where(Selection.study == study)
+            if stage is not None:
+                query = query.where(Selection.stage == stage)
+            return list(session.scalars(query.order_by(Selection.optimizer, Selection.force_fraction)))
+
+    def record_step_costs(self, study: str, rows: list[dict[str, Any]]) -> None:
+        with Session(self.engine) as session, session.begin():
+            for row in rows:
+                session.merge(StepCost(study=study, recorded=_now(), **row))
+
+    def step_costs(self, study: str) -> list[StepCost]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(select(StepCost).where(StepCost.study == study)))
 
     def refinement(self, run_id: str) -> Refinement | None:
         with Session(self.engine, expire_on_commit=False) as session:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from .db import ResultsDB
+from ..train.diagnostics import FLAGS, verdicts
+from .db import ResultsDB, run_flags
 from .executors import make_executor
-from .spec import RunSpec, StudySpec, default_ratio, run_config, sweep_points
+from .spec import RunSpec, StudySpec, default_ratio, neighbour_rate, run_config, sweep_points
 
 
 @dataclass
@@ -71,6 +71,8 @@ class StudyRunner:
                 errors = f"test E {e_mae:.2f} meV/atom, F {f_mae:.1f} meV/Å"
                 if run.stage != "final":
                     errors = f"val metric {metric:.1f}"
+                labels = verdicts(result["final"].get("flags") or [])
+                errors += f"  [{', '.join(labels)}]" if labels else ""
                 self.progress(
                     f"  [{n:>3}/{len(todo)}] {what}: {errors}  ({_fmt_time(elapsed)}, ~{_fmt_time(eta)} left)"
                 )
@@ -78,10 +80,89 @@ class StudyRunner:
                 self.outcome.failed.append(run.run_id)
                 self.progress(f"  [{n:>3}/{len(todo)}] {what}: FAILED — {result['error']}")
 
-    def _best(self, runs: list[RunSpec]) -> RunSpec | None:
-        scores = {r.id: r.best_val_metric for r in self.db.runs(self.spec.name) if r.status == "done"}
-        ranked = [r for r in runs if scores.get(r.run_id) is not None]
-        return min(ranked, key=lambda r: scores[r.run_id]) if ranked else None
+    def _select(self, runs: list[RunSpec], what: str) -> tuple[RunSpec | None, str | None]:
+        """The run with the best validation metric, among runs whose diagnostics are clean when there
+        are any (mlipopt.train.diagnostics); returns it and a note when flagged runs were involved."""
+        done = {r.id: r for r in self.db.runs(self.spec.name, status="done")}
+        ranked = [r for r in runs if r.run_id in done and done[r.run_id].best_val_metric is not None]
+        if not ranked:
+            return None, None
+        score = lambda r: done[r.run_id].best_val_metric  # noqa: E731
+        flagged = {r.run_id: run_flags(done[r.run_id]) for r in ranked}
+        sound = [r for r in ranked if not flagged[r.run_id]]
+        best_overall = min(ranked, key=score)
+        if not sound:
+            labels = sorted({v for f in flagged.values() for v in verdicts(f)})
+            note = f"every run flagged ({', '.join(labels)}): selected lr {best_overall.lr:g} anyway"
+            self.progress(f"  WARNING {what}: {note}")
+            return best_overall, note
+        best = min(sound, key=score)
+        if best is not best_overall:
+            labels = ", ".join(verdicts(flagged[best_overall.run_id]))
+            note = f"lr {best_overall.lr:g} had a better metric but is flagged ({labels}); not selected"
+            self.progress(f"  {what}: {note}")
+            return best, note
+        return best, None
+
+    def _record(self, stage: str, key: tuple[str, float], chosen: RunSpec | None, runs: list[RunSpec],
+                extensions: int, note: str | None) -> None:  # fmt: skip
+        rates = sorted({r.lr for r in runs})
+        position = "single point"
+        if chosen is not None and len(rates) > 1:
+            position = (
+                "lower edge"
+                if chosen.lr == rates[0]
+                else "upper edge"
+                if chosen.lr == rates[-1]
+                else "interior"
+            )
+        self.db.record_selection(
+            self.spec.name, stage, key[0], key[1],
+            run_id=None if chosen is None else chosen.run_id,
+            lr=None if chosen is None else chosen.lr,
+            weight_decay=None if chosen is None else chosen.weight_decay,
+            grid=rates, extensions=extensions, position=position, note=note,
+        )  # fmt: skip
+
+    def sweep_stage(self, groups: dict[tuple[str, float], list[RunSpec]]) -> dict[tuple[str, float], RunSpec]:
+        """Learning rate × weight decay per (optimizer, force fraction). A best rate on the edge of its
+        grid adds the next rate beyond that edge (every weight decay), up to ``sweep_extensions`` times,
+        so the selected rate is interior whenever the budget allows; the report says where it is not."""
+        spec = self.spec
+        extensions = dict.fromkeys(groups, 0)
+        pending = [r for g in groups.values() for r in g]
+        label = "sweep (lr × weight decay)"
+        chosen: dict[tuple[str, float], RunSpec] = {}
+        notes: dict[tuple[str, float], str | None] = {}
+        while pending:
+            self.execute(pending, label)
+            pending = []
+            for key, runs in groups.items():
+                best, notes[key] = self._select(runs, f"{key[0]} at s={key[1]:g}")
+                if best is None:
+                    continue
+                chosen[key] = best
+                rates = sorted({r.lr for r in runs})
+                edge = -1 if best.lr == rates[0] else 1 if best.lr == rates[-1] else 0
+                if len(rates) < 2 or edge == 0 or extensions[key] >= spec.sweep_extensions:
+                    continue
+                new_lr = neighbour_rate(best.lr, edge)
+                extensions[key] += 1
+                self.progress(
+                    f"  {key[0]} at s={key[1]:g}: best lr {best.lr:g} is on the grid's edge; "
+                    f"adding {new_lr:g}"
+                )
+                added = [
+                    run_config(spec, key[0], key[1], spec.sweep_seed, new_lr, wd, best.loss_ratio,
+                               spec.short_epochs(), "sweep")
+                    for wd in sorted({r.weight_decay for r in runs})
+                ]  # fmt: skip
+                runs.extend(added)
+                pending.extend(added)
+            label = "sweep: grid extensions"
+        for key, runs in groups.items():
+            self._record("sweep", key, chosen.get(key), runs, extensions[key], notes.get(key))
+        return chosen
 
     # ------------------------------------------------------------------ stages
     def run(self) -> StudyOutcome:
@@ -95,17 +176,18 @@ class StudyRunner:
             for s in spec.force_fractions:
                 if len(points) == 1:
                     out.best_point[(opt, s)] = points[0]
+                    self.db.record_selection(
+                        spec.name, "sweep", opt, s, lr=points[0][0], weight_decay=points[0][1],
+                        grid=[points[0][0]], extensions=0, position="single point", note=None,
+                    )  # fmt: skip
                     continue
                 groups[(opt, s)] = [
                     run_config(spec, opt, s, spec.sweep_seed, lr, wd, ratio0, short, "sweep")
                     for lr, wd in points
                 ]
         if groups:
-            self.execute([r for g in groups.values() for r in g], "sweep (lr × weight decay)")
-            for key, runs in groups.items():
-                best = self._best(runs)
-                if best is not None:
-                    out.best_point[key] = (best.lr, best.weight_decay)
+            for key, best in self.sweep_stage(groups).items():
+                out.best_point[key] = (best.lr, best.weight_decay)
 
         ratio_groups: dict[str, list[RunSpec]] = {}
         for opt in spec.optimizers:
@@ -119,9 +201,15 @@ class StudyRunner:
         if ratio_groups:
             self.execute([r for g in ratio_groups.values() for r in g], "loss-ratio sweep at full forces")
             for opt, runs in ratio_groups.items():
-                best = self._best(runs)
+                best, note = self._select(runs, f"{opt} loss ratio")
                 if best is not None:
                     out.best_ratio[opt] = best.loss_ratio
+                    if note:
+                        self.db.record_selection(
+                            spec.name, "ratio", opt, 1.0, run_id=best.run_id, lr=best.lr,
+                            weight_decay=best.weight_decay, grid=[best.lr], extensions=0,
+                            position="single point", note=note,
+                        )  # fmt: skip
 
         finals = []
         for opt in spec.optimizers:
@@ -134,10 +222,34 @@ class StudyRunner:
                     run_config(spec, opt, s, seed, lr, wd, out.best_ratio[opt], full, "final")
                     for seed in spec.seeds
                 ]
+        if spec.step_cost is not None and finals:
+            self.step_cost_stage(finals)
         self.execute(finals, "final runs")
+        self._warn_flagged(finals)
         if spec.refine is not None:
             self.refine_stage(finals)
         return out
+
+    def step_cost_stage(self, finals: list[RunSpec]) -> None:
+        """A controlled step-time measurement per optimizer (same batch, interleaved), once per study."""
+        from .step_cost import measure_study_step_costs
+
+        if self.db.step_costs(self.spec.name):
+            return
+        self.progress("step cost: measuring every optimizer on one batch, interleaved")
+        rows = measure_study_step_costs(self.spec, finals, self.progress)
+        self.db.record_step_costs(self.spec.name, rows)
+
+    def _warn_flagged(self, finals: list[RunSpec]) -> None:
+        done = {r.id: r for r in self.db.runs(self.spec.name, status="done")}
+        flagged = [(r, run_flags(done[r.run_id])) for r in finals if r.run_id in done]
+        flagged = [(r, f) for r, f in flagged if f]
+        if flagged:
+            self.progress(f"WARNING: {len(flagged)} of {len(finals)} final runs are flagged:")
+            for r, f in flagged:
+                self.progress(
+                    f"  {r.optimizer} s={r.force_fraction:g} seed {r.seed}: {', '.join(FLAGS[x] for x in f)}"
+                )
 
     def refine_stage(self, finals: list[RunSpec]) -> None:
         """L-BFGS on the final runs of the best ``top`` optimizers per force fraction (by validation)."""
@@ -188,11 +300,3 @@ class StudyRunner:
 def run_study(spec: StudySpec, progress: Callable[[str], None] = print) -> StudyOutcome:
     """Run (or continue) every stage of ``spec``; finished runs are skipped, unfinished ones resumed."""
     return StudyRunner(spec, progress).run()
-
-
-def summary(outcome: StudyOutcome) -> dict[str, Any]:
-    return {
-        "best_point": {f"{k[0]}@{k[1]:g}": v for k, v in outcome.best_point.items()},
-        "best_ratio": outcome.best_ratio,
-        "failed": outcome.failed,
-    }

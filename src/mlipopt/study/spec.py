@@ -16,11 +16,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..data.xtb import XTBDatasetSpec
+from ..optim import DEFAULT_LR_GRIDS, canonical_name
 from ..train.config import ConfigError, apply_overrides, from_dict, load_config, read_yaml_mapping
 
 PAPER_SEEDS = [7, 42, 123, 2026, 1618]
@@ -30,7 +32,8 @@ PAPER_SEEDS = [7, 42, 123, 2026, 1618]
 class OptimizerGrid:
     """Hyperparameter grid of one optimizer. ``lr_order`` p gives {3·10^-(p+1), 10^-p, 3·10^-p}.
 
-    Design §5 / seed 001 appendix B; ``lr`` lists learning rates explicitly instead.
+    Design §5 / seed 001 appendix B; ``lr`` lists learning rates explicitly instead; with neither, the
+    optimizer's default grid (``mlipopt.optim.DEFAULT_LR_GRIDS``, docs/optimizers.md) is swept.
     """
 
     lr: list[float] | None = None
@@ -43,10 +46,16 @@ class OptimizerGrid:
     structure: dict[str, Any] = field(default_factory=dict)
 
     def learning_rates(self, name: str) -> list[float]:
+        """The grid: ``lr`` as given, else the ``lr_order`` triple, else the optimizer's default grid."""
         if self.lr is not None:
+            if not self.lr or any(not lr > 0 for lr in self.lr):
+                raise ConfigError(f"optimizers.{name}.lr: give positive learning rates, got {self.lr}")
             return list(self.lr)
         if self.lr_order is None:
-            raise ConfigError(f"optimizers.{name}: give lr (a list) or lr_order (p for 10^-p)")
+            try:
+                return list(DEFAULT_LR_GRIDS[canonical_name(name)])
+            except ValueError as exc:
+                raise ConfigError(f"optimizers.{name}: {exc}") from None
         p = self.lr_order
         rates = (
             [3 * 10.0 ** -(p + 1)]
@@ -78,6 +87,14 @@ class RefineSpec:
 
 
 @dataclass
+class StepCostSpec:
+    """The controlled step-time measurement of a study (mlipopt.study.step_cost)."""
+
+    repeats: int = 20  # timed steps per optimizer (two SOAP basis refreshes at the default frequency)
+    warmup: int = 3
+
+
+@dataclass
 class StudySpec:
     name: str = "study"
     base: dict[str, Any] = field(default_factory=dict)  # a `mlipopt train` config (without optimizer)
@@ -88,10 +105,13 @@ class StudySpec:
     loss_ratios: list[list[float]] = field(default_factory=lambda: [[1.0, 1.0], [1.0, 10.0], [1.0, 100.0]])
     sweep_seed: int = 7
     sweep_epochs: int | None = None  # default: a fifth of the final schedule
+    # a best learning rate on the edge of its grid adds the next rate beyond it, up to this many times
+    sweep_extensions: int = 2
     study_dir: str | None = None  # default: studies/<name>
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/results.db
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     refine: RefineSpec | None = None
+    step_cost: StepCostSpec | None = field(default_factory=StepCostSpec)  # null: not measured
 
     @property
     def folder(self) -> Path:
@@ -159,6 +179,8 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         raise ConfigError(
             f"study.refine.criterion must be force_rmse or metric, got {spec.refine.criterion!r}"
         )
+    if spec.sweep_extensions < 0:
+        raise ConfigError(f"study.sweep_extensions must be ≥ 0, got {spec.sweep_extensions}")
     if spec.executor.kind not in ("local", "ray"):
         raise ConfigError(f"study.executor.kind must be local or ray, got {spec.executor.kind!r}")
     data = spec.base.setdefault("data", {})
@@ -206,6 +228,20 @@ def run_config(
     run = RunSpec(stage, optimizer, force_fraction, seed, lr, weight_decay, tuple(loss_ratio), checked)
     checked["run_dir"] = str((spec.folder / "runs" / run.run_id).resolve())
     return run
+
+
+def neighbour_rate(lr: float, direction: int) -> float:
+    """The next learning rate beyond ``lr`` (direction +1 up, −1 down) on the 1-3-10 ladder of the
+    grids (3e-3 → 1e-2 → 3e-2); rates off the ladder step by √10."""
+    exponent = math.floor(math.log10(lr) + 1e-9)
+    mantissa = lr / 10.0**exponent
+    if abs(mantissa - 1.0) < 1e-6:
+        new = 3 * 10.0 ** (exponent - (direction < 0))
+    elif abs(mantissa - 3.0) < 1e-6:
+        new = 10.0 ** (exponent + (direction > 0))
+    else:
+        new = lr * math.sqrt(10.0) ** direction
+    return float(f"{new:.3g}")
 
 
 def sweep_points(spec: StudySpec, optimizer: str) -> list[tuple[float, float]]:

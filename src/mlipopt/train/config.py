@@ -69,6 +69,9 @@ class ModelConfig:
     avg_num_neighbors: float | None = None  # default: measured on the training set
     options: dict[str, Any] = field(default_factory=dict)  # overrides of preset keys
     freeze: list[str] = field(default_factory=list)  # regexes of parameter names to keep fixed
+    # per-type energy shifts: refit (closed-form least squares after every epoch), fixed (at E0) or
+    # trainable (seed 001 table 3); see mlipopt.models.energy_shifts
+    energy_shifts: str = "refit"
 
 
 @dataclass
@@ -140,6 +143,7 @@ class RunConfig:
     def check(self) -> None:
         """Cross-field checks that types alone cannot express."""
         from ..models import PRESETS
+        from ..models.energy_shifts import SHIFT_MODES
         from ..optim import canonical_name
 
         d = self.data
@@ -154,6 +158,16 @@ class RunConfig:
         if self.model.preset not in PRESETS:
             raise ConfigError(
                 f"model.preset {self.model.preset!r} unknown; choose one of {', '.join(PRESETS)}"
+            )
+        if self.model.energy_shifts not in SHIFT_MODES:
+            raise ConfigError(
+                f"model.energy_shifts must be one of {', '.join(SHIFT_MODES)}, "
+                f"got {self.model.energy_shifts!r}"
+            )
+        if "per_type_energy_shifts_trainable" in self.model.options:
+            raise ConfigError(
+                "model.options.per_type_energy_shifts_trainable: set model.energy_shifts instead "
+                "(trainable for seed 001's trainable shifts)"
             )
         if self.model.dtype not in ("float32", "float64"):
             raise ConfigError(f"model.dtype must be float32 or float64, got {self.model.dtype!r}")

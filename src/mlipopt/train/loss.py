@@ -50,12 +50,13 @@ class ErrorMetrics:
     """Running MAE/RMSE: energy per atom over all frames, forces per component over labelled frames."""
 
     def __init__(self) -> None:
-        self.e_abs = self.e_sq = self.f_abs = self.f_sq = 0.0
+        self.e_abs = self.e_sq = self.e_sum = self.f_abs = self.f_sq = 0.0
         self.n_frames = self.n_components = 0
 
     def update(self, energy: torch.Tensor, forces: torch.Tensor | None, batch: Batch) -> None:
         e_err = (energy.detach().reshape(-1).to(torch.float64) - batch.energy) / batch.n_atoms
         self.e_abs += float(e_err.abs().sum())
+        self.e_sum += float(e_err.sum())
         self.e_sq += float(e_err.square().sum())
         self.n_frames += len(e_err)
         if forces is not None and batch.has_forces:
@@ -65,11 +66,22 @@ class ErrorMetrics:
             self.n_components += f_err.numel()
 
     def result(self) -> dict[str, float | None]:
-        """Errors in meV/atom (energy) and meV/Å (forces); force entries are None without labels."""
-        out: dict[str, float | None] = {"e_mae": None, "e_rmse": None, "f_mae": None, "f_rmse": None}
+        """Errors in meV/atom (energy) and meV/Å (forces); force entries are None without labels.
+
+        ``e_bias`` is the mean *signed* per-atom energy error: an offset common to every frame, which
+        forces cannot see (:mod:`mlipopt.models.energy_shifts`).
+        """
+        out: dict[str, float | None] = {
+            "e_mae": None,
+            "e_rmse": None,
+            "e_bias": None,
+            "f_mae": None,
+            "f_rmse": None,
+        }
         if self.n_frames:
             out["e_mae"] = 1e3 * self.e_abs / self.n_frames
             out["e_rmse"] = 1e3 * (self.e_sq / self.n_frames) ** 0.5
+            out["e_bias"] = 1e3 * self.e_sum / self.n_frames
         if self.n_components:
             out["f_mae"] = 1e3 * self.f_abs / self.n_components
             out["f_rmse"] = 1e3 * (self.f_sq / self.n_components) ** 0.5

@@ -29,18 +29,23 @@ import torch
 from ..data import (
     Frames,
     GraphSet,
+    composition_matrix,
     fit_energy_references,
     force_mask,
     generate_frames,
     isolated_atom_energies,
+    least_squares_per_element,
     read_frames,
     reference_energy,
     split_indices,
 )
+from ..models import PRESETS
 from ..models.backends import forces_enabled  # noqa: F401  (re-exported: mlipopt.train.forces_enabled)
+from ..models.energy_shifts import add_energy_shifts, make_shifts_trainable
 from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
+from .diagnostics import FLAGS, VERDICT, training_flags
 from .loss import ErrorMetrics, eq11_loss, validation_metric
 
 METRIC_COLUMNS = (
@@ -53,6 +58,7 @@ METRIC_COLUMNS = (
     "train_force_loss",
     "val_e_mae",
     "val_e_rmse",
+    "val_e_bias",
     "val_f_mae",
     "val_f_rmse",
     "val_metric",
@@ -113,6 +119,7 @@ class Trainer:
         self.bad_epochs = 0
         self.history: list[dict[str, Any]] = []
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._train_counts: np.ndarray | None = None
 
     # ------------------------------------------------------------------ setup
     def _read(self, path: str, max_frames: int | None = None) -> Frames:
@@ -244,6 +251,7 @@ class Trainer:
         options = {
             "per_type_energy_shifts": {t: self.e0[t] for t in m.type_names},
             "per_type_energy_scales": dict.fromkeys(m.type_names, scale),
+            "per_type_energy_shifts_trainable": m.energy_shifts == "trainable",
             **m.options,
         }
         torch.manual_seed(self.config.seed)
@@ -281,6 +289,8 @@ class Trainer:
         delta = fit_energy_references(residual, m.type_names)
         refit_sevennet_shifts(self.model, delta)
         self.shift_delta = delta
+        if m.energy_shifts == "trainable":
+            make_shifts_trainable(self.model, "sevennet")
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(
             f"model: {m.preset} pretrained ({n_params:,} parameters), energy shifts refitted by "
@@ -323,6 +333,31 @@ class Trainer:
                 self.optimizer, T_max=self.config.training.max_epochs, eta_min=s.min_lr
             )
         return None
+
+    @property
+    def family(self) -> str:
+        return PRESETS[self.config.model.preset]["family"]
+
+    @torch.no_grad()
+    def refit_energy_shifts(self) -> dict[str, float]:
+        """Closed-form least-squares refit of the per-type energy shifts on the training split.
+
+        The energy is linear in the shifts, so given the network the best shifts solve
+        ``min_δ Σ_n (E_n − E_pred,n − Σ_Z c_nZ δ_Z)²``: one energy-only pass (no force graph) and a
+        least-squares solve over the precomputed composition matrix. Returns the correction δ (eV).
+        """
+        self.model.eval()
+        train = self.sets["train"]
+        predicted = []
+        for batch in train.batches(self.config.data.eval_batch_size):
+            energy, _ = self.backend.predict(self.model, batch.to(self.device).data, False)
+            predicted.append(energy.detach().double().cpu())
+        residual = train.energy.numpy() - torch.cat(predicted).numpy()
+        if self._train_counts is None or len(self._train_counts) != len(train):
+            self._train_counts = composition_matrix(train.frames, self.config.model.type_names)
+        delta = least_squares_per_element(self._train_counts, residual, self.config.model.type_names)
+        add_energy_shifts(self.model, self.family, delta)
+        return delta
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -488,11 +523,13 @@ class Trainer:
         while self.epoch < c.training.max_epochs and not stopped_early:
             start = time.perf_counter()
             train_row = self.train_epoch()
+            self._set_eval_mode(True)
+            if c.model.energy_shifts == "refit":
+                self.refit_energy_shifts()  # part of training: it changes the model
             self.train_time += time.perf_counter() - start
             self.epoch += 1
 
             start = time.perf_counter()
-            self._set_eval_mode(True)
             val = self.evaluate("val") if len(self.sets["val"]) else ErrorMetrics().result()
             metric = validation_metric(val)
             eval_time = time.perf_counter() - start
@@ -549,8 +586,10 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         measured = self.test_metrics()
         test = measured["test"]
+        flags = training_flags(self.history, self.config.training.max_epochs, self.best_epoch)
         final = {
             **measured,
+            "flags": flags,
             "best_epoch": self.best_epoch,
             "best_val_metric": self.best_metric,
             "epochs": self.epoch,
@@ -570,6 +609,10 @@ class Trainer:
             self.log(
                 "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, "
                 "F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(**test)
+            )
+        for flag in flags:
+            self.log(
+                f"WARNING: {FLAGS[flag]} (best epoch {self.best_epoch} of {self.epoch}) — {VERDICT[flag]}?"
             )
         for name, errors in measured.get("extra_tests", {}).items():
             self.log(f"{name}: {_describe(errors)}")

@@ -1,0 +1,62 @@
+"""Did a run train? Flags computed from its validation curve, stored with its results and shown in reports.
+
+A table of test errors is a claim that each model was trained. Three patterns say it was not, or that
+its selected epoch is an artifact (issue: "numbers a user can trust"):
+
+* ``early_best``: the best validation metric falls in the first 20 % of the epoch budget — selection
+  kept an (almost) untrained model;
+* ``no_progress``: the validation metric after the last epoch is worse than after the first;
+* ``energy_drift``: the validation energy MAE rose above twice its epoch-1 value at some epoch (the
+  per-atom offset forces cannot see, :mod:`mlipopt.models.energy_shifts`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+FLAGS: dict[str, str] = {
+    "early_best": "best epoch in the first 20 % of the budget",
+    "no_progress": "validation metric at the end worse than at epoch 1",
+    "energy_drift": "validation energy MAE rose above 2× its epoch-1 value",
+}
+
+#: What a report says about a flagged run.
+VERDICT: dict[str, str] = {
+    "early_best": "did not train",
+    "no_progress": "did not train",
+    "energy_drift": "energy drift",
+}
+
+EARLY_FRACTION = 0.2
+DRIFT_FACTOR = 2.0
+
+
+def training_flags(history: Sequence[dict[str, Any]], max_epochs: int, best_epoch: int) -> list[str]:
+    """Flags (keys of :data:`FLAGS`) of a run from its per-epoch rows (``val_metric``, ``val_e_mae``)."""
+    flags = []
+    if len(history) > 1 and best_epoch <= EARLY_FRACTION * max_epochs:
+        flags.append("early_best")
+    metrics = [row.get("val_metric") for row in history]
+    if len(metrics) > 1 and _finite(metrics[0]) and _finite(metrics[-1]) and metrics[-1] > metrics[0]:
+        flags.append("no_progress")
+    energies = [row.get("val_e_mae") for row in history]
+    if len(energies) > 1 and _finite(energies[0]):
+        later = [e for e in energies[1:] if _finite(e)]
+        if later and max(later) > DRIFT_FACTOR * energies[0]:
+            flags.append("energy_drift")
+    return flags
+
+
+def verdicts(flags: Sequence[str]) -> list[str]:
+    """The distinct report labels ("did not train", "energy drift") of a run's flags, in order."""
+    out: list[str] = []
+    for flag in flags:
+        label = VERDICT.get(flag, flag)
+        if label not in out:
+            out.append(label)
+    return out
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and value == value and abs(value) != float("inf")
