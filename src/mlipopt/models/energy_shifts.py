@@ -59,7 +59,7 @@ def energy_shifts(model: torch.nn.Module, family: str) -> dict[str, float]:
         shift = model.rescale_atomic_energy.shift.detach()
         return {chemical_symbols[z]: float(shift[i]) for z, i in model.type_map.items()}
     (module, *_) = _nequip_shift_modules(model)
-    return {name: float(module.shifts[i]) for i, name in enumerate(module.type_names)}
+    return {name: float(module.shifts[i].detach()) for i, name in enumerate(module.type_names)}
 
 
 def make_shifts_trainable(model: torch.nn.Module, family: str) -> None:
