@@ -46,10 +46,10 @@ def database(tmp_path):
 def test_table_statistics_and_marks(database, tmp_path):
     index = make_report(database, tmp_path / "report")
     table = (tmp_path / "report" / "mae_table.md").read_text()
-    assert "| 100 % | soap | 2 | **2.00 ± 1.41** | **25.0 ± 7.1** |" in table
-    assert "| 100 % | muon | 2 | 3.50 ± 0.00 | <u>40.0 ± 14.1</u> |" in table
-    assert "| 100 % | adamw | 2 | <u>3.00 ± 1.41</u> | 50.0 ± 14.1 |" in table
-    assert "| 10 % | adamw | 2 | <u>7.00 ± 1.41</u> | <u>110.0 ± 14.1</u> |" in table
+    assert "| 100 % | soap | 2 | **2.00 ± 1.41** | **25.0 ± 7.1** | ok |" in table
+    assert "| 100 % | muon | 2 | 3.50 ± 0.00 | <u>40.0 ± 14.1</u> | ok |" in table
+    assert "| 100 % | adamw | 2 | <u>3.00 ± 1.41</u> | 50.0 ± 14.1 | ok |" in table
+    assert "| 10 % | adamw | 2 | <u>7.00 ± 1.41</u> | <u>110.0 ± 14.1</u> | ok |" in table
     rows = list(csv.DictReader(open(tmp_path / "report" / "mae_table.csv")))
     soap = [r for r in rows if r["optimizer"] == "soap" and float(r["force_fraction"]) == 0.1][0]
     assert float(soap["f_mae_mean"]) == 80.0 and float(soap["f_mae_std"]) == pytest.approx(
@@ -58,8 +58,8 @@ def test_table_statistics_and_marks(database, tmp_path):
     for name in ("relative_mae.png", "val_curves.png", "index.md"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     text = index.read_text()
-    assert "| 100 % | muon | 30.00 | not reached | — | — |" in text
-    assert "| 100 % | soap | 30.00 | 1.0 s | 1 | 10 |" in text
+    assert "| 100 % | muon | 30.00 meV/Å | not reached | — | — | — |" in text
+    assert "| 100 % | soap | 30.00 meV/Å | 1.0 s | 1 | 10 | — |" in text
     assert "| soap | 120.0 | 1.20 |" in text  # 2.4 s / (2 epochs × 10 steps), relative to adamw's 100 ms
 
 

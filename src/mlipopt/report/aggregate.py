@@ -77,12 +77,16 @@ class Curves:
     steps_per_epoch: int
 
 
-def curves(db: ResultsDB, runs: list[Run]) -> Curves | None:
-    """Curves of the runs (one per seed); the force MAE, or the energy MAE when no force is labelled."""
+def curves(db: ResultsDB, runs: list[Run], metric: str | None = None) -> Curves | None:
+    """Curves of the runs (one per seed): ``metric``, by default the force MAE, or the energy MAE when
+    no force is labelled."""
     per_run = [c for c in (db.curve(r.id) for r in runs) if c]
     if not per_run:
         return None
-    metric = "val_f_mae" if all(c[0].val_f_mae is not None for c in per_run) else "val_e_mae"
+    if metric is None:
+        metric = "val_f_mae" if all(c[0].val_f_mae is not None for c in per_run) else "val_e_mae"
+    if any(getattr(c[0], metric) is None for c in per_run):
+        return None
     n_epochs = min(len(c) for c in per_run)
     values = np.array([[getattr(e, metric) for e in c[:n_epochs]] for c in per_run], dtype=float)
     times = np.array([[e.train_time_s for e in c[:n_epochs]] for c in per_run], dtype=float)

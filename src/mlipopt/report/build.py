@@ -3,7 +3,8 @@
 (a) test MAE table, mean ± std over seeds per optimizer × force fraction (seed 001 tables 1/5), best in
 bold and second underlined, as Markdown and CSV; (b) relative-MAE heatmap MAE / MAE(AdamW @ 100 %)
 (figure 1); (c) validation error against training wall-clock, median and IQR over seeds, AdamW's best
-median as the target and each optimizer's time-to-target (figure 2); (d) per-step cost.
+median as the target and each optimizer's time-to-target (figure 2); (d) per-step cost, measured and
+inferred; (e) what the table's trust rests on (:mod:`.trust`): run checks and selected learning rates.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from ..study.db import ResultsDB
 from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
+from .trust import cell_checks, checks_section, measured_cost_rows, measured_step_seconds, selections_section
 
 BASELINE = "adamw"
 
@@ -33,18 +35,22 @@ def _fmt(mean: float, std: float, n: int, digits: int, mark: str) -> str:
     return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
 
 
-def mae_table(cells: dict[tuple[str, float], Cell]) -> tuple[str, str]:
-    """Markdown and CSV of the test MAEs (mean ± std over seeds)."""
+def mae_table(
+    cells: dict[tuple[str, float], Cell], checks: dict[tuple[str, float], str] | None = None
+) -> tuple[str, str]:
+    """Markdown and CSV of the test MAEs (mean ± std over seeds); ``checks`` marks cells whose runs did
+    not train cleanly (:func:`mlipopt.report.trust.cell_checks`)."""
+    checks = checks or {}
     fractions = sorted({s for _, s in cells}, reverse=True)
     lines = [
-        "| force labels | optimizer | seeds | E MAE [meV/atom] | F MAE [meV/Å] |",
-        "|---|---|---|---|---|",
+        "| force labels | optimizer | seeds | E MAE [meV/atom] | F MAE [meV/Å] | checks |",
+        "|---|---|---|---|---|---|",
     ]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
         ["optimizer", "force_fraction", "n_seeds", "e_mae_mean", "e_mae_std", "f_mae_mean", "f_mae_std",
-         "e_rmse_mean", "f_rmse_mean", "lr", "weight_decay", "energy_weight", "force_weight"]
+         "e_rmse_mean", "f_rmse_mean", "lr", "weight_decay", "energy_weight", "force_weight", "checks"]
     )  # fmt: skip
     for s in fractions:
         group = {opt: c for (opt, frac), c in cells.items() if frac == s}
@@ -52,13 +58,14 @@ def mae_table(cells: dict[tuple[str, float], Cell]) -> tuple[str, str]:
         f_marks = _mark({k: Cell.stats(c.f_mae)[0] for k, c in group.items() if c.f_mae})
         for opt, c in sorted(group.items(), key=lambda kv: Cell.stats(kv[1].f_mae or kv[1].e_mae)[0]):
             e, f = Cell.stats(c.e_mae), Cell.stats(c.f_mae) if c.f_mae else (float("nan"), 0.0)
+            check = checks.get((opt, s), "")
             lines.append(
                 f"| {100 * s:g} % | {opt} | {len(c.seeds)} | {_fmt(*e, len(c.seeds), 2, e_marks[opt])} | "
-                f"{_fmt(*f, len(c.seeds), 1, f_marks.get(opt, ''))} |"
+                f"{_fmt(*f, len(c.seeds), 1, f_marks.get(opt, ''))} | {'⚠ ' + check if check else 'ok'} |"
             )
             writer.writerow(
                 [opt, s, len(c.seeds), *e, *f, Cell.stats(c.e_rmse)[0],
-                 Cell.stats(c.f_rmse)[0] if c.f_rmse else "", c.lr, c.weight_decay, *c.loss_ratio]
+                 Cell.stats(c.f_rmse)[0] if c.f_rmse else "", c.lr, c.weight_decay, *c.loss_ratio, check]
             )  # fmt: skip
     return "\n".join(lines), buffer.getvalue()
 
@@ -104,7 +111,8 @@ def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
 
 
 def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
-    """Figure 2: validation error vs training wall-clock; returns the time-to-target table (Markdown)."""
+    """Figure 2: validation error vs training wall-clock (forces above, energy below, so an energy that
+    drifts while forces fit is visible); returns the time-to-target table (Markdown)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,13 +121,26 @@ def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
     runs = final_runs(db, study)
     fractions = sorted({r.force_fraction for r in runs}, reverse=True)
     optimizers = sorted({r.optimizer for r in runs}, key=lambda o: (o != BASELINE, o))
-    colours = {o: plt.cm.tab10(i) for i, o in enumerate(optimizers)}
-    fig, axes = plt.subplots(1, len(fractions), figsize=(4.2 * len(fractions), 3.6), squeeze=False)
+    colours = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optimizers)}
+    fig, axes = plt.subplots(2, len(fractions), figsize=(4.2 * len(fractions), 6.6), squeeze=False)
+    measured = {True: measured_step_seconds(db, study, True), False: measured_step_seconds(db, study, False)}
     rows = [
-        "| force labels | optimizer | target [meV] | time to target | epochs | gradient evaluations |",
-        "|---|---|---|---|---|---|",
+        "| force labels | optimizer | target | time to target (run wall-clock) | epochs "
+        "| gradient evaluations | epochs × steps × measured step cost |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for ax, s in zip(axes[0], fractions):
+    for ax, energy_ax, s in zip(axes[0], axes[1], fractions):
+        for o in optimizers:
+            energy = curves(db, [r for r in runs if r.optimizer == o and r.force_fraction == s], "val_e_mae")
+            if energy is not None:
+                energy_ax.plot(energy.time, energy.median, color=colours[o], label=o, drawstyle="steps-post")
+                energy_ax.fill_between(
+                    energy.time, energy.q25, energy.q75, color=colours[o], alpha=0.2, linewidth=0, step="post"
+                )
+        energy_ax.set_yscale("log")
+        energy_ax.set_xlabel("training wall-clock [s]")
+        energy_ax.set_ylabel("validation energy MAE [meV/atom]")
+        _log_ticks(energy_ax)
         data = {
             o: curves(db, [r for r in runs if r.optimizer == o and r.force_fraction == s]) for o in optimizers
         }
@@ -127,17 +148,22 @@ def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
         if not data:
             continue
         metric = next(iter(data.values())).metric
+        unit = "meV/Å" if metric == "val_f_mae" else "meV/atom"
         base = data.get(BASELINE)
         target = float(np.min(base.median)) if base is not None else None
+        step_seconds = measured[s > 0]
         for o, c in data.items():
             ax.plot(c.time, c.median, color=colours[o], label=o, drawstyle="steps-post")
             ax.fill_between(c.time, c.q25, c.q75, color=colours[o], alpha=0.2, linewidth=0, step="post")
             if target is not None:
                 hit = time_to_target(c, target)
                 when = f"{hit.seconds:.1f} s" if hit.reached else "not reached"
+                estimate = "—"
+                if hit.reached and o in step_seconds:
+                    estimate = f"{hit.gradient_evaluations * step_seconds[o]:.1f} s"
                 rows.append(
-                    f"| {100 * s:g} % | {o} | {target:.2f} | {when} | {hit.epochs or '—'} | "
-                    f"{hit.gradient_evaluations or '—'} |"
+                    f"| {100 * s:g} % | {o} | {target:.2f} {unit} | {when} | {hit.epochs or '—'} | "
+                    f"{hit.gradient_evaluations or '—'} | {estimate} |"
                 )
                 if hit.reached:
                     ax.plot([hit.seconds], [target], "o", color=colours[o], markersize=4)
@@ -148,22 +174,49 @@ def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
         ax.set_ylabel(
             "validation " + ("force MAE [meV/Å]" if metric == "val_f_mae" else "energy MAE [meV/atom]")
         )
+        _log_ticks(ax)
         ax.set_title(f"{100 * s:g} % force labels")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+    if any(measured.values()):
+        rows += [
+            "",
+            "The last column multiplies the gradient evaluations by the controlled step-cost measurement "
+            "below (with forces for s > 0, where it is an upper bound: batches without force labels skip "
+            "the force graph); the wall-clock column is what the runs took on a machine that may have been "
+            "shared.",
+        ]
     return rows
 
 
+def _log_ticks(ax) -> None:
+    """Readable ticks on a log axis that spans less than a decade (matplotlib shows none by default)."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    ax.yaxis.set_major_formatter(formatter)
+
+
 def cost_table(db: ResultsDB, study: str) -> list[str]:
+    """The controlled step-cost measurement, then the cost inferred from the runs' wall-clock."""
     runs = final_runs(db, study)
     if not runs:
         return []
     s_max = max(r.force_fraction for r in runs)
     cost = step_cost([r for r in runs if r.force_fraction == s_max])
     base = cost.get(BASELINE)
-    rows = [f"| optimizer | ms per training step (s = {100 * s_max:g} %) | × {BASELINE} |", "|---|---|---|"]
+    rows = measured_cost_rows(db, study, BASELINE) + [
+        "Inferred from the final runs' training wall-clock divided by their steps (median over seeds; "
+        "includes whatever else the machine was doing while each run trained):",
+        "",
+        f"| optimizer | ms per training step (s = {100 * s_max:g} %) | × {BASELINE} |",
+        "|---|---|---|",
+    ]
     for o, ms in sorted(cost.items(), key=lambda kv: kv[1]):
         rows.append(f"| {o} | {ms:.1f} | {ms / base:.2f} |" if base else f"| {o} | {ms:.1f} | — |")
     return rows
@@ -254,7 +307,8 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         raise ValueError(f"study {study!r} has no finished final runs yet")
     out = Path(out_dir) if out_dir else (Path(database).parent if "://" not in database else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
-    markdown, table_csv = mae_table(cells)
+    finals = final_runs(db, study)
+    markdown, table_csv = mae_table(cells, cell_checks(db, finals))
     (out / "mae_table.md").write_text(markdown + "\n")
     (out / "mae_table.csv").write_text(table_csv)
     reference = relative_heatmap(cells, out / "relative_mae.png")
@@ -280,6 +334,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         markdown,
         "",
+        *checks_section(db, finals),
         *pretrained_summary(db, study),
         "CSV: [mae_table.csv](mae_table.csv)",
         "",
@@ -297,6 +352,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         *cost,
         "",
+        *selections_section(db, study, out),
         *refinement_section(db, study),
         *extra_tests_section(db, study, out),
         *forgetting_section(db, study, out),

@@ -1,0 +1,177 @@
+"""What a reader must know before trusting a study's table: which runs did not train, where each selected
+learning rate sits in its grid (the sweep landscape), and what a training step costs when measured.
+
+* Run checks: the diagnostics flags of every final run (:mod:`mlipopt.train.diagnostics`) — stored with
+  the run, or computed from its stored curve for databases written before flags existed.
+* Selections: per optimizer and force fraction, the learning rates tried (grid extensions included),
+  the one selected, whether it is interior, and notes (e.g. "selected among flagged runs").
+* Sweep landscape: best validation metric against learning rate, one line per optimizer, selected
+  points ringed; runs that failed are marked at the top, flagged runs hollow.
+* Step cost: the study's controlled measurement (same batch, interleaved) beside the cost inferred from
+  the runs' wall-clock, each labelled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..study.db import ResultsDB, Run, run_flags
+from ..train.diagnostics import training_flags, verdicts
+
+
+def flags_of(db: ResultsDB, run: Run) -> list[str]:
+    """The run's diagnostics flags; recomputed from its stored curve when the database predates them."""
+    if run.flags is not None or run.status != "done":
+        return run_flags(run)
+    rows = [{"val_metric": e.val_metric, "val_e_mae": e.val_e_mae} for e in db.curve(run.id)]
+    final = json.loads(run.final or "{}")
+    budget = json.loads(run.config).get("training", {}).get("max_epochs", len(rows))
+    return training_flags(rows, budget, int(final.get("best_epoch", 0)))
+
+
+def cell_checks(db: ResultsDB, runs: list[Run]) -> dict[tuple[str, float], str]:
+    """Per (optimizer, force fraction): '' when every seed trained, else e.g. 'did not train 2/3'."""
+    out: dict[tuple[str, float], str] = {}
+    groups: dict[tuple[str, float], list[Run]] = {}
+    for run in runs:
+        groups.setdefault((run.optimizer, run.force_fraction), []).append(run)
+    for key, group in groups.items():
+        counts: dict[str, int] = {}
+        for run in group:
+            for label in verdicts(flags_of(db, run)):
+                counts[label] = counts.get(label, 0) + 1
+        out[key] = ", ".join(f"{label} {n}/{len(group)}" for label, n in counts.items())
+    return out
+
+
+def checks_section(db: ResultsDB, runs: list[Run]) -> list[str]:
+    """A warning paragraph listing flagged final runs (nothing when every run trained)."""
+    flagged = [(r, flags_of(db, r)) for r in runs]
+    flagged = [(r, f) for r, f in flagged if f]
+    if not flagged:
+        return [f"Run checks: all {len(runs)} final runs trained (no early best epoch, no regression from "
+                "epoch 1, no energy drift).", ""]  # fmt: skip
+    lines = [
+        f"**Warning: {len(flagged)} of {len(runs)} final runs did not train cleanly** — their rows are "
+        "marked in the table's last column; read them as such:",
+        "",
+    ]
+    for run, flags in sorted(flagged, key=lambda x: (x[0].optimizer, -x[0].force_fraction, x[0].seed)):
+        best = json.loads(run.final or "{}").get("best_epoch")
+        lines.append(
+            f"- {run.optimizer} s = {100 * run.force_fraction:g} % seed {run.seed} (best epoch {best} of "
+            f"{run.epochs}): {', '.join(verdicts(flags))}"
+        )
+    return lines + [""]
+
+
+def selections_section(db: ResultsDB, study: str, out: Path) -> list[str]:
+    """The selection table and the sweep-landscape figure (empty when nothing was swept)."""
+    selections = [s for s in db.selections(study, "sweep")]
+    if not selections:
+        return []
+    lines = [
+        "## Selected learning rates",
+        "",
+        "| force labels | optimizer | rates tried | selected lr | weight decay | position | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in sorted(selections, key=lambda s: (-s.force_fraction, s.optimizer)):
+        grid = ", ".join(f"{lr:g}" for lr in json.loads(s.grid))
+        extended = f" (+{s.extensions} beyond the grid)" if s.extensions else ""
+        position = s.position if s.position != "interior" else "interior"
+        if s.position.endswith("edge") and s.position != "single point":
+            position = f"**{s.position}**"
+        lr = "—" if s.lr is None else f"{s.lr:g}"
+        wd = "—" if s.weight_decay is None else f"{s.weight_decay:g}"
+        lines.append(
+            f"| {100 * s.force_fraction:g} % | {s.optimizer} | {grid}{extended} | {lr} | {wd} | {position} | "
+            f"{s.note or ''} |"
+        )
+    lines.append("")
+    swept = [r for r in db.runs(study) if r.stage == "sweep"]
+    if swept and landscape_figure(db, swept, selections, out / "sweep_landscape.png"):
+        lines += ["![validation metric against learning rate](sweep_landscape.png)", ""]
+    return lines
+
+
+def landscape_figure(db: ResultsDB, runs: list[Run], selections: list, path: Path) -> bool:
+    """Best validation metric (10 × E-MAE + F-MAE) against learning rate per optimizer, per fraction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = sorted({r.force_fraction for r in runs}, reverse=True)
+    optimizers = sorted({r.optimizer for r in runs})
+    if not optimizers:
+        return False
+    colours = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optimizers)}
+    chosen = {(s.optimizer, s.force_fraction): s.lr for s in selections}
+    fig, axes = plt.subplots(1, len(fractions), figsize=(4.2 * len(fractions), 3.6), squeeze=False)
+    for ax, s in zip(axes[0], fractions):
+        finite = [r.best_val_metric for r in runs if r.force_fraction == s and r.best_val_metric is not None]
+        ceiling = 1.5 * max(finite) if finite else 1.0
+        for o in optimizers:
+            mine = [r for r in runs if r.optimizer == o and r.force_fraction == s]
+            best_per_lr: dict[float, tuple[float, bool]] = {}
+            failed = []
+            for r in mine:
+                if r.status != "done" or r.best_val_metric is None:
+                    failed.append(r.lr)
+                    continue
+                value, flagged = r.best_val_metric, bool(flags_of(db, r))
+                if r.lr not in best_per_lr or value < best_per_lr[r.lr][0]:
+                    best_per_lr[r.lr] = (value, flagged)
+            if not best_per_lr and not failed:
+                continue
+            rates = sorted(best_per_lr)
+            ax.plot(rates, [best_per_lr[lr][0] for lr in rates], "-", color=colours[o], label=o, lw=1.2)
+            for lr in rates:
+                value, flagged = best_per_lr[lr]
+                ax.plot([lr], [value], "o", color=colours[o], mfc="none" if flagged else colours[o], ms=5)
+            if failed:
+                ax.plot(failed, [ceiling] * len(failed), "x", color=colours[o], ms=7)
+            if chosen.get((o, s)) in best_per_lr:
+                lr = chosen[(o, s)]
+                ax.plot([lr], [best_per_lr[lr][0]], "o", ms=12, mfc="none", mec="k", mew=1.0)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_ylabel("best validation metric (10·E + F)")
+        ax.set_title(f"{100 * s:g} % force labels")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7, title="ringed: selected; hollow: flagged; ×: failed", title_fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return True
+
+
+def measured_cost_rows(db: ResultsDB, study: str, baseline: str) -> list[str]:
+    """Rows of the controlled step-cost measurement (empty when the study did not measure it)."""
+    costs = db.step_costs(study)
+    if not costs:
+        return []
+    rows = [
+        "Measured (controlled: every optimizer on the same batch, steps interleaved, warm-up discarded; "
+        f"{costs[0].description}):",
+        "",
+        f"| optimizer | forces | ms per step, median [IQR] | × {baseline} (median of paired ratios) |",
+        "|---|---|---|---|",
+    ]
+    for c in sorted(costs, key=lambda c: (-c.with_forces, c.ratio_median or np.inf)):
+        ratio = "—" if c.ratio_median is None else f"{c.ratio_median:.2f}"
+        rows.append(
+            f"| {c.optimizer} | {'yes' if c.with_forces else 'no'} | {1e3 * c.median_s:.1f} "
+            f"[{1e3 * c.q25_s:.1f}–{1e3 * c.q75_s:.1f}] | {ratio} |"
+        )
+    return rows + [""]
+
+
+def measured_step_seconds(db: ResultsDB, study: str, with_forces: bool) -> dict[str, float]:
+    """Median seconds per step of the controlled measurement, by optimizer."""
+    return {c.optimizer: c.median_s for c in db.step_costs(study) if bool(c.with_forces) == with_forces}

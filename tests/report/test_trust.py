@@ -1,0 +1,53 @@
+"""The report says when a run did not train: planted divergence and planted energy drift, end to end."""
+
+import torch
+
+from mlipopt.models.energy_shifts import add_energy_shifts
+from mlipopt.report import make_report
+from mlipopt.study import ResultsDB, load_study, run_study
+from mlipopt.train import Trainer
+
+from ..study.helpers import tiny_study
+
+
+def test_report_flags_a_planted_divergence_and_a_planted_drift(tmp_path, monkeypatch):
+    original = Trainer.train_epoch
+
+    def planted(self):
+        row = original(self)
+        if self.config.seed == 2:  # energy drift: an offset added to the energies every epoch
+            add_energy_shifts(self.model, "nequip", dict.fromkeys(self.config.model.type_names, 0.5))
+        if self.config.seed == 3:  # divergence: the weights scrambled more every epoch
+            generator = torch.Generator().manual_seed(self.epoch)
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.add_(0.3 * (self.epoch + 1) * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+        return row
+
+    monkeypatch.setattr(Trainer, "train_epoch", planted)
+    raw = tiny_study(
+        tmp_path,
+        optimizers={"adamw": {"lr": [5e-3]}},
+        force_fractions=[1.0],
+        seeds=[1, 2, 3],
+        loss_ratios=[[1.0, 1.0]],
+        base={
+            "data": {"generate": {"system": "ethanol", "n_frames": 14}, "split": [8, 3, 3], "batch_size": 4},
+            "model": {"preset": "nequip-tiny", "energy_shifts": "fixed"},
+            "training": {"max_epochs": 5},
+        },
+    )
+    lines = []
+    run_study(load_study(raw), progress=lines.append)
+    spec = load_study(raw)
+    flags = {r.seed: r.flags for r in ResultsDB(spec.database_url).runs("tiny", stage="final")}
+    assert "energy_drift" in flags[2] and "no_progress" in flags[3] and "early_best" in flags[3]
+    assert any("2 of 3 final runs are flagged" in line for line in lines)
+
+    index = make_report(spec.database_url.removeprefix("sqlite:///"), tmp_path / "report").read_text()
+    assert "Warning: 2 of 3 final runs did not train cleanly" in index
+    assert "- adamw s = 100 % seed 3 (best epoch 1 of 5): did not train" in index
+    assert "seed 2" in index and "energy drift" in index
+    table = (tmp_path / "report" / "mae_table.md").read_text()
+    # the drifting run is also selected at epoch 1, the scrambled one also drifts in energy
+    assert "⚠ did not train 2/3, energy drift 2/3" in table
