@@ -211,3 +211,15 @@ def test_frozen_parameters_stay_fixed(tmp_path, optimizer):
     assert any(not torch.equal(before[n], after[n]) for n in before if n not in frozen)
     with pytest.raises(ConfigError, match="matches no parameter"):
         Trainer(tiny_config(tmp_path / "x", model={"freeze": ["no_such_layer"]}), log=lambda _: None)
+
+
+def test_validation_keeps_all_force_labels_on_request_and_few_labels_are_warned(tmp_path):
+    lines = []
+    masked = Trainer(tiny_config(tmp_path / "m", data={"force_fraction": 0.25}), log=lines.append)
+    assert masked.sets["val"].n_force_frames == 1  # round(0.25 · 4): seed 001 masks validation too
+    assert any("only 1 validation frame(s) keep force labels" in line for line in lines)
+    full = Trainer(
+        tiny_config(tmp_path / "a", data={"force_fraction": 0.25, "val_force_labels": "all"}),
+        log=lambda _: None,
+    )
+    assert full.sets["val"].n_force_frames == 4 and full.sets["train"].n_force_frames == 3

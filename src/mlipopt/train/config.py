@@ -54,6 +54,8 @@ class DataConfig:
     max_test_frames: int | None = None  # use only the first N frames of the test file
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # fractions or counts
     force_fraction: float = 1.0  # s: frames keeping force labels in train and val (never test)
+    # validation force labels: "masked" (the same fraction s as training — seed 001 appendix B) or "all"
+    val_force_labels: str = "masked"
     energy_references: str = "fit"  # "fit" (least squares on train) or an isolated-atoms file
     batch_size: int = 5
     eval_batch_size: int = 32
@@ -151,6 +153,8 @@ class RunConfig:
             raise ConfigError("data: give exactly one of data.train (a file) or data.generate")
         if not 0.0 <= d.force_fraction <= 1.0:
             raise ConfigError(f"data.force_fraction must lie in [0, 1], got {d.force_fraction}")
+        if d.val_force_labels not in ("masked", "all"):
+            raise ConfigError(f"data.val_force_labels must be masked or all, got {d.val_force_labels!r}")
         if len(d.split) != 3:
             raise ConfigError(f"data.split needs three sizes (train, val, test), got {d.split}")
         if d.batch_size < 1 or d.eval_batch_size < 1:

@@ -64,6 +64,9 @@ METRIC_COLUMNS = (
     "val_metric",
 )
 
+#: Fewer force-labelled validation frames than this draw a warning (seed 001 masks validation too).
+MIN_VAL_FORCE_FRAMES = 10
+
 #: Config keys that may change between an interrupted run and its resumption.
 _RESUMABLE_CHANGES = {("run_dir",), ("training", "max_epochs"), ("training", "progress")}
 
@@ -158,7 +161,9 @@ class Trainer:
             self.e0 = isolated_atom_energies(d.energy_references, d.energy_key)
         masks = {
             "train": force_mask(len(frames["train"]), d.force_fraction, c.seed, "train"),
-            "val": force_mask(len(frames["val"]), d.force_fraction, c.seed, "val"),
+            "val": force_mask(
+                len(frames["val"]), d.force_fraction if d.val_force_labels == "masked" else 1.0, c.seed, "val"
+            ),
             "test": None,  # never masked
         }
         self.sets = {
@@ -181,6 +186,13 @@ class Trainer:
             f"forces on {self.sets['train'].n_force_frames} train and {self.sets['val'].n_force_frames} val "
             f"frames (s = {d.force_fraction:g}); types {','.join(c.model.type_names)}"
         )
+        n_val_forces = self.sets["val"].n_force_frames
+        if 0 < d.force_fraction and len(frames["val"]) and n_val_forces < MIN_VAL_FORCE_FRAMES:
+            self.log(
+                f"WARNING: only {n_val_forces} validation frame(s) keep force labels: selection and early "
+                f"stopping rest on them. Enlarge the validation split (≥ {MIN_VAL_FORCE_FRAMES} labelled "
+                "frames) or set data.val_force_labels=all if your validation frames are all labelled."
+            )
 
     def _extra_set(self, name: str, splits: dict[str, Frames]) -> GraphSet:
         """A further test set; ``exclude_training`` drops frames whose structure is in train or val."""
