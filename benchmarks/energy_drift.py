@@ -107,7 +107,7 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = sorted({r["run"].rsplit("-", 1)[1] for r in rows})
+    modes = list(dict.fromkeys(r["run"].rsplit("-", 1)[1] for r in rows))  # in the order measured
     fig, axes = plt.subplots(1, len(modes), figsize=(4.3 * len(modes), 3.6), sharey=True, squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for r in rows:
