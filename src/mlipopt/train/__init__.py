@@ -1,10 +1,12 @@
 """Training: config schema, eq. 11 loss and metrics, atomic checkpoints, the trainer."""
 
+from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, dump_config, load_config
 from .loss import ErrorMetrics, eq11_loss, validation_metric
 from .trainer import Trainer, TrainingDiverged, forces_enabled, train
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
     "ErrorMetrics",
     "RunConfig",

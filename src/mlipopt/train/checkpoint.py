@@ -1,9 +1,16 @@
-"""Atomic checkpoint files: a reader never sees a half-written file, whenever the writer is killed."""
+"""Atomic checkpoint files: a reader never sees a half-written file, whenever the writer is killed.
+
+Loading is safe: mlipopt writes only tensors and plain data, so every file is read with
+``torch.load(weights_only=True)``, which refuses pickled objects that would run code (a run folder
+received from someone else cannot execute anything through ``mlipopt.calculator.load``, ``mlipopt
+refine`` or a resume).
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,5 +45,25 @@ def save_json(obj: Any, path: str | Path) -> None:
     save_text(json.dumps(obj, indent=2) + "\n", path)
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be read: foreign (it would run code), truncated, or not a torch file."""
+
+
 def load_torch(path: str | Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Tensors and plain data from a file written by :func:`save_torch`; :class:`CheckpointError` else."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused to load: it holds objects other than tensors and plain data, so loading it "
+            f"could run code ({reason[:200]}). mlipopt writes only tensors and plain data; this file was "
+            "not written by mlipopt or was modified."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise CheckpointError(
+            f"{path}: unreadable ({str(exc).splitlines()[0][:200]}); it may have been cut short by a crash "
+            "or a full disk. Start the run again with `mlipopt train CONFIG --restart`."
+        ) from None
