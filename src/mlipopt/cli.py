@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -72,23 +73,19 @@ def _run_study_and_report(spec, out: str | None) -> int:
         str(spec.folder / "results.db") if spec.database is None else spec.database, out or spec.folder
     )
     print(f"\nstudy {spec.name!r} done in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
-    if outcome.failed:
-        print(f"{len(outcome.failed)} run(s) failed; their errors are in the database (status 'failed')")
-    print()
     print((report.parent / "mae_table.md").read_text())
+    if outcome.failed:
+        print(
+            f"{len(outcome.failed)} run(s) failed; their errors are in the database (status 'failed'). "
+            "Rerun the same command to retry them.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def _study(args: argparse.Namespace) -> int:
-    from .data import DataError
-    from .train import ConfigError
-
-    try:
-        spec = _study_spec(args.study, args.preset, args.overrides)
-        return _run_study_and_report(spec, args.out)
-    except (ConfigError, DataError, ValueError) as exc:
-        print(f"mlipopt study: error: {exc}", file=sys.stderr)
-        return 2
+    return _run_study_and_report(_study_spec(args.study, args.preset, args.overrides), args.out)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -175,19 +172,14 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .data import DataError
-    from .train import ConfigError, TrainingDiverged, load_config, train
+    from .train import load_config, train
 
     overrides = list(args.overrides)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
-    try:
-        config = load_config(args.config, overrides)
-        print(f"mlipopt train: {config.model.preset} with {config.optimizer.name} -> {config.run_dir}")
-        final = train(config, restart=args.restart)
-    except (ConfigError, DataError, TrainingDiverged) as exc:
-        print(f"mlipopt train: error: {exc}", file=sys.stderr)
-        return 2
+    config = load_config(args.config, overrides)
+    print(f"mlipopt train: {config.model.preset} with {config.optimizer.name} -> {config.run_dir}")
+    final = train(config, restart=args.restart)
     print(f"final metrics: {Path(config.run_dir) / 'final_metrics.json'} (best epoch {final['best_epoch']})")
     return 0
 
@@ -276,8 +268,45 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("overrides", nargs="*", help="KEY=VALUE overrides of the demo study")
     d.add_argument("--out", default="mlipopt-demo", help="study and report folder (default: mlipopt-demo)")
     d.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options: `mlipopt train CFG --run-dir X key=val`
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"mlipopt {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = user_error(exc)
+        if message is None or os.environ.get("MLIPOPT_DEBUG"):
+            raise
+        print(f"mlipopt {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def user_error(exc: BaseException) -> str | None:
+    """A one-line message for errors caused by input or environment (no traceback); None for bugs."""
+    import errno
+
+    from .data import DataError
+    from .optim import NonFiniteGradientError
+    from .train import CheckpointError, ConfigError, TrainingDiverged
+
+    if isinstance(exc, (ConfigError, DataError, CheckpointError, TrainingDiverged, NonFiniteGradientError)):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno == errno.ENOSPC:
+            return f"no space left on the device{where}; free space or choose another folder (run_dir/--out)"
+        if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return f"permission denied{where}; choose a folder you can write to (run_dir/--out)"
+        if isinstance(exc, FileNotFoundError):
+            return str(exc) if not exc.filename else f"no such file or folder: {exc.filename}"
+        return f"{exc.strerror or exc}{where}"
+    return None
 
 
 if __name__ == "__main__":

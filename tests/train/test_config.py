@@ -23,7 +23,7 @@ def test_unknown_key_suggests_the_right_one():
         ({"data": {"generate": {}, "split": 0.8}}, None, r"data.split: expected a list"),
         ({"optimizer": {"name": "adagrad"}}, None, r"unknown optimizer 'adagrad'"),
         ({"model": {"preset": "mace"}}, None, r"model.preset 'mace' unknown"),
-        ({"data": {"generate": {}, "force_fraction": 1.5}}, None, r"force_fraction must lie in \[0, 1\]"),
+        ({"data": {"generate": {}, "force_fraction": 1.5}}, None, "force_fraction must be ≥ 0 and ≤ 1"),
         ({"data": {}}, None, r"exactly one of data.train"),
     ],
 )

@@ -2,7 +2,7 @@
 
 from .generate import SYSTEMS, generate_frames
 from .graphs import Batch, GraphSet, to_graph
-from .io import DataError, Frames, read_frames
+from .io import DataError, Frames, file_digest, read_frames
 from .references import (
     composition_matrix,
     fit_energy_references,
@@ -19,6 +19,7 @@ __all__ = [
     "GraphSet",
     "SYSTEMS",
     "composition_matrix",
+    "file_digest",
     "fit_energy_references",
     "generate_frames",
     "force_mask",

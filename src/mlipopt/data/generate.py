@@ -11,7 +11,7 @@ import numpy as np
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
-from .io import Frames
+from .io import DataError, Frames
 
 SYSTEMS = ("ethanol", "copper")
 
@@ -21,7 +21,7 @@ def generate_frames(
 ) -> Frames:
     """``n_frames`` randomly displaced structures of ``system`` with EMT energies and forces."""
     if system not in SYSTEMS:
-        raise ValueError(f"unknown generated system {system!r}; choose one of {', '.join(SYSTEMS)}")
+        raise DataError(f"unknown generated system {system!r}; choose one of {', '.join(SYSTEMS)}")
     if n_frames < 1:
         raise ValueError(f"n_frames must be ≥ 1, got {n_frames}")
     rng = np.random.default_rng(seed)

@@ -15,6 +15,12 @@ import ase.data
 import ase.io
 import numpy as np
 
+#: Labels beyond these are refused as unphysical (a unit mix-up or a corrupted file), naming the frame.
+#: The largest forces in reactive DFT data are O(100) eV/Å; the largest total energies per atom are
+#: O(10⁴) eV (heavy elements, all-electron).
+MAX_FORCE = 1e4  # eV/Å, per component
+MAX_ENERGY_PER_ATOM = 1e6  # eV
+
 
 class DataError(ValueError):
     """A dataset cannot be used: unreadable file, missing or malformed labels, unknown elements."""
@@ -85,6 +91,17 @@ class Frames:
             if f is not None and not np.all(np.isfinite(f)):
                 bad = int(np.argwhere(~np.isfinite(f))[0, 0])
                 raise DataError(f"{where}: forces contain NaN or inf (atom {bad})")
+            if f is not None and np.abs(f).max(initial=0.0) > MAX_FORCE:
+                bad = int(np.argmax(np.abs(f).max(axis=1)))
+                raise DataError(
+                    f"{where}: force {np.abs(f[bad]).max():.3g} eV/Å on atom {bad} is not physical "
+                    f"(limit {MAX_FORCE:g} eV/Å); check the file's units and labels"
+                )
+            if abs(e) / len(a) > MAX_ENERGY_PER_ATOM:
+                raise DataError(
+                    f"{where}: energy {e:.6g} eV ({e / len(a):.3g} eV/atom) is not physical "
+                    f"(limit {MAX_ENERGY_PER_ATOM:g} eV/atom); check the file's units and labels"
+                )
             if allowed is not None:
                 unknown = sorted(set(a.get_chemical_symbols()) - allowed)
                 if unknown:
@@ -142,7 +159,10 @@ def read_frames(
         for a in ase.io.iread(str(path), index=index):
             atoms.append(a)
     except Exception as exc:  # ASE raises many types (XYZError, ValueError, IndexError, KeyError...)
-        raise DataError(f"{path}: cannot parse frame {len(atoms)}: {type(exc).__name__}: {exc}") from exc
+        located = locate_xyz_error(path) if path.suffix in (".xyz", ".extxyz") else None
+        raise DataError(
+            located or f"{path}: cannot parse frame {len(atoms)}: {type(exc).__name__}: {exc}"
+        ) from None
     if not atoms:
         raise DataError(f"{path}: contains no frames")
     frames = Frames.from_atoms(atoms, source=str(path), energy_key=energy_key, forces_key=forces_key)
@@ -154,3 +174,68 @@ def read_frames(
                 f"({len(missing)} of {len(frames)} frames lack them); set data.forces_key"
             )
     return frames
+
+
+def locate_xyz_error(path: Path) -> str | None:
+    """Find the frame of an (ext)xyz file whose atom count does not match its atom lines.
+
+    ASE reads ``count`` lines after a frame's header, so a count that is too small makes the *next*
+    frame fail to parse and a count that is too large swallows the next header; this pass checks each
+    frame's lines against its declared count and column layout to name the frame at fault.
+    Returns a message, or None when the layout looks consistent (the error lies elsewhere).
+    """
+    lines = path.read_text(errors="replace").splitlines()
+    line, frame, previous = 0, 0, 0
+    while line < len(lines):
+        if not lines[line].strip():
+            line += 1
+            continue
+        try:
+            count = int(lines[line].split()[0])
+        except ValueError:
+            if not frame:
+                return f"{path}: line {line + 1} is not an atom count: {lines[line][:60]!r}"
+            return (
+                f"{path}: frame {frame - 1} declares {previous} atoms but lists more: line {line + 1} "
+                f"holds an atom ({lines[line][:40]!r}) where the next frame's atom count should be"
+            )
+        body = lines[line + 2 : line + 2 + count]
+        if len(body) < count:
+            return f"{path}: frame {frame} declares {count} atoms but the file ends after {len(body)}"
+        widths = {len(text.split()) for text in body}
+        if len(widths) > 1 or any(text.split() and _is_int(text.split()[0]) for text in body[-1:]):
+            return (
+                f"{path}: frame {frame} (line {line + 1}) declares {count} atoms but its atom lines are "
+                "inconsistent — it lists fewer atoms than declared, or a line is malformed"
+            )
+        line += 2 + count
+        frame += 1
+        previous = count
+    return None
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's content (cached per path, size and modification time)."""
+    import hashlib
+
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 
+from .io import DataError
+
 #: Starting geometry of 3BPA: the first frame of the 3BPA benchmark's 300 K training set
 #: (ωB97X/6-31G(d) MD; MIT licence, github.com/davkovacs/BOTNet-datasets).
 BPA_GEOMETRY = [
@@ -97,7 +99,7 @@ def initial_structure(system: str, seed: int = 0) -> Atoms:
                     water.translate(spacing * (np.array([i, j, k]) + 0.5) - water.get_center_of_mass())
                     box += water
         return box
-    raise ValueError(f"unknown built-in system {system!r}; choose one of {', '.join(SYSTEMS)}")
+    raise DataError(f"unknown built-in system {system!r}; choose one of {', '.join(SYSTEMS)}")
 
 
 def xtb_calculator(system: str):

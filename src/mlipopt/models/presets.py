@@ -140,6 +140,20 @@ def build_model(
     return AllegroModel(**kwargs)
 
 
+def model_options(preset: str) -> list[str]:
+    """Keyword arguments the preset's nequip model builder documents (for "unknown key" messages)."""
+    import re
+
+    family = PRESETS[preset]["family"]
+    if family == "sevennet":
+        return []
+    if family == "nequip":
+        from nequip.model import NequIPGNNModel as builder
+    else:
+        from allegro.model import AllegroModel as builder
+    return sorted(set(re.findall(r"^\s+(\w+) \(", builder.__doc__ or "", re.MULTILINE)))
+
+
 def load_sevennet(checkpoint: str = "7net-0") -> torch.nn.Module:
     """A pretrained SevenNet model from the checkpoints in the ``sevenn`` wheel (offline)."""
     try:

@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -165,7 +166,12 @@ class ResultsDB:
                 cursor.execute("PRAGMA foreign_keys=ON")
                 cursor.close()
 
-        self._create_tables()
+        try:
+            self._create_tables()
+        except DatabaseError as exc:
+            raise ValueError(
+                f"{url}: not an mlipopt results database ({str(exc.orig).splitlines()[0]})"
+            ) from None
 
     def _create_tables(self) -> None:
         """Create missing tables. Processes opening a new SQLite file at once would race (each sees a

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..train.config import ConfigError
 from .spec import PAPER_SEEDS
 
 WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
@@ -256,7 +257,7 @@ def preset(name: str, shared: str | None = None) -> dict[str, Any]:
     from pathlib import Path
 
     if name not in STUDY_PRESETS:
-        raise ValueError(f"unknown study preset {name!r}; choose one of {', '.join(STUDY_PRESETS)}")
+        raise ConfigError(f"unknown study preset {name!r}; choose one of {', '.join(STUDY_PRESETS)}")
     default = Path(__file__).resolve().parents[3].parent / "shared" / "data"
     root = shared or os.environ.get("MLIPOPT_SHARED_DATA", str(default))
     return json.loads(json.dumps(STUDY_PRESETS[name]).replace("SHARED", root))

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..data.xtb import XTBDatasetSpec
 from ..optim import DEFAULT_LR_GRIDS, canonical_name
-from ..train.config import ConfigError, apply_overrides, from_dict, load_config, read_yaml_mapping
+from ..train.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, read_yaml_mapping
 
 PAPER_SEEDS = [7, 42, 123, 2026, 1618]
 
@@ -143,11 +143,14 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        """Content hash of the config (run_dir and display options excluded): same config, same run —
-        so the ratio sweep's default-ratio point reuses the learning-rate sweep's best run."""
+        """Content hash of the config (run_dir and display options excluded) and of the data files'
+        contents: same config on the same data, same run — so the ratio sweep's default-ratio point
+        reuses the learning-rate sweep's best run, and a finished run on old data is not counted as
+        done on new data."""
         identity = copy.deepcopy(self.config)
         identity.pop("run_dir", None)
         identity.get("training", {}).pop("progress", None)
+        identity["data_fingerprint"] = from_dict(RunConfig, self.config).data_fingerprint()
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return f"{self.optimizer}-s{self.force_fraction:g}-seed{self.seed}-{digest}"
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 
@@ -142,12 +143,34 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def data_files(self) -> list[str]:
+        """Every file the run reads labels from (training, validation, test, references, extra tests)."""
+        d = self.data
+        files = [d.train, d.val, d.test]
+        files.append(None if d.energy_references == "fit" else d.energy_references)
+        files += [extra.file for extra in d.extra_tests.values()]
+        return [f for f in files if f]
+
+    def data_fingerprint(self) -> dict[str, str]:
+        """SHA-256 of each data file's content: a run resumed or counted as done on changed data would
+        mix two datasets in one result."""
+        from ..data.io import file_digest
+
+        out = {}
+        for path in self.data_files():
+            try:
+                out[path] = file_digest(path)
+            except OSError:
+                out[path] = "missing"
+        return out
+
     def check(self) -> None:
         """Cross-field checks that types alone cannot express."""
         from ..models import PRESETS
         from ..models.energy_shifts import SHIFT_MODES
         from ..optim import canonical_name
 
+        check_ranges(self)
         d = self.data
         if (d.train is None) == (d.generate is None):
             raise ConfigError("data: give exactly one of data.train (a file) or data.generate")
@@ -157,6 +180,15 @@ class RunConfig:
             raise ConfigError(f"data.val_force_labels must be masked or all, got {d.val_force_labels!r}")
         if len(d.split) != 3:
             raise ConfigError(f"data.split needs three sizes (train, val, test), got {d.split}")
+        if any(not size >= 0 for size in d.split):
+            raise ConfigError(f"data.split sizes must be ≥ 0, got {d.split}")
+        if self.loss.energy_weight == 0 and self.loss.force_weight == 0:
+            raise ConfigError("loss.energy_weight and loss.force_weight are both 0: nothing to train on")
+        if self.training.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"training.device is {self.training.device!r} but this torch ({torch.__version__}) sees no "
+                "CUDA device; use training.device=cpu"
+            )
         if d.batch_size < 1 or d.eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be ≥ 1")
         if self.model.preset not in PRESETS:
@@ -205,6 +237,80 @@ class RunConfig:
                 or g.frames_per_trajectory < 1
             ):
                 raise ConfigError("forgetting: frame counts must be ≥ 0, steps and frames per trajectory ≥ 1")
+
+
+#: Ranges of numeric keys, checked after loading: (lower bound, lower bound allowed, upper bound, upper
+#: bound allowed); None is unbounded. A key missing here may take any value of its type.
+GT0 = (0.0, False, None, False)
+GE0 = (0.0, True, None, False)
+GE1 = (1, True, None, False)
+RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
+    "seed": GE0,
+    "data.generate.n_frames": GE1,
+    "data.generate.rattle": GE0,
+    "data.generate.seed": GE0,
+    "data.max_frames": GE1,
+    "data.max_test_frames": GE1,
+    "data.force_fraction": (0.0, True, 1.0, True),
+    "data.batch_size": GE1,
+    "data.eval_batch_size": GE1,
+    "data.extra_tests.*.max_frames": GE1,
+    "data.extra_tests.*.stride": GE1,
+    "model.r_max": GT0,
+    "model.avg_num_neighbors": GT0,
+    "optimizer.lr": GE0,
+    "optimizer.weight_decay": GE0,
+    "scheduler.factor": (0.0, False, 1.0, False),
+    "scheduler.patience": GE0,
+    "scheduler.min_lr": GE0,
+    "loss.energy_weight": GE0,
+    "loss.force_weight": GE0,
+    "forgetting.frames": GE0,
+    "forgetting.replay_frames": GE0,
+    "forgetting.temperature": GT0,
+    "forgetting.steps_between_frames": GE1,
+    "forgetting.frames_per_trajectory": GE1,
+    "forgetting.timestep_fs": GT0,
+    "forgetting.seed": GE0,
+    "training.max_epochs": GE1,
+    "training.clip_grad_norm": GT0,
+    "training.early_stopping_patience": GE1,
+    "training.early_stopping_min_delta": GE0,
+    "training.checkpoint_every": GE1,
+}
+
+
+def _describe_range(bounds: tuple[float | None, bool, float | None, bool]) -> str:
+    low, low_ok, high, high_ok = bounds
+    parts = []
+    if low is not None:
+        parts.append(f"{'≥' if low_ok else '>'} {low:g}")
+    if high is not None:
+        parts.append(f"{'≤' if high_ok else '<'} {high:g}")
+    return " and ".join(parts)
+
+
+def check_ranges(node: Any, path: str = "") -> None:
+    """Raise :class:`ConfigError` naming the first numeric key outside its range (:data:`RANGES`)."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            check_ranges(getattr(node, f.name), f"{path}.{f.name}" if path else f.name)
+        return
+    if isinstance(node, dict) and path.endswith("extra_tests"):
+        for name, value in node.items():
+            check_ranges(value, f"{path}.{name}")
+        return
+    pattern = ".".join("*" if path.startswith("data.extra_tests.") and i == 2 else part
+                       for i, part in enumerate(path.split(".")))  # fmt: skip
+    bounds = RANGES.get(pattern)
+    if bounds is None or node is None or isinstance(node, bool) or not isinstance(node, (int, float)):
+        return
+    low, low_ok, high, high_ok = bounds
+    bad = node != node  # NaN
+    bad |= low is not None and (node < low or (node == low and not low_ok))
+    bad |= high is not None and (node > high or (node == high and not high_ok))
+    if bad:
+        raise ConfigError(f"{path} must be {_describe_range(bounds)}, got {node!r}")
 
 
 def _type_name(tp: Any) -> str:

@@ -32,7 +32,7 @@ from ase import Atoms
 from .._filelock import exclusive
 from ..data import Frames, read_frames
 from .checkpoint import save_text
-from .config import ForgettingConfig
+from .config import ConfigError, ForgettingConfig
 
 STREAMS = {"heldout": 0, "replay": 1}
 
@@ -70,7 +70,7 @@ def pretrained_frames(
     n_traj = math.ceil(n_frames / cfg.frames_per_trajectory)
     candidates = list(range(offset, len(pool), 2))
     if not candidates:
-        raise ValueError(f"the training file has too few frames to start {stream} trajectories")
+        raise ConfigError(f"the training file has too few frames to start {stream} trajectories")
     starts = [pool.atoms[candidates[i % len(candidates)]] for i in range(n_traj)]
     checkpoint = PRESETS[preset]["checkpoint"]
     cache = _cache_file(checkpoint, starts, n_frames, stream, cfg)

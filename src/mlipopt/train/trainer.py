@@ -12,6 +12,7 @@ restarted from its last checkpoint produces bitwise the same parameters as an un
 from __future__ import annotations
 
 import csv
+import difflib
 import io
 import json
 import math
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data import (
+    DataError,
     Frames,
     GraphSet,
     composition_matrix,
@@ -42,6 +44,7 @@ from ..data import (
 from ..models import PRESETS
 from ..models.backends import forces_enabled  # noqa: F401  (re-exported: mlipopt.train.forces_enabled)
 from ..models.energy_shifts import add_energy_shifts, make_shifts_trainable
+from ..models.presets import model_options
 from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
@@ -98,6 +101,7 @@ class Trainer:
         self.log = log
         self.run_dir = Path(config.run_dir or "runs/run")
         self.device = torch.device(config.training.device)
+        self.data_fingerprint = config.data_fingerprint()  # before reading: what the run trains on
         self._setup_data()
         self._setup_model()
         self._setup_forgetting()
@@ -142,16 +146,22 @@ class Trainer:
             sizes[1] = 0
         if "test" in given:
             sizes[2] = 0
-        parts = split_indices(len(pool), sizes, seed=c.seed)
+        try:
+            parts = split_indices(len(pool), sizes, seed=c.seed)
+        except ValueError as exc:
+            raise ConfigError(f"data.split: {exc} (in {pool.source})") from None
         frames = {name: pool.subset(idx) for name, idx in zip(("train", "val", "test"), parts)}
         frames.update(given)
         if len(frames["train"]) == 0:
             raise ConfigError(f"the training split is empty ({len(pool)} frames, data.split={d.split})")
+        if not self.is_pretrained:  # a foundation model knows elements its fine-tuning data lack
+            _check_elements_are_trained(frames)
+        self._warn_duplicates(frames)
         names = c.model.type_names or sorted(
             {el for f in frames.values() for el in f.elements()}, key=ase.data.atomic_numbers.__getitem__
         )
         c.model.type_names = list(names)
-        from ..models import PRESETS, make_backend
+        from ..models import make_backend
 
         c.model.r_max = float(c.model.r_max or PRESETS[c.model.preset]["r_max"])
         self.backend = make_backend(c.model.preset, c.model.type_names, c.model.r_max)
@@ -193,6 +203,21 @@ class Trainer:
                 f"stopping rest on them. Enlarge the validation split (≥ {MIN_VAL_FORCE_FRAMES} labelled "
                 "frames) or set data.val_force_labels=all if your validation frames are all labelled."
             )
+
+    def _warn_duplicates(self, frames: dict[str, Frames]) -> None:
+        """Frames of validation or test that repeat a training structure (to 1e-4 Å) inflate the scores."""
+        seen = {_structure_key(a) for a in frames["train"].atoms}
+        for split in ("val", "test"):
+            repeats = [
+                i for i, a in zip(frames[split].index, frames[split].atoms) if _structure_key(a) in seen
+            ]
+            if repeats:
+                shown = ", ".join(map(str, repeats[:5])) + (", …" if len(repeats) > 5 else "")
+                self.log(
+                    f"WARNING: {len(repeats)} of {len(frames[split])} {split} frames repeat a training "
+                    f"structure (frames {shown} of {frames[split].source}); their errors measure memory, "
+                    "not generalisation"
+                )
 
     def _extra_set(self, name: str, splits: dict[str, Frames]) -> GraphSet:
         """A further test set; ``exclude_training`` drops frames whose structure is in train or val."""
@@ -247,7 +272,7 @@ class Trainer:
         return max(float(np.std(residual)), 1e-3)
 
     def _setup_model(self) -> None:
-        from ..models import PRESETS, build_model
+        from ..models import build_model
 
         m = self.config.model
         if PRESETS[m.preset]["family"] == "sevennet":
@@ -267,15 +292,25 @@ class Trainer:
             **m.options,
         }
         torch.manual_seed(self.config.seed)
-        self.model = build_model(
-            m.preset,
-            type_names=m.type_names,
-            model_dtype=m.dtype,
-            seed=self.config.seed,
-            avg_num_neighbors=m.avg_num_neighbors,
-            r_max=m.r_max,
-            **options,
-        ).to(self.device)
+        try:
+            self.model = build_model(
+                m.preset,
+                type_names=m.type_names,
+                model_dtype=m.dtype,
+                seed=self.config.seed,
+                avg_num_neighbors=m.avg_num_neighbors,
+                r_max=m.r_max,
+                **options,
+            ).to(self.device)
+        except TypeError as exc:  # an option the model builder does not take
+            known = model_options(m.preset)
+            unknown = sorted(set(m.options) - set(known))
+            close = {k: difflib.get_close_matches(k, known, n=1) for k in unknown}
+            hint = "".join(
+                f"unknown key {k!r}" + (f" (did you mean {c[0]!r}?)" if c else "") + "; "
+                for k, c in close.items()
+            )
+            raise ConfigError(f"model.options: {hint}{exc}") from None
         n_params = sum(p.numel() for p in self.model.parameters())
         self.log(f"model: {m.preset} ({n_params:,} parameters, {m.dtype}), r_max {m.r_max} Å")
 
@@ -313,8 +348,6 @@ class Trainer:
     @property
     def is_pretrained(self) -> bool:
         """True when training starts from a pretrained foundation model (fine-tuning)."""
-        from ..models import PRESETS
-
         return "checkpoint" in PRESETS[self.config.model.preset]
 
     def _freeze(self) -> int:
@@ -389,6 +422,7 @@ class Trainer:
             "bad_epochs": self.bad_epochs,
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
+            "data_fingerprint": self.data_fingerprint,
         }
 
     def save_checkpoint(self) -> None:
@@ -407,6 +441,13 @@ class Trainer:
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different config (differs in: {keys}); "
                 "choose another run_dir or restart it (mlipopt train --restart)"
+            )
+        saved = state.get("data_fingerprint") or {}  # absent in checkpoints of older versions
+        changed = [path for path, digest in saved.items() if self.data_fingerprint.get(path) != digest]
+        if changed:
+            raise ConfigError(
+                f"{self.run_dir} holds a run trained on other data: {', '.join(changed)} changed since its "
+                "checkpoint; restart it (mlipopt train --restart) or choose another run_dir"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -457,10 +498,14 @@ class Trainer:
             batch = batch.to(self.device)
             parts = self.batch_loss(batch)
             if not torch.isfinite(parts.total):
+                saved = (
+                    f"the last good checkpoint is {self.checkpoint_path}"
+                    if self.checkpoint_path.is_file()
+                    else "no checkpoint was written yet"
+                )
                 raise TrainingDiverged(
                     f"loss is {float(parts.total.detach())} at epoch {self.epoch + 1}, batch {step + 1}; "
-                    f"the last good checkpoint is {self.checkpoint_path} — lower optimizer.lr or set "
-                    "training.clip_grad_norm"
+                    f"{saved} — lower optimizer.lr or set training.clip_grad_norm"
                 )
             self.optimizer.zero_grad(set_to_none=True)
             parts.total.backward()
@@ -649,6 +694,20 @@ class Trainer:
             f"val E {fmt(row['val_e_mae'], '.2f')} meV/atom  F {fmt(row['val_f_mae'], '.1f')} meV/Å  "
             f"metric {row['val_metric']:.2f}  lr {row['lr']:.3g}  t {row['train_time_s']:.1f}s"
         )
+
+
+def _check_elements_are_trained(frames: dict[str, Frames]) -> None:
+    """An element absent from the training split would be an untrained type: refuse, naming a frame."""
+    trained = set(frames["train"].elements())
+    for split in ("val", "test"):
+        for i, a in zip(frames[split].index, frames[split].atoms):
+            extra = sorted(set(a.get_chemical_symbols()) - trained)
+            if extra:
+                raise DataError(
+                    f"{frames[split].source}: {split} frame {i} holds {', '.join(extra)}, which no training "
+                    f"frame contains (training elements: {', '.join(sorted(trained))}); the model could not "
+                    "learn it. Add such frames to the training data or remove them."
+                )
 
 
 def _structure_key(atoms: Any) -> bytes:
