@@ -116,3 +116,10 @@ def test_flags_from_a_curve():
     assert training_flags(rows([100, 80, 60, 50, 45], [10, 20, 8, 8, 7]), 5, 5) == []  # 2× is the limit
     assert training_flags(rows([100], [10]), 1, 1) == []  # one epoch says nothing
     assert training_flags(rows([100, 80], [None, None]), 2, 2) == []  # no validation energy
+    # energy-only runs (no validation force) are compared with per-element constants
+    energy_only = rows([50.1, 50.0, 49.9], [5.01, 5.0, 4.99])
+    assert training_flags(energy_only, 3, 3, constant_val_e_mae=5.0) == ["constant_energy"]
+    learned = rows([50.1, 40.0, 30.0], [5.01, 4.0, 3.0])
+    assert training_flags(learned, 3, 3, constant_val_e_mae=5.0) == []
+    with_forces = [{**r, "val_f_mae": 100.0} for r in energy_only]
+    assert training_flags(with_forces, 3, 3, constant_val_e_mae=5.0) == []

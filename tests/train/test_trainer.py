@@ -28,6 +28,9 @@ def test_training_reduces_loss_and_writes_the_run_dir(tmp_path):
     assert saved["frames"] == {"train": 12, "val": 4, "test": 4}
     assert set(saved["test"]) == {"e_mae", "e_rmse", "e_bias", "f_mae", "f_rmse"}
     assert final["best_epoch"] == min(range(1, 7), key=lambda e: float(rows[e - 1]["val_metric"]))
+    # the floor no model should miss: per-element constants fitted on train
+    assert set(final["constant_energy_mae"]) == {"train", "val", "test"}
+    assert final["test"]["e_mae"] < final["constant_energy_mae"]["test"]
 
 
 def test_force_masks_are_applied_and_recorded(tmp_path):

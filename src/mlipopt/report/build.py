@@ -19,7 +19,14 @@ import numpy as np
 from ..study.db import ResultsDB
 from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
-from .trust import cell_checks, checks_section, measured_cost_rows, measured_step_seconds, selections_section
+from .trust import (
+    cell_checks,
+    checks_section,
+    constant_predictor_line,
+    measured_cost_rows,
+    measured_step_seconds,
+    selections_section,
+)
 
 BASELINE = "adamw"
 
@@ -334,6 +341,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         markdown,
         "",
+        *constant_predictor_line(finals),
         *checks_section(db, finals),
         *pretrained_summary(db, study),
         "CSV: [mae_table.csv](mae_table.csv)",

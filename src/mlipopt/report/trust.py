@@ -47,6 +47,23 @@ def cell_checks(db: ResultsDB, runs: list[Run]) -> dict[tuple[str, float], str]:
     return out
 
 
+def constant_predictor_line(runs: list[Run]) -> list[str]:
+    """The test energy MAE of per-element constants fitted on each run's training split (no model)."""
+    values = []
+    for run in runs:
+        value = json.loads(run.final or "{}").get("constant_energy_mae", {}).get("test")
+        if value is not None:
+            values.append(value)
+    if not values:
+        return []
+    spread = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
+    return [
+        f"Floor: per-element energies fitted on the training split, without a model, reach a test E MAE of "
+        f"{np.mean(values):.2f}{spread} meV/atom; an energy error near it means no geometry was learned.",
+        "",
+    ]
+
+
 def checks_section(db: ResultsDB, runs: list[Run]) -> list[str]:
     """A warning paragraph listing flagged final runs (nothing when every run trained)."""
     flagged = [(r, flags_of(db, r)) for r in runs]

@@ -7,7 +7,11 @@ its selected epoch is an artifact (issue: "numbers a user can trust"):
   kept an (almost) untrained model;
 * ``no_progress``: the validation metric after the last epoch is worse than after the first;
 * ``energy_drift``: the validation energy MAE rose above twice its epoch-1 value at some epoch (the
-  per-atom offset forces cannot see, :mod:`mlipopt.models.energy_shifts`).
+  per-atom offset forces cannot see, :mod:`mlipopt.models.energy_shifts`);
+* ``constant_energy``: trained on energies only (no validation force), the best validation energy MAE
+  is within 5 % of what per-element constants fitted on the training split achieve — the model learned
+  nothing about geometry (e.g. energy-only training on 150 frames of 3BPA at 300 K, whose energies
+  vary by 6 meV/atom).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ FLAGS: dict[str, str] = {
     "early_best": "best epoch in the first 20 % of the budget",
     "no_progress": "validation metric at the end worse than at epoch 1",
     "energy_drift": "validation energy MAE rose above 2× its epoch-1 value",
+    "constant_energy": "energy-only model no better than per-element constants (within 5 %)",
 }
 
 #: What a report says about a flagged run.
@@ -26,14 +31,24 @@ VERDICT: dict[str, str] = {
     "early_best": "did not train",
     "no_progress": "did not train",
     "energy_drift": "energy drift",
+    "constant_energy": "did not train",
 }
 
 EARLY_FRACTION = 0.2
 DRIFT_FACTOR = 2.0
 
 
-def training_flags(history: Sequence[dict[str, Any]], max_epochs: int, best_epoch: int) -> list[str]:
-    """Flags (keys of :data:`FLAGS`) of a run from its per-epoch rows (``val_metric``, ``val_e_mae``)."""
+CONSTANT_MARGIN = 0.95
+
+
+def training_flags(
+    history: Sequence[dict[str, Any]],
+    max_epochs: int,
+    best_epoch: int,
+    constant_val_e_mae: float | None = None,
+) -> list[str]:
+    """Flags (keys of :data:`FLAGS`) of a run from its per-epoch rows (``val_metric``, ``val_e_mae``,
+    ``val_f_mae``); ``constant_val_e_mae`` is the per-element-constants baseline on validation."""
     flags = []
     if len(history) > 1 and best_epoch <= EARLY_FRACTION * max_epochs:
         flags.append("early_best")
@@ -45,6 +60,15 @@ def training_flags(history: Sequence[dict[str, Any]], max_epochs: int, best_epoc
         later = [e for e in energies[1:] if _finite(e)]
         if later and max(later) > DRIFT_FACTOR * energies[0]:
             flags.append("energy_drift")
+    energy_only = history and all(row.get("val_f_mae") is None for row in history)
+    finite = [e for e in energies if _finite(e)]
+    if (
+        energy_only
+        and finite
+        and _finite(constant_val_e_mae)
+        and min(finite) > CONSTANT_MARGIN * constant_val_e_mae
+    ):
+        flags.append("constant_energy")
     return flags
 
 

@@ -169,6 +169,7 @@ class Trainer:
             self.e0 = fit_energy_references(frames["train"], c.model.type_names)
         else:
             self.e0 = isolated_atom_energies(d.energy_references, d.energy_key)
+        self.constant_energy_mae = _constant_predictor_mae(frames, c.model.type_names)
         masks = {
             "train": force_mask(len(frames["train"]), d.force_fraction, c.seed, "train"),
             "val": force_mask(
@@ -643,7 +644,12 @@ class Trainer:
             self.model.load_state_dict(self.best_state)
         measured = self.test_metrics()
         test = measured["test"]
-        flags = training_flags(self.history, self.config.training.max_epochs, self.best_epoch)
+        flags = training_flags(
+            self.history,
+            self.config.training.max_epochs,
+            self.best_epoch,
+            self.constant_energy_mae.get("val"),
+        )
         final = {
             **measured,
             "flags": flags,
@@ -657,6 +663,8 @@ class Trainer:
             "force_fraction": self.config.data.force_fraction,
             "frames": {name: len(s) for name, s in self.sets.items()},
             "force_frames": {name: s.n_force_frames for name, s in self.sets.items()},
+            # what no model achieves: per-element energies fitted on train (meV/atom), per split
+            "constant_energy_mae": self.constant_energy_mae,
         }
         baseline = self.run_dir / "pretrained_metrics.json"
         if self.is_pretrained and baseline.is_file():
@@ -694,6 +702,18 @@ class Trainer:
             f"val E {fmt(row['val_e_mae'], '.2f')} meV/atom  F {fmt(row['val_f_mae'], '.1f')} meV/Å  "
             f"metric {row['val_metric']:.2f}  lr {row['lr']:.3g}  t {row['train_time_s']:.1f}s"
         )
+
+
+def _constant_predictor_mae(frames: dict[str, Frames], type_names: list[str]) -> dict[str, float]:
+    """Energy MAE (meV/atom) of the best constant-per-element predictor — per-element energies fitted by
+    least squares on the training split, no geometry — on every split: the floor a model must beat."""
+    e0 = fit_energy_references(frames["train"], type_names)
+    out = {}
+    for name, f in frames.items():
+        if len(f):
+            residual = (f.energy - reference_energy(f, e0)) / f.n_atoms
+            out[name] = float(1e3 * np.mean(np.abs(residual)))
+    return out
 
 
 def _check_elements_are_trained(frames: dict[str, Frames]) -> None:
