@@ -9,14 +9,31 @@ loses no finished result.
 from __future__ import annotations
 
 import json
+import os
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Integer, String, Text, create_engine, event, inspect, select, text
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DatabaseError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 
@@ -52,6 +69,10 @@ class Run(Base):
     # training diagnostics (mlipopt.train.diagnostics), comma-separated; "" when the run looks sound
     flags: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # who trains it (host:pid:token) and until when (epoch seconds) the claim holds without a heartbeat
+    owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started: Mapped[str | None] = mapped_column(String(40), nullable=True)
     finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
@@ -139,6 +160,11 @@ class Fidelity(Base):
     recorded: Mapped[str] = mapped_column(String(40))
 
 
+def lease_duration() -> float:
+    """Seconds a claim on a run holds without a heartbeat (``MLIPOPT_LEASE_SECONDS``, default 120)."""
+    return float(os.environ.get("MLIPOPT_LEASE_SECONDS", 120))
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -148,7 +174,9 @@ def _finite(value: Any) -> float | None:
 
 
 class ResultsDB:
-    """Thin access layer over the two tables; safe to open from several processes at once."""
+    """Thin access layer over the tables; safe to open from several processes (and machines) at once:
+    runs are claimed atomically with an expiring lease (:meth:`claim`), so concurrent studies on one
+    database share the work and train each run once."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -199,7 +227,16 @@ class ResultsDB:
                         connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
     def register(self, study: str, runs: list[Any]) -> None:
-        """Insert runs not yet known (by id); known runs keep their status and results."""
+        """Insert runs not yet known (by id); known runs keep their status and results. Another process
+        registering the same runs at the same moment makes one attempt fail on the unique id: retried."""
+        for attempt in range(10):
+            try:
+                return self._register(study, runs)
+            except IntegrityError:
+                time.sleep(0.05 * (attempt + 1))
+        self._register(study, runs)
+
+    def _register(self, study: str, runs: list[Any]) -> None:
         with Session(self.engine) as session, session.begin():
             known = {
                 run.id: run
@@ -235,20 +272,102 @@ class ResultsDB:
             run = session.get(Run, run_id)
             return None if run is None else run.status
 
+    def _claimable(self, now: float) -> Any:
+        """SQL condition: a run nobody holds — pending, failed, or running under an expired lease."""
+        expired = and_(Run.status == "running", or_(Run.lease_until.is_(None), Run.lease_until < now))
+        return or_(Run.status.in_(("pending", "failed")), expired)
+
+    def claim(self, run_id: str, owner: str, lease_seconds: float | None = None) -> bool:
+        """Take ``run_id`` for ``owner`` if nobody holds it, in one atomic UPDATE (SQLite and PostgreSQL
+        alike): of several processes claiming at once exactly one succeeds. The claim lapses after
+        ``lease_seconds`` unless renewed (:meth:`renew`), so a killed holder cannot block a run forever."""
+        now = time.time()
+        lease = lease_seconds or lease_duration()
+        condition = self._claimable(now)
+        stale = self._dead_local_owner(run_id)
+        if stale is not None:  # its holder on this machine is gone: no need to wait for the lease
+            condition = or_(condition, and_(Run.status == "running", Run.owner == stale))
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(Run)
+                .where(Run.id == run_id, condition)
+                .values(
+                    status="running",
+                    owner=owner,
+                    lease_until=now + lease,
+                    started=_now(),
+                    host=socket.gethostname(),
+                    error=None,
+                    attempts=func.coalesce(Run.attempts, 0) + 1,
+                )  # fmt: skip
+            )
+            return result.rowcount == 1
+
+    def claimable(self, run_id: str) -> bool:
+        """Nobody holds ``run_id`` (or its holder on this machine has died)."""
+        with Session(self.engine) as session:
+            query = select(Run.id).where(Run.id == run_id, self._claimable(time.time()))
+            if session.scalar(query) is not None:
+                return True
+        return self._dead_local_owner(run_id) is not None
+
+    def holder(self, run_id: str) -> str | None:
+        with Session(self.engine) as session:
+            return session.scalar(select(Run.owner).where(Run.id == run_id, Run.status == "running"))
+
+    def _dead_local_owner(self, run_id: str) -> str | None:
+        """The owner string of a running claim held by a process of this machine that no longer exists."""
+        owner = self.holder(run_id)
+        if not owner or owner.count(":") < 2:
+            return None
+        host, pid, _ = owner.rsplit(":", 2)
+        if host != socket.gethostname() or not pid.isdigit():
+            return None
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return owner
+        except PermissionError:
+            return None
+        return None
+
+    def renew(self, run_id: str, owner: str, lease_seconds: float | None = None) -> bool:
+        """Extend ``owner``'s claim; False if the claim was lost (it lapsed and another process took it)."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.owner == owner, Run.status == "running")
+                .values(lease_until=time.time() + (lease_seconds or lease_duration()))
+            )
+            return result.rowcount == 1
+
     def mark_running(self, run_id: str) -> None:
+        """Claim for this process without a lease check (single-process use and tests)."""
+        self.claim(
+            run_id, f"{socket.gethostname()}:{os.getpid()}:direct", lease_seconds=10 * lease_duration()
+        )
         with Session(self.engine) as session, session.begin():
             run = session.get(Run, run_id)
             run.status, run.started, run.host, run.error = "running", _now(), socket.gethostname(), None
 
-    def mark_failed(self, run_id: str, error: str) -> None:
+    def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> None:
         with Session(self.engine) as session, session.begin():
             run = session.get(Run, run_id)
+            if owner is not None and run.owner != owner:
+                return  # the claim was lost: the new holder reports
             run.status, run.error, run.finished = "failed", error[-4000:], _now()
+            run.lease_until = None
 
-    def record_result(self, run_id: str, final: dict[str, Any], history: list[dict[str, Any]]) -> None:
-        """Store final metrics and the per-epoch curve and mark the run done, in one transaction."""
+    def record_result(
+        self, run_id: str, final: dict[str, Any], history: list[dict[str, Any]], owner: str | None = None
+    ) -> bool:
+        """Store final metrics and the per-epoch curve and mark the run done, in one transaction.
+        With ``owner``, only while that owner holds the run (False otherwise: nothing stored)."""
         with Session(self.engine) as session, session.begin():
             run = session.get(Run, run_id)
+            if owner is not None and run.owner != owner:
+                return False
+            run.lease_until = None
             test = final.get("test") or {}
             run.status, run.finished = "done", _now()
             run.final = json.dumps(final, default=str)
@@ -277,6 +396,7 @@ class ResultsDB:
                         val_metric=_finite(row.get("val_metric")),
                     )
                 )
+        return True
 
     def record_selection(
         self, study: str, stage: str, optimizer: str, force_fraction: float, **values: Any

@@ -6,9 +6,16 @@ holds no result that a kill could lose. Both executors yield results as runs fin
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
+import socket
+import sys
+import threading
+import time
 import traceback
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
@@ -30,17 +37,69 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         return _execute_refinement(task, db)
     if db.status(run_id) == "done":
         return {"run_id": run_id, "status": "done", "skipped": True}
-    db.mark_running(run_id)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not db.claim(run_id, owner):
+        return {"run_id": run_id, "status": "claimed"}  # another process trains it
     try:
-        trainer = Trainer(load_config(task["config"]), log=lambda _: None)
-        trainer.resume()
-        final = trainer.fit()
-        db.record_result(run_id, final, trainer.history)
+        with heartbeat(db, run_id, owner):
+            trainer = Trainer(load_config(task["config"]), log=lambda _: None)
+            trainer.resume()
+            final = trainer.fit()
+        if not db.record_result(run_id, final, trainer.history, owner=owner):
+            return {"run_id": run_id, "status": "claimed"}  # our claim lapsed; the new holder reports
         return {"run_id": run_id, "status": "done", "final": final}
     except Exception as exc:  # recorded, reported, and the study goes on with the other runs
         message = f"{type(exc).__name__}: {exc}"
-        db.mark_failed(run_id, message + "\n" + traceback.format_exc())
+        db.mark_failed(run_id, message + "\n" + traceback.format_exc(), owner=owner)
         return {"run_id": run_id, "status": "failed", "error": message}
+
+
+@contextlib.contextmanager
+def heartbeat(db: Any, run_id: str, owner: str) -> Iterator[None]:
+    """Renew the claim on ``run_id`` every quarter lease while the body runs (a daemon thread)."""
+    from .db import lease_duration
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(lease_duration() / 4):
+            try:
+                db.renew(run_id, owner)
+            except Exception:  # a transient database error: the next beat retries
+                pass
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: end this worker when the study process ``parent`` dies, however it dies
+    (``kill -9`` included), instead of training on into a folder the next study also uses. Linux
+    delivers SIGKILL on the parent's death (``PR_SET_PDEATHSIG``); elsewhere, and for a parent that
+    died while this worker was still starting, a watchdog thread exits once the parent is gone."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(1.0)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
 
 
 def _execute_refinement(task: dict[str, Any], db: Any) -> dict[str, Any]:
@@ -83,7 +142,12 @@ class LocalExecutor:
                 yield execute_run(task)
             return
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(self.workers, len(tasks)), mp_context=context) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(self.workers, len(tasks)),
+            mp_context=context,
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             futures = [pool.submit(execute_run, t) for t in tasks]
             for future in as_completed(futures):
                 yield future.result()

@@ -35,6 +35,7 @@ class StudyRunner:
         self.db = ResultsDB(spec.database_url)
         self.executor = make_executor(spec.executor)
         self.outcome = StudyOutcome(database_url=spec.database_url)
+        self.poll_seconds = 5.0  # while waiting for runs other processes hold
 
     def _resolve_dataset(self) -> None:
         if self.spec.dataset is None:
@@ -48,37 +49,61 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ execution
     def execute(self, runs: list[RunSpec], label: str) -> None:
+        """Train the runs not yet done. Each worker claims its run atomically in the database, so studies
+        started at once on one database share the work; runs held by another process are waited for
+        (and taken over if that process stops renewing its claim)."""
         self.db.register(self.spec.name, runs)
         todo = [r for r in runs if self.db.status(r.run_id) != "done"]
-        done_before = len(runs) - len(todo)
         self.progress(
-            f"{label}: {len(runs)} runs ({done_before} already done, {len(todo)} to run); "
+            f"{label}: {len(runs)} runs ({len(runs) - len(todo)} already done, {len(todo)} to run); "
             f"{self.executor.describe()}"
         )
         by_id = {r.run_id: r for r in runs}
         start = time.perf_counter()
-        tasks = [{"run_id": r.run_id, "config": r.config, "db_url": self.db.url} for r in todo]
-        for n, result in enumerate(self.executor.map(tasks), start=1):
-            run = by_id[result["run_id"]]
-            elapsed = time.perf_counter() - start
-            eta = elapsed / n * (len(todo) - n)
-            what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed} lr {run.lr:g}"
-            what += f" wd {run.weight_decay:g}" if run.weight_decay else ""
-            if result["status"] == "done" and "final" in result:
-                test = result["final"].get("test") or {}
-                metric = result["final"]["best_val_metric"]
-                e_mae, f_mae = test.get("e_mae") or float("nan"), test.get("f_mae") or float("nan")
-                errors = f"test E {e_mae:.2f} meV/atom, F {f_mae:.1f} meV/Å"
-                if run.stage != "final":
-                    errors = f"val metric {metric:.1f}"
-                labels = verdicts(result["final"].get("flags") or [])
-                errors += f"  [{', '.join(labels)}]" if labels else ""
+        attempted: set[str] = set()
+        n = 0
+        while todo:
+            ready = [r for r in todo if r.run_id not in attempted and self.db.claimable(r.run_id)]
+            tasks = [{"run_id": r.run_id, "config": r.config, "db_url": self.db.url} for r in ready]
+            for result in self.executor.map(tasks):
+                run = by_id[result["run_id"]]
+                attempted.add(run.run_id)
+                if result["status"] == "claimed":
+                    continue  # another process took it first: waited for below
+                n += 1
+                self._report_result(run, result, n, len(todo), start)
+            held = [r for r in todo if self.db.status(r.run_id) == "running" and r.run_id not in attempted]
+            held += [r for r in todo if r.run_id in attempted and self.db.status(r.run_id) == "running"]
+            todo = [r for r in todo if self.db.status(r.run_id) not in ("done", "failed") or
+                    (self.db.status(r.run_id) == "failed" and r.run_id not in attempted)]  # fmt: skip
+            if todo and not ready:
+                holders = sorted({self.db.holder(r.run_id) or "?" for r in held})
                 self.progress(
-                    f"  [{n:>3}/{len(todo)}] {what}: {errors}  ({_fmt_time(elapsed)}, ~{_fmt_time(eta)} left)"
+                    f"  waiting for {len(todo)} run(s) held by other processes ({', '.join(holders)[:200]})"
                 )
-            elif result["status"] == "failed":
-                self.outcome.failed.append(run.run_id)
-                self.progress(f"  [{n:>3}/{len(todo)}] {what}: FAILED — {result['error']}")
+                time.sleep(self.poll_seconds)
+            attempted -= {r.run_id for r in todo if self.db.claimable(r.run_id)}
+
+    def _report_result(self, run: RunSpec, result: dict, n: int, total: int, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        eta = elapsed / n * max(total - n, 0)
+        what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed} lr {run.lr:g}"
+        what += f" wd {run.weight_decay:g}" if run.weight_decay else ""
+        if result["status"] == "done" and "final" in result:
+            test = result["final"].get("test") or {}
+            metric = result["final"]["best_val_metric"]
+            e_mae, f_mae = test.get("e_mae") or float("nan"), test.get("f_mae") or float("nan")
+            errors = f"test E {e_mae:.2f} meV/atom, F {f_mae:.1f} meV/Å"
+            if run.stage != "final":
+                errors = f"val metric {metric:.1f}"
+            labels = verdicts(result["final"].get("flags") or [])
+            errors += f"  [{', '.join(labels)}]" if labels else ""
+            self.progress(
+                f"  [{n:>3}/{total}] {what}: {errors}  ({_fmt_time(elapsed)}, ~{_fmt_time(eta)} left)"
+            )
+        elif result["status"] == "failed":
+            self.outcome.failed.append(run.run_id)
+            self.progress(f"  [{n:>3}/{total}] {what}: FAILED — {result['error']}")
 
     def _select(self, runs: list[RunSpec], what: str) -> tuple[RunSpec | None, str | None]:
         """The run with the best validation metric, among runs whose diagnostics are clean when there
