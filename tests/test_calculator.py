@@ -71,3 +71,17 @@ def test_load_errors(tmp_path, copper_run):
         load_model(copper_run, weights="final")
     model, config = load_model(copper_run, weights="last")
     assert config.model.type_names == ["Cu"] and not model.training
+
+
+def test_a_molecule_has_no_stress_and_missing_refined_weights_point_to_refine(tmp_path):
+    from ase.build import molecule
+    from ase.calculators.calculator import PropertyNotImplementedError
+
+    train(tiny_config(tmp_path, training={"max_epochs": 1}), log=lambda _: None)
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = load(tmp_path)
+    assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(atoms.get_forces()).all()
+    with pytest.raises(PropertyNotImplementedError):
+        atoms.get_stress()  # not a NaN array: a molecule has no stress
+    with pytest.raises(FileNotFoundError, match="mlipopt refine"):
+        load(tmp_path, weights="refined")

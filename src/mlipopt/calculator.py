@@ -34,7 +34,12 @@ def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Mod
         raise ValueError(f"weights must be 'best', 'last' or 'refined', got {weights!r}")
     source = run_dir / files[weights]
     if not source.is_file():
-        raise FileNotFoundError(f"{run_dir}: no {source.name}; has the run finished an epoch?")
+        hint = (
+            f"run `mlipopt refine {run_dir}` first"
+            if weights == "refined"
+            else "has the run finished an epoch?"
+        )
+        raise FileNotFoundError(f"{run_dir}: no {source.name}; {hint}")
     from .models import PRESETS
 
     if PRESETS[m.preset]["family"] == "sevennet":
@@ -57,6 +62,7 @@ def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Mod
 def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str = "best"):
     """An ASE ``Calculator`` for the model trained in ``run_dir``: nequip's ``NequIPCalculator`` for
     NequIP/Allegro, sevenn's ``SevenNetCalculator`` for a fine-tuned SevenNet."""
+    from ase.calculators.calculator import all_changes
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
     from nequip.integrations.ase import NequIPCalculator
 
@@ -71,4 +77,15 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str =
         ChemicalSpeciesToAtomTypeMapper(model_type_names=config.model.type_names),
         NeighborListTransform(r_max=config.model.r_max),
     ]
-    return NequIPCalculator(model, device=device, transforms=transforms)
+
+    class Calculator(NequIPCalculator):
+        """nequip's calculator without a stress for structures that are not periodic in all three
+        directions (nequip returns NaN there); ``get_stress`` then raises ASE's
+        ``PropertyNotImplementedError``, as for any calculator without the property."""
+
+        def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+            super().calculate(atoms, list(properties), system_changes)
+            if not self.atoms.pbc.all():
+                self.results.pop("stress", None)
+
+    return Calculator(model, device=device, transforms=transforms)

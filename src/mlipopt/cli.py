@@ -1,4 +1,4 @@
-"""Command line: ``mlipopt train``, ``study``, ``report``, ``demo`` and ``structure``."""
+"""Command line: mlipopt train, study, report, refine, fidelity, demo and structure."""
 
 from __future__ import annotations
 
@@ -188,10 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     from .study.presets import STUDY_PRESETS
 
     STUDY_PRESET_NAMES = list(STUDY_PRESETS)  # noqa: N806
-    parser = argparse.ArgumentParser(prog="mlipopt", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="mlipopt",
+        description="The optimizer as a measured design axis of training ML interatomic potentials: "
+        "train, study, report, refine, fidelity, demo, structure. `mlipopt COMMAND --help` for each.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.ArgumentDefaultsHelpFormatter
     t = sub.add_parser(
         "train",
+        formatter_class=formatter,
         help="train (or fine-tune SevenNet-0) from a YAML config",
         description="Train from CONFIG (see examples/ and docs/config.md); KEY=VALUE arguments override "
         "config keys, e.g. optimizer.name=soap optimizer.lr=3e-3 data.force_fraction=0.1. A run "
@@ -202,13 +208,25 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--run-dir", default=None, help="run directory (default: runs/<config name>)")
     t.add_argument("--restart", action="store_true", help="discard an existing checkpoint in the run dir")
     t.set_defaults(func=_train)
-    s = sub.add_parser("structure", help="show each parameter's optimizer role and matrix blocks")
+    s = sub.add_parser(
+        "structure",
+        formatter_class=formatter,
+        help="show each parameter's optimizer role and matrix blocks",
+        description="Print which parameters of a model the matrix optimizers treat as matrices (and as "
+        "which blocks) and which get Adam.",
+    )
     s.add_argument("model", help="a model preset (see mlipopt.models.PRESETS), a nequip .ckpt or .zip")
-    s.add_argument("--tp-blocks", default="adam", choices=["adam", "flatten", "tensor"])
+    s.add_argument(
+        "--tp-blocks",
+        default="adam",
+        choices=["adam", "flatten", "tensor"],
+        help="tensor-product path weights: Adam (seed 001), (m1·m2, n) matrices, or 3-mode tensors",
+    )
     s.add_argument("--type-names", default="H,C,N,O", help="atom types for presets (comma separated)")
     s.set_defaults(func=_structure)
     st = sub.add_parser(
         "study",
+        formatter_class=formatter,
         help="run a study (grids × optimizers × force fractions × seeds) and write its report",
         description=f"Run STUDY.yaml or a preset ({', '.join(STUDY_PRESET_NAMES)}); KEY=VALUE arguments "
         "override study keys, e.g. base.data.train=water.xyz seeds=[7,42]. Re-running continues: finished "
@@ -223,16 +241,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     st.add_argument("--out", default=None, help="report folder (default: the study folder)")
     st.set_defaults(func=_study)
-    r = sub.add_parser("report", help="tables and figures of a study from its results database")
+    r = sub.add_parser(
+        "report", formatter_class=formatter, help="tables and figures of a study from its results database"
+    )
     r.add_argument("source", help="results database (.db file or SQLAlchemy URL) or a study folder")
     r.add_argument("--out", default=None, help="report folder (default: beside the database)")
     r.add_argument("--study", default=None, help="study name when the database holds several")
     r.set_defaults(func=_report)
     rf = sub.add_parser(
-        "refine", help="L-BFGS refinement of a trained run (full batch, best validation kept)"
+        "refine",
+        formatter_class=formatter,
+        help="L-BFGS refinement of a trained run (full batch, best validation kept)",
+        description="Continue a finished run's best model with full-batch L-BFGS (seed 002 appendix B) "
+        "and keep the iteration with the best validation value: writes refined_model.pt "
+        "(calculator.load(run, weights='refined')), refine_final.json and refine_metrics.csv.",
     )
-    rf.add_argument("run_dir")
-    rf.add_argument("--iterations", type=int, default=50)
+    rf.add_argument("run_dir", help="a run directory of `mlipopt train` or a study")
+    rf.add_argument("--iterations", type=int, default=50, help="L-BFGS iterations at most")
     rf.add_argument("--memory", type=int, default=20, help="L-BFGS history length m")
     rf.add_argument("--patience", type=int, default=10, help="iterations without validation improvement")
     rf.add_argument(
@@ -244,22 +269,24 @@ def main(argv: list[str] | None = None) -> int:
     rf.set_defaults(func=_refine)
     f = sub.add_parser(
         "fidelity",
+        formatter_class=formatter,
         help="MD stability and structure of trained runs against a reference calculator or trajectory",
     )
-    f.add_argument("runs", nargs="+", help="run directories (e.g. studies/demo/runs/*)")
+    f.add_argument("runs", nargs="+", help="run directories (e.g. mlipopt-demo/runs/*)")
     f.add_argument("--protocol", default="molecule", choices=["molecule", "liquid", "crystal"])
     f.add_argument("--reference", default="xtb", help="xtb, emt, or a reference trajectory file")
     f.add_argument(
         "--temperature", default="600", help="K; several, comma-separated, give D(T) and E_a (liquid)"
     )
-    f.add_argument("--steps", type=int, default=2000)
+    f.add_argument("--steps", type=int, default=2000, help="MD steps per trajectory")
     f.add_argument("--timestep", type=float, default=0.5, help="fs")
-    f.add_argument("--seeds", type=int, default=2)
+    f.add_argument("--seeds", type=int, default=2, help="trajectories per model and temperature")
     f.add_argument("--ensemble", default="langevin", choices=["langevin", "nose_hoover", "nve"])
     f.add_argument("--out", default=None, help="report folder (default: <study>/fidelity or ./fidelity)")
     f.set_defaults(func=_fidelity)
     d = sub.add_parser(
         "demo",
+        formatter_class=formatter,
         help="the main job on the built-in dataset: four optimizers × three force fractions × two seeds",
         description="Builds a 3BPA dataset with GFN2-xTB (no download), runs the demo study and writes the "
         "report to --out. Scale it with overrides, e.g. seeds=[7,42,123] base.training.max_epochs=100 "

@@ -48,9 +48,11 @@ def test_cli_compares_runs_with_the_reference_and_stores_results(ethanol_runs, t
     saved = json.loads((tmp_path / "fidelity.json").read_text())
     assert len(saved["results"]) == 2 and saved["references"][0]["structure_error"] == 0.0
     for result in saved["results"]:
-        assert 0 <= result["survived"] <= 1 and result["structure_error"] >= 0
+        # every trajectory either survived or has its failure recorded; a trained toy model is not EMT
+        assert result["survived"] == 1 - len(result["failures"]) / 2 and result["structure_error"] > 0
     assert (tmp_path / "structure_overlay_600K.png").stat().st_size > 0
-    assert len(list((tmp_path / "trajectories" / "600K").glob("*.xyz"))) == 4  # 2 runs × 2 seeds
+    saved_trajectories = sorted(p.name for p in (tmp_path / "trajectories" / "600K").glob("*.xyz"))
+    assert len(saved_trajectories) == 5 and "reference.xyz" in saved_trajectories  # 2 runs × 2 seeds + EMT
     stored = ResultsDB(f"sqlite:///{root / 'results.db'}").fidelity("adamw-run", "molecule@600K")
     assert stored["label"] == "adamw s=100% seed 3"
 
@@ -120,3 +122,14 @@ def test_crystal_protocol_compares_elastic_constants_and_phonon_bands(tmp_path):
     assert "nve_drift_meV_atom_ps" in result.extra
     write_report([result], [result], settings, "crystal", tmp_path)
     assert (tmp_path / "phonon_bands.png").stat().st_size > 0
+
+
+def test_an_xtb_reference_for_a_model_trained_on_other_data_is_warned(tmp_path):
+    from mlipopt.fidelity.protocols import reference_mismatch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("data:\n  train: /data/dft/3BPA/train_300K.xyz\n")
+    warning = reference_mismatch([run], "xtb")
+    assert "train_300K.xyz" in warning and "another level of theory" in warning
+    assert reference_mismatch([run], "emt") is None

@@ -300,6 +300,32 @@ def reference_trajectory(
     return frames, calc, runs
 
 
+def reference_mismatch(run_dirs: list[Path], reference: str) -> str | None:
+    """A warning when the xTB reference judges models trained on other labels (e.g. DFT data)."""
+    import yaml
+
+    if reference != "xtb":
+        return None
+    from ..data.xtb import cache_dir
+
+    built_in = str((cache_dir() / "datasets").resolve())
+    foreign = []
+    for run_dir in run_dirs:
+        config_file = run_dir / "config.yaml"
+        if not config_file.is_file():
+            continue
+        train = (yaml.safe_load(config_file.read_text()).get("data") or {}).get("train")
+        if train and not str(Path(train).resolve()).startswith(built_in):
+            foreign.append(Path(train).name)
+    if not foreign:
+        return None
+    return (
+        f"the runs were trained on {', '.join(sorted(set(foreign)))}, not on mlipopt's GFN2-xTB data: the "
+        "xTB reference compares them with another level of theory. Give --reference a trajectory "
+        "computed with the training data's method (or --reference emt for EMT toy data)."
+    )
+
+
 def run_label(run_dir: Path) -> str:
     """``optimizer s=…`` from a run's config (the run dir name when there is none)."""
     import yaml
@@ -341,11 +367,19 @@ def evaluate_runs(
 
     dirs = [Path(d) for d in run_dirs]
     start = start_structure(dirs[0])
+    warning = reference_mismatch(dirs, reference)
+    if warning:
+        progress(f"WARNING: {warning}")
     progress(
         f"reference ({reference}): {settings.seeds} × {settings.steps} steps at {settings.temperature_K:g} K"
     )
     begin = time.perf_counter()
     ref_frames, ref_calc, ref_runs = reference_trajectory(reference, start, protocol, settings)
+    if trajectory_dir is not None and ref_calc is not None:
+        import ase.io
+
+        trajectory_dir.mkdir(parents=True, exist_ok=True)
+        ase.io.write(trajectory_dir / "reference.xyz", ref_frames, format="extxyz")
     r, ref_curve = _structure(ref_frames, protocol, settings.rmax)
     reference_result = FidelityResult(
         label=f"reference ({Path(reference).name})",

@@ -32,6 +32,7 @@ class StudyRunner:
         self.folder = spec.folder
         self.folder.mkdir(parents=True, exist_ok=True)
         self._resolve_dataset()
+        self._validate_data()
         self.db = ResultsDB(spec.database_url)
         self.executor = make_executor(spec.executor)
         self.outcome = StudyOutcome(database_url=spec.database_url)
@@ -46,6 +47,24 @@ class StudyRunner:
         data = self.spec.base.setdefault("data", {})
         data["train"], data["test"] = str(files["train"]), str(files["test"])
         data.setdefault("split", [0.8, 0.2, 0.0])
+
+    def _validate_data(self) -> None:
+        """Read and check the study's data files once, before any run starts: a bad frame fails the
+        study at once with its file and frame named, not every run of it an hour later."""
+        from ..data import read_frames
+
+        data = self.spec.base.get("data", {})
+        keys = {
+            "energy_key": data.get("energy_key", "energy"),
+            "forces_key": data.get("forces_key", "forces"),
+        }
+        needs_forces = max(self.spec.force_fractions, default=0.0) > 0
+        for name in ("train", "val", "test"):
+            if data.get(name):
+                read_frames(data[name], **keys, require_forces=needs_forces and name != "test")
+        for extra in (data.get("extra_tests") or {}).values():
+            if isinstance(extra, dict) and extra.get("file"):
+                read_frames(extra["file"], **keys, require_forces=False)
 
     # ------------------------------------------------------------------ execution
     def execute(self, runs: list[RunSpec], label: str) -> None:

@@ -23,7 +23,16 @@ from typing import Any
 
 from ..data.xtb import XTBDatasetSpec
 from ..optim import DEFAULT_LR_GRIDS, canonical_name
-from ..train.config import ConfigError, RunConfig, apply_overrides, from_dict, load_config, read_yaml_mapping
+from ..train.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    check_name,
+    from_dict,
+    load_config,
+    overrides_from_cwd,
+    read_yaml_mapping,
+)
 
 PAPER_SEEDS = [7, 42, 123, 2026, 1618]
 
@@ -165,8 +174,9 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         raw = read_yaml_mapping(path, "study")
         base_dir = path.resolve().parent
         raw.setdefault("name", path.stem)
-    raw = apply_overrides(raw, list(overrides or []))
+    raw = apply_overrides(raw, overrides_from_cwd(list(overrides or []), prefix="base."))
     spec = from_dict(StudySpec, raw)
+    check_name(spec.name, "study.name")
     if not spec.optimizers:
         raise ConfigError("study: list at least one optimizer under `optimizers`")
     for name, grid in spec.optimizers.items():

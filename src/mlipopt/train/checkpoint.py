@@ -18,6 +18,17 @@ from typing import Any
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: Permissions of written files: what ``open()`` would give (``mkstemp`` alone gives 0600).
+FILE_MODE = 0o666 & ~_umask()
+TMP_PATTERN = ".*.tmp"
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -26,10 +37,20 @@ def _atomic_write(path: Path, write: Any) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)  # atomic on POSIX and Windows within one file system
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_orphans(folder: str | Path) -> int:
+    """Delete temporary files a killed writer left in ``folder`` (never the finished files); count."""
+    removed = 0
+    for tmp in Path(folder).glob(TMP_PATTERN):
+        tmp.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def save_torch(obj: Any, path: str | Path) -> None:

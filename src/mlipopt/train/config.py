@@ -218,6 +218,7 @@ class RunConfig:
         if self.loss.energy_weight < 0 or self.loss.force_weight < 0:
             raise ConfigError("loss weights must be non-negative")
         for name, extra in d.extra_tests.items():
+            check_name(name, f"data.extra_tests.{name}")
             if not extra.file:
                 raise ConfigError(f"data.extra_tests.{name}.file is required")
             if extra.stride < 1:
@@ -311,6 +312,17 @@ def check_ranges(node: Any, path: str = "") -> None:
     bad |= high is not None and (node > high or (node == high and not high_ok))
     if bad:
         raise ConfigError(f"{path} must be {_describe_range(bounds)}, got {node!r}")
+
+
+def check_name(name: str, key: str) -> None:
+    """Names that become file or folder names stay inside their folder: letters, digits, ``-_.``."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", str(name)) or ".." in str(name):
+        raise ConfigError(
+            f"{key}: {name!r} is not a usable name (letters, digits, '-', '_' and '.', not starting with "
+            "'.' or containing '..'): it becomes a file name"
+        )
 
 
 def _type_name(tp: Any) -> str:
@@ -409,6 +421,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+PATH_KEYS = ("data.train", "data.val", "data.test", "data.energy_references")
+
+
+def overrides_from_cwd(overrides: list[str], prefix: str = "") -> list[str]:
+    """Make relative data paths given on the command line absolute against the current directory (the
+    user typed them from there), before relative paths in the file are taken from the file's folder."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        bare = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+        is_path = bare in PATH_KEYS or (bare.startswith("data.extra_tests.") and bare.endswith(".file"))
+        if sep and is_path and value and value != "fit" and not Path(value).is_absolute():
+            item = f"{key}={(Path.cwd() / value).resolve()}"
+        out.append(item)
+    return out
+
+
 def _resolve_paths(config: RunConfig, base: Path) -> None:
     d = config.data
     for name in ("train", "val", "test"):
@@ -420,6 +450,21 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     for extra in d.extra_tests.values():
         if extra.file and not Path(extra.file).is_absolute():
             extra.file = str((base / extra.file).resolve())
+
+
+#: Overrides that continue a run rather than define another (they keep its default folder).
+_CONTINUING = ("run_dir", "training.max_epochs", "training.progress")
+
+
+def default_run_name(stem: str, overrides: list[str]) -> str:
+    """``<config name>``, plus a short hash of the overrides that change the run, so that
+    ``mlipopt train cfg.yaml optimizer.name=soap`` and ``... optimizer.name=adamw`` do not share a folder."""
+    import hashlib
+
+    defining = sorted(o.strip() for o in overrides if o.partition("=")[0].strip() not in _CONTINUING)
+    if not defining:
+        return stem
+    return f"{stem}-{hashlib.sha1(' '.join(defining).encode()).hexdigest()[:8]}"
 
 
 def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
@@ -438,7 +483,8 @@ def read_yaml_mapping(path: Path, what: str) -> dict[str, Any]:
 def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
     """A checked :class:`RunConfig` from a YAML file or a dict, with ``key=value`` overrides.
 
-    Relative data paths in a file are taken relative to the file's folder.
+    Relative data paths in a file are taken relative to the file's folder; relative paths in
+    ``overrides`` (typed on a command line) relative to the current directory.
     """
     base = Path.cwd()
     if isinstance(source, dict):
@@ -447,8 +493,8 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         path = Path(source)
         raw = read_yaml_mapping(path, "config")
         base = path.resolve().parent
-        raw.setdefault("run_dir", str(Path("runs") / path.stem))
-    raw = apply_overrides(raw, list(overrides or []))
+        raw.setdefault("run_dir", str(Path("runs") / default_run_name(path.stem, list(overrides or []))))
+    raw = apply_overrides(raw, overrides_from_cwd(list(overrides or [])))
     config = from_dict(RunConfig, raw)
     _resolve_paths(config, base)
     config.check()

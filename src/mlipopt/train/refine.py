@@ -75,7 +75,8 @@ def refine(
     before = trainer.test_metrics()
     best = val_metric()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    log(f"refine {run_dir}: start, validation metric {best:.3f}")
+    what = "validation force RMSE [meV/Å]" if criterion == "force_rmse" else "validation metric 10·E + F"
+    log(f"refine {run_dir}: start, {what} {best:.3f}")
     optimizer = LBFGS([p for p in model.parameters() if p.requires_grad], memory=memory)
     rows, start, bad, best_iteration = [], time.perf_counter(), 0, 0
     for iteration in range(1, iterations + 1):

@@ -46,7 +46,7 @@ from ..models.backends import forces_enabled  # noqa: F401  (re-exported: mlipop
 from ..models.energy_shifts import add_energy_shifts, make_shifts_trainable
 from ..models.presets import model_options
 from ..optim import build_optimizer, has_train_eval_modes
-from .checkpoint import load_torch, save_json, save_text, save_torch
+from .checkpoint import load_torch, remove_orphans, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
 from .diagnostics import FLAGS, VERDICT, training_flags
 from .loss import ErrorMetrics, eq11_loss, validation_metric
@@ -431,6 +431,8 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load ``checkpoint.pt`` from the run directory if present; False when starting fresh."""
+        if self.run_dir.is_dir() and (removed := remove_orphans(self.run_dir)):
+            self.log(f"removed {removed} unfinished temporary file(s) a killed run left in {self.run_dir}")
         if not self.checkpoint_path.exists():
             return False
         state = load_torch(self.checkpoint_path)
