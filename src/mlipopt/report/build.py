@@ -99,9 +99,13 @@ def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
                 if values:
                     data[i, j] = Cell.stats(values)[0] / base
         finite = data[np.isfinite(data)]
-        vmax = max(float(finite.max()) if finite.size else 2.0, 1.01)
-        vmin = min(float(finite.min()) if finite.size else 0.5, 0.99)
-        image = ax.imshow(data, cmap="RdYlGn_r", norm=TwoSlopeNorm(1.0, vmin, vmax), aspect="auto")
+        # symmetric in the ratio (×r worse and ÷r better look equally strong), so that neither side of 1
+        # saturates and both carry ticks
+        r = max(
+            float(finite.max()) if finite.size else 2.0, 1.0 / float(finite.min()) if finite.size else 2.0
+        )
+        r = max(r, 1.05)
+        image = ax.imshow(data, cmap="RdYlGn_r", norm=TwoSlopeNorm(1.0, 1.0 / r, r), aspect="auto")
         for i in range(len(optimizers)):
             for j in range(len(fractions)):
                 if np.isfinite(data[i, j]):
@@ -110,7 +114,8 @@ def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
         ax.set_yticks(range(len(optimizers)), optimizers)
         ax.set_xlabel("force-labelled frames")
         ax.set_title(f"{label} MAE / {reference_opt} @ {100 * fractions[0]:g} %")
-        fig.colorbar(image, ax=ax, shrink=0.8)
+        bar = fig.colorbar(image, ax=ax, shrink=0.8)
+        bar.set_ticks(sorted({round(v, 2) for v in (1.0 / r, (1.0 + 1.0 / r) / 2, 1.0, (1.0 + r) / 2, r)}))
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
