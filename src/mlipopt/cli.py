@@ -1,4 +1,4 @@
-"""Command line: mlipopt train, study, report, refine, fidelity, demo and structure."""
+"""Command line: mlipopt train, study, report, refine, spectrum, fidelity, demo and structure."""
 
 from __future__ import annotations
 
@@ -144,6 +144,31 @@ def _fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spectrum(args: argparse.Namespace) -> int:
+    from .spectrum.analysis import analyse_run, table, write
+
+    results = []
+    for run_dir in args.runs:
+        for checkpoint in args.checkpoints.split(","):
+            results.append(
+                analyse_run(
+                    run_dir, checkpoint.strip(), k=args.k, frames=args.frames, density=not args.no_density,
+                    blocks=args.blocks, bottom=args.bottom, probes=args.probes, steps=args.steps,
+                )
+            )  # fmt: skip
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "spectrum"
+    index = write(results, out)
+    if args.database:
+        from .study.db import ResultsDB
+
+        db = ResultsDB(args.database)
+        for r in results:
+            db.record_spectrum(Path(r["run_dir"]).name, r["checkpoint"], r)
+    print("\n".join(table(results)))
+    print(f"\nreport: {index}")
+    return 0
+
+
 def _refine(args: argparse.Namespace) -> int:
     from .train.refine import refine
 
@@ -190,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     STUDY_PRESET_NAMES = list(STUDY_PRESETS)  # noqa: N806
     parser = argparse.ArgumentParser(
         prog="mlipopt",
-        description="The optimizer as a measured design axis of training ML interatomic potentials: "
-        "train, study, report, refine, fidelity, demo, structure. `mlipopt COMMAND --help` for each.",
+        description="The optimizer as a measured design axis of training ML interatomic potentials: train, "
+        "study, report, refine, spectrum, fidelity, demo, structure. `mlipopt COMMAND --help` for each.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     formatter = argparse.ArgumentDefaultsHelpFormatter
@@ -267,6 +292,35 @@ def main(argv: list[str] | None = None) -> int:
         help="validation quantity that picks the kept iteration: force RMSE (seed 002) or 10·E-MAE+F-MAE",
     )
     rf.set_defaults(func=_refine)
+    sp = sub.add_parser(
+        "spectrum",
+        formatter_class=formatter,
+        help="Hessian spectra of the training loss and of each optimizer's preconditioned Hessian",
+        description="For each run and checkpoint: the top-k eigenvalues, κ of the top-k eigenspace, "
+        "effective rank and spectral density of the loss Hessian H (the run's own eq. 11 loss on its "
+        "first training frames, float64) and of P^½HP^½ for the run's optimizer state P; also per "
+        "parameter role and for the largest matrix parameters. Writes spectrum.md/json/png.",
+    )
+    sp.add_argument("runs", nargs="+", help="run directories")
+    sp.add_argument(
+        "--checkpoints",
+        default="last",
+        help="comma-separated: last, best, refined, epoch:N (kept checkpoints)",
+    )
+    sp.add_argument("--k", type=int, default=20, help="eigenvalues at the top (κ over the top-k eigenspace)")
+    sp.add_argument("--frames", type=int, default=10, help="training frames the loss is evaluated on")
+    sp.add_argument("--blocks", type=int, default=3, help="largest matrix parameters analysed on their own")
+    sp.add_argument(
+        "--bottom", action="store_true", help="also the k smallest (possibly negative) eigenvalues"
+    )
+    sp.add_argument("--no-density", action="store_true", help="skip the spectral density (fewer Hv products)")
+    sp.add_argument(
+        "--probes", type=int, default=3, help="random probes of the stochastic Lanczos quadrature"
+    )
+    sp.add_argument("--steps", type=int, default=30, help="Lanczos steps per probe")
+    sp.add_argument("--out", default=None, help="output folder (default: <first run>/spectrum)")
+    sp.add_argument("--database", default=None, help="results database URL to store the spectra in")
+    sp.set_defaults(func=_spectrum)
     f = sub.add_parser(
         "fidelity",
         formatter_class=formatter,

@@ -149,6 +149,17 @@ class StepCost(Base):
     recorded: Mapped[str] = mapped_column(String(40))
 
 
+class SpectrumRecord(Base):
+    """Hessian spectra of a run at a checkpoint (``mlipopt spectrum`` or the study's spectrum stage)."""
+
+    __tablename__ = "spectra"
+
+    run_id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    checkpoint: Mapped[str] = mapped_column(String(40), primary_key=True)
+    result: Mapped[str] = mapped_column(Text)
+    recorded: Mapped[str] = mapped_column(String(40))
+
+
 class Fidelity(Base):
     """Physical-fidelity results of a run under a protocol (``mlipopt fidelity``)."""
 
@@ -441,6 +452,20 @@ class ResultsDB:
                 row.summary = json.dumps(summary, default=str)
                 row.test_e_mae, row.test_f_mae = _finite(after.get("e_mae")), _finite(after.get("f_mae"))
             session.merge(row)
+
+    def record_spectrum(self, run_id: str, checkpoint: str, result: dict[str, Any]) -> None:
+        with Session(self.engine) as session, session.begin():
+            session.merge(
+                SpectrumRecord(
+                    run_id=run_id, checkpoint=checkpoint, result=json.dumps(result), recorded=_now()
+                )
+            )
+
+    def spectra(self, run_ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
+        """(run id, checkpoint, result) of every stored spectrum of these runs."""
+        with Session(self.engine) as session:
+            rows = session.scalars(select(SpectrumRecord).where(SpectrumRecord.run_id.in_(run_ids)))
+            return [(r.run_id, r.checkpoint, json.loads(r.result)) for r in rows]
 
     def record_fidelity(self, run_id: str, protocol: str, result: dict[str, Any]) -> None:
         with Session(self.engine) as session, session.begin():

@@ -124,6 +124,7 @@ class TrainingConfig:
     early_stopping_patience: int | None = None  # epochs without improvement of the validation metric
     early_stopping_min_delta: float = 0.0
     checkpoint_every: int = 1  # epochs
+    keep_checkpoints: list[int] = field(default_factory=list)  # epochs whose checkpoint is kept (spectra)
     progress: bool = True
     device: str = "cpu"
 

@@ -79,6 +79,7 @@ def refine(
     log(f"refine {run_dir}: start, {what} {best:.3f}")
     optimizer = LBFGS([p for p in model.parameters() if p.requires_grad], memory=memory)
     rows, start, bad, best_iteration = [], time.perf_counter(), 0, 0
+    best_pairs: dict[str, list[torch.Tensor]] = {"s": [], "y": []}
     for iteration in range(1, iterations + 1):
         info = optimizer.step(closure)
         metric = val_metric()
@@ -93,13 +94,17 @@ def refine(
         if metric < best:
             best, best_iteration, bad = metric, iteration, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            history = optimizer.state["lbfgs"]  # the curvature pairs at the kept weights (mlipopt spectrum)
+            best_pairs = {"s": [t.clone() for t in history["s"]], "y": [t.clone() for t in history["y"]]}
         else:
             bad += 1
             if bad >= patience:
                 log(f"  no improvement for {patience} iterations: stop")
                 break
     model.load_state_dict(best_state)
-    save_torch({"model": best_state, "iteration": best_iteration}, run_dir / "refined_model.pt")
+    save_torch(
+        {"model": best_state, "iteration": best_iteration, "lbfgs": best_pairs}, run_dir / "refined_model.pt"
+    )
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS)
     writer.writeheader()

@@ -631,6 +631,8 @@ class Trainer:
             ):
                 self._write_metrics_csv()
                 self.save_checkpoint()
+            if self.epoch in c.training.keep_checkpoints:
+                save_torch(self.state_dict(), self.run_dir / f"checkpoint_epoch{self.epoch}.pt")
             if stopped_early:
                 self.log(
                     f"early stopping: no improvement > {c.training.early_stopping_min_delta} "
