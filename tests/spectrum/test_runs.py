@@ -88,3 +88,25 @@ def test_optimizers_without_a_linear_preconditioner_say_so(tmp_path):
         run, "last", k=2, frames=2, blocks=0, density=False, tol=1e-2, progress=lambda _: None
     )
     assert "PH" not in result["spectra"] and "trust ratio" in result["note"]
+
+
+def test_study_stage_stores_spectra_and_the_report_shows_them(tmp_path):
+    from mlipopt.report import make_report
+    from mlipopt.study import ResultsDB, load_study, run_study
+
+    from ..study.helpers import tiny_study
+
+    raw = tiny_study(
+        tmp_path, optimizers={"adamw": {"lr": [5e-3]}, "soap": {"lr": [5e-3]}}, force_fractions=[1.0],
+        seeds=[1], loss_ratios=[[1.0, 1.0]],
+        spectrum={"checkpoints": ["last"], "k": 2, "frames": 2, "probes": 1, "steps": 6},
+    )  # fmt: skip
+    lines = []
+    run_study(load_study(raw), progress=lines.append)
+    spec = load_study(raw)
+    db = ResultsDB(spec.database_url)
+    assert len(db.spectra([r.id for r in db.runs("tiny")])) == 2
+    assert any("κ_top(P·H)" in line for line in lines)
+    index = make_report(spec.database_url.removeprefix("sqlite:///"), tmp_path / "report").read_text()
+    assert "## Conditioning: loss Hessian H and preconditioned P·H" in index
+    assert "| 100 % | soap | last | 1 |" in index and (tmp_path / "report" / "spectrum_density.png").is_file()

@@ -19,6 +19,7 @@ import numpy as np
 from ..study.db import ResultsDB
 from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
+from .spectra import spectra_section
 from .trust import (
     cell_checks,
     checks_section,
@@ -361,6 +362,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         *ttt,
         "",
+        *spectra_section(db, finals, out),
         "## Cost of a training step",
         "",
         *cost,

@@ -35,6 +35,8 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     run_id = task["run_id"]
     if task.get("kind") == "refine":
         return _execute_refinement(task, db)
+    if task.get("kind") == "spectrum":
+        return _execute_spectrum(task, db)
     if db.status(run_id) == "done":
         return {"run_id": run_id, "status": "done", "skipped": True}
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -100,6 +102,32 @@ def die_with_parent(parent: int) -> None:
     if os.getppid() != parent:
         os._exit(1)
     threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _execute_spectrum(task: dict[str, Any], db: Any) -> dict[str, Any]:
+    from ..spectrum.analysis import analyse_run
+
+    run_id, checkpoint = task["run_id"], task["checkpoint"]
+    try:
+        result = analyse_run(task["run_dir"], checkpoint, progress=lambda _: None, **task["spectrum"])
+        db.record_spectrum(run_id, checkpoint, result)
+        summary = {key: s["kappa_top"] for key, s in result["spectra"].items()}
+        return {
+            "run_id": run_id,
+            "status": "done",
+            "kind": "spectrum",
+            "checkpoint": checkpoint,
+            "summary": summary,
+        }
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        return {
+            "run_id": run_id,
+            "status": "failed",
+            "kind": "spectrum",
+            "checkpoint": checkpoint,
+            "error": message,
+        }
 
 
 def _execute_refinement(task: dict[str, Any], db: Any) -> dict[str, Any]:

@@ -272,7 +272,37 @@ class StudyRunner:
         self._warn_flagged(finals)
         if spec.refine is not None:
             self.refine_stage(finals)
+        if spec.spectrum is not None:
+            self.spectrum_stage(finals)
         return out
+
+    def spectrum_stage(self, finals: list[RunSpec]) -> None:
+        """Hessian spectra (H and the optimizer's P·H) of the first seeds' final runs, per cell."""
+        settings = self.spec.spectrum
+        done = {r.id for r in self.db.runs(self.spec.name, status="done")}
+        seeds = self.spec.seeds[: settings.seeds]
+        chosen = [r for r in finals if r.seed in seeds and r.run_id in done]
+        stored = {
+            (run_id, checkpoint) for run_id, checkpoint, _ in self.db.spectra([r.run_id for r in chosen])
+        }
+        tasks = [
+            {"run_id": r.run_id, "kind": "spectrum", "run_dir": r.config["run_dir"], "checkpoint": checkpoint,
+             "spectrum": {"k": settings.k, "frames": settings.frames, "density": settings.density,
+                          "probes": settings.probes, "steps": settings.steps},
+             "db_url": self.db.url}
+            for r in chosen for checkpoint in settings.checkpoints if (r.run_id, checkpoint) not in stored
+        ]  # fmt: skip
+        self.progress(f"spectra: {len(chosen) * len(settings.checkpoints)} ({len(tasks)} to compute)")
+        by_id = {r.run_id: r for r in chosen}
+        for n, result in enumerate(self.executor.map(tasks), start=1):
+            run = by_id[result["run_id"]]
+            what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed} [{result.get('checkpoint')}]"
+            if result["status"] == "done":
+                h, ph = result["summary"]["H"], result["summary"].get("PH")
+                text = f"κ_top(H) {h:.3g}" + (f", κ_top(P·H) {ph:.3g}" if ph is not None else "")
+                self.progress(f"  [{n:>3}/{len(tasks)}] {what}: {text}")
+            else:
+                self.progress(f"  [{n:>3}/{len(tasks)}] {what}: FAILED — {result['error']}")
 
     def step_cost_stage(self, finals: list[RunSpec]) -> None:
         """A controlled step-time measurement per optimizer (same batch, interleaved), once per study."""

@@ -104,6 +104,20 @@ class StepCostSpec:
 
 
 @dataclass
+class SpectrumSpec:
+    """Stage "spectrum" (mlipopt spectrum): Hessian spectra of the final runs of the first ``seeds``
+    seeds of every (optimizer, force fraction), stored in the results database."""
+
+    checkpoints: list[str] = field(default_factory=lambda: ["last"])
+    k: int = 20
+    frames: int = 10
+    seeds: int = 1
+    density: bool = True
+    probes: int = 3  # stochastic Lanczos quadrature: random probes × Lanczos steps
+    steps: int = 30
+
+
+@dataclass
 class StudySpec:
     name: str = "study"
     base: dict[str, Any] = field(default_factory=dict)  # a `mlipopt train` config (without optimizer)
@@ -121,6 +135,7 @@ class StudySpec:
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
     refine: RefineSpec | None = None
     step_cost: StepCostSpec | None = field(default_factory=StepCostSpec)  # null: not measured
+    spectrum: SpectrumSpec | None = None
 
     @property
     def folder(self) -> Path:
