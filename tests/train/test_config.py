@@ -43,7 +43,11 @@ def test_yaml_file_overrides_and_relative_paths(tmp_path):
     assert config.optimizer.name == "soap"
     assert config.optimizer.lr == 3e-3  # YAML 1.1 reads 1e-3 as a string; the schema converts it
     assert config.data.force_fraction == 0.1
-    assert config.run_dir == "runs/run"
+    # two commands that differ in a key do not share the default run folder; continuing keys keep it
+    assert config.run_dir.startswith("runs/run-") and load_config(config_file).run_dir == "runs/run"
+    assert load_config(config_file, ["training.max_epochs=7"]).run_dir == "runs/run"
+    other = load_config(config_file, ["optimizer.lr=1e-2", "data.force_fraction=0.1", "loss.force_weight=10"])
+    assert other.run_dir != config.run_dir
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(config_file, ["optimizer.lr"])
 
