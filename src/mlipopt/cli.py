@@ -3,48 +3,51 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+from .data import DataError
+from .fidelity.protocols import FidelitySettings
+from .fidelity.references import evaluate_runs
+from .fidelity.report import write_report
+from .models import PRESETS, build_model
+from .optim import NonFiniteGradientError
+from .report import make_report
+from .spectrum.analysis import analyse_run, table, write
+from .structure import describe
+from .study import load_study, run_study
+from .study.db import ResultsDB
+from .study.presets import STUDY_PRESETS, preset
+from .train import CheckpointError, ConfigError, TrainingDiverged, load_config, train
+from .train.config import read_yaml_mapping
+from .train.refine import refine
+
 
 def load_model(source: str, type_names: list[str]) -> torch.nn.Module:
     """A model from a preset name, a nequip checkpoint (``.ckpt``) or a nequip package (``.zip``)."""
-    from .models import PRESETS, build_model
-
     if source in PRESETS:
         return build_model(source, type_names=type_names)
     path = Path(source)
     if not path.exists():
         raise SystemExit(f"mlipopt: '{source}' is neither a model preset ({', '.join(PRESETS)}) nor a file")
-    from nequip.utils.global_state import set_global_state
+    if path.suffix not in (".ckpt", ".zip"):
+        raise SystemExit(f"mlipopt: cannot load a model from '{source}' (expected .ckpt or .zip)")
+    from .models.nequip import load_nequip_file  # the nequip family's own loaders (they unpickle)
 
-    set_global_state()
-    if path.suffix == ".ckpt":
-        from nequip.model import ModelFromCheckpoint
-
-        return ModelFromCheckpoint(str(path))
-    if path.suffix == ".zip":
-        from nequip.model import ModelFromPackage
-
-        return ModelFromPackage(str(path))
-    raise SystemExit(f"mlipopt: cannot load a model from '{source}' (expected .ckpt or .zip)")
+    return load_nequip_file(path)
 
 
 def _structure(args: argparse.Namespace) -> int:
-    from .structure import describe
-
     model = load_model(args.model, args.type_names.split(","))
     print(describe(model, tp_blocks=args.tp_blocks))
     return 0
 
 
 def _study_spec(source: str | None, preset_name: str | None, overrides: list[str]):
-    from .study import load_study
-    from .study.presets import STUDY_PRESETS, preset
-
     if source and "=" in source and not Path(source).exists():  # `--preset NAME key=value ...`
         source, overrides = None, [source, *overrides]
     if source and source in STUDY_PRESETS and not Path(source).exists():
@@ -52,8 +55,6 @@ def _study_spec(source: str | None, preset_name: str | None, overrides: list[str
     if preset_name:
         raw = preset(preset_name)
         if source:  # a YAML file refines the preset
-            from .train.config import read_yaml_mapping
-
             raw.update(read_yaml_mapping(Path(source), "study"))
         return load_study(raw, overrides)
     if not source:
@@ -63,9 +64,6 @@ def _study_spec(source: str | None, preset_name: str | None, overrides: list[str
 
 def _run_study_and_report(spec, out: str | None) -> int:
     import time
-
-    from .report import make_report
-    from .study import run_study
 
     start = time.perf_counter()
     outcome = run_study(spec)
@@ -89,8 +87,6 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import make_report
-
     source = Path(args.source)
     database = str(source / "results.db") if source.is_dir() else args.source
     try:
@@ -112,8 +108,6 @@ def _default_fidelity_dir(run_dirs: list[Path]) -> Path:
 
 
 def _fidelity(args: argparse.Namespace) -> int:
-    from .fidelity.protocols import FidelitySettings, evaluate_runs, store, write_report
-
     run_dirs = [Path(d) for d in args.runs]
     missing = [str(d) for d in run_dirs if not (d / "config.yaml").is_file()]
     if missing:
@@ -129,24 +123,23 @@ def _fidelity(args: argparse.Namespace) -> int:
     for temperature in temperatures:
         settings.temperature_K = temperature
         at_t, reference = evaluate_runs(
-            run_dirs,
-            args.protocol,
-            args.reference,
-            settings,
+            run_dirs, args.protocol, args.reference, settings,
             trajectory_dir=out / "trajectories" / f"{temperature:g}K",
-        )
+        )  # fmt: skip
         results += at_t
         references.append(reference)
     index = write_report(results, references, settings, args.protocol, out, temperatures)
-    stored = store(results, run_dirs * len(temperatures), args.protocol)
-    print(f"\nreport: {index}" + (f"; {stored} result(s) stored in the study database" if stored else ""))
+    if args.database:
+        db = ResultsDB(args.database)
+        for result, run_dir in zip(results, run_dirs * len(temperatures)):
+            db.record_fidelity(run_dir.name, args.protocol, result.temperature_K, dataclasses.asdict(result))
+        print(f"{len(results)} result(s) stored in {args.database}")
+    print(f"\nreport: {index}")
     print(index.read_text())
     return 0
 
 
 def _spectrum(args: argparse.Namespace) -> int:
-    from .spectrum.analysis import analyse_run, table, write
-
     results = []
     for run_dir in args.runs:
         for checkpoint in args.checkpoints.split(","):
@@ -159,8 +152,6 @@ def _spectrum(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.runs[0]) / "spectrum"
     index = write(results, out)
     if args.database:
-        from .study.db import ResultsDB
-
         db = ResultsDB(args.database)
         for r in results:
             db.record_spectrum(Path(r["run_dir"]).name, r["checkpoint"], r)
@@ -170,8 +161,6 @@ def _spectrum(args: argparse.Namespace) -> int:
 
 
 def _refine(args: argparse.Namespace) -> int:
-    from .train.refine import refine
-
     run_dir = Path(args.run_dir)
     if not (run_dir / "best_model.pt").is_file():
         print(f"mlipopt refine: error: {run_dir} holds no trained run (best_model.pt)", file=sys.stderr)
@@ -183,22 +172,17 @@ def _refine(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .study.presets import preset
-
     raw = preset("demo")
     raw["study_dir"] = args.out
     print(
         "mlipopt demo: 3BPA labelled by GFN2-xTB (built here, cached), nequip-small, AdamW / Muon / SOAP / "
         "SOAP-Muon at 100 %, 10 % and 0 % force labels, 2 seeds; about 10 minutes on 2 cores"
     )
-    from .study import load_study
 
     return _run_study_and_report(load_study(raw, args.overrides), args.out)
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import load_config, train
-
     overrides = list(args.overrides)
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
@@ -210,8 +194,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .study.presets import STUDY_PRESETS
-
     STUDY_PRESET_NAMES = list(STUDY_PRESETS)  # noqa: N806
     parser = argparse.ArgumentParser(
         prog="mlipopt",
@@ -337,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--seeds", type=int, default=2, help="trajectories per model and temperature")
     f.add_argument("--ensemble", default="langevin", choices=["langevin", "nose_hoover", "nve"])
     f.add_argument("--out", default=None, help="report folder (default: <study>/fidelity or ./fidelity)")
+    f.add_argument(
+        "--database", default=None, help="results database (file or SQLAlchemy URL) to store the results in"
+    )
     f.set_defaults(func=_fidelity)
     d = sub.add_parser(
         "demo",
@@ -371,10 +356,6 @@ def main(argv: list[str] | None = None) -> int:
 def user_error(exc: BaseException) -> str | None:
     """A one-line message for errors caused by input or environment (no traceback); None for bugs."""
     import errno
-
-    from .data import DataError
-    from .optim import NonFiniteGradientError
-    from .train import CheckpointError, ConfigError, TrainingDiverged
 
     if isinstance(exc, (ConfigError, DataError, CheckpointError, TrainingDiverged, NonFiniteGradientError)):
         return str(exc)

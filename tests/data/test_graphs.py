@@ -4,6 +4,7 @@ import torch
 from ase.neighborlist import neighbor_list
 
 from mlipopt.data import GraphSet, force_mask, generate_frames
+from mlipopt.models.nequip import NequIPBackend
 
 
 @pytest.fixture(scope="module")
@@ -12,7 +13,7 @@ def frames():
 
 
 def test_neighbour_lists_match_ase(frames):
-    graphs = GraphSet(frames, ["Cu"], r_max=3.0)
+    graphs = GraphSet(frames, NequIPBackend(["Cu"], 3.0), ["Cu"])
     for atoms, graph in zip(frames.atoms, graphs.graphs):
         i, j = neighbor_list("ij", atoms, 3.0)
         assert graph["edge_index"].shape[1] == len(i)
@@ -22,7 +23,7 @@ def test_neighbour_lists_match_ase(frames):
 
 def test_masked_frames_lose_their_force_labels(frames):
     mask = force_mask(len(frames), 0.5, seed=0)
-    graphs = GraphSet(frames, ["Cu"], r_max=3.0, force_mask=mask)
+    graphs = GraphSet(frames, NequIPBackend(["Cu"], 3.0), ["Cu"], force_mask=mask)
     assert graphs.n_force_frames == 3
     for keep, f, original in zip(mask, graphs.forces, frames.forces):
         if keep:
@@ -36,7 +37,7 @@ def test_masked_frames_lose_their_force_labels(frames):
 
 
 def test_batches_cover_the_split_in_seeded_order(frames):
-    graphs = GraphSet(frames, ["Cu"], r_max=3.0)
+    graphs = GraphSet(frames, NequIPBackend(["Cu"], 3.0), ["Cu"])
     first = [b.energy for b in graphs.batches(4, shuffle_seed=[1, 0])]
     second = [b.energy for b in graphs.batches(4, shuffle_seed=[1, 0])]
     assert [len(e) for e in first] == [4, 2]
@@ -52,7 +53,7 @@ def test_first_graphs_of_a_process_keep_float64_positions():
     code = (
         "import numpy as np, torch\n"
         "from ase import Atoms\n"
-        "from mlipopt.data import to_graph\n"
+        "from mlipopt.models.nequip import to_graph\n"
         "atoms = Atoms('H2', positions=[[0, 0, 0], [0.1 + 1e-12, 0.7, 0.3]])\n"
         "g = to_graph(atoms, ['H'], 2.0)\n"
         "assert g['pos'].dtype == torch.float64\n"

@@ -3,6 +3,7 @@ import pytest
 from ase.build import molecule
 
 from mlipopt.data import DataError, Frames, GraphSet, generate_frames, read_frames
+from mlipopt.models.nequip import NequIPBackend
 
 ETHANOL_HEADER = 'Properties=species:S:1:pos:R:3:forces:R:3 {info} pbc="F F F"'
 
@@ -93,7 +94,7 @@ def test_unknown_element_for_model():
     with pytest.raises(
         DataError, match=r"frame 0: element\(s\) O not known to the model \(its types are H, C\)"
     ):
-        GraphSet(frames, ["H", "C"], r_max=4.0)
+        GraphSet(frames, NequIPBackend(["H", "C"], 4.0), ["H", "C"])
 
 
 def test_from_atoms_reads_calculator_labels():

@@ -41,6 +41,8 @@ def test_cli_compares_runs_with_the_reference_and_stores_results(ethanol_runs, t
         "2",
         "--out",
         str(tmp_path),
+        "--database",  # storing is asked for, with the database named: never guessed from the run paths
+        f"sqlite:///{root / 'results.db'}",
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -53,7 +55,7 @@ def test_cli_compares_runs_with_the_reference_and_stores_results(ethanol_runs, t
     assert (tmp_path / "structure_overlay_600K.png").stat().st_size > 0
     saved_trajectories = sorted(p.name for p in (tmp_path / "trajectories" / "600K").glob("*.xyz"))
     assert len(saved_trajectories) == 5 and "reference.xyz" in saved_trajectories  # 2 runs × 2 seeds + EMT
-    stored = ResultsDB(f"sqlite:///{root / 'results.db'}").fidelity("adamw-run", "molecule@600K")
+    stored = ResultsDB(f"sqlite:///{root / 'results.db'}").fidelity("adamw-run", "molecule", 600.0)
     assert stored["label"] == "adamw s=100% seed 3"
 
 
@@ -61,7 +63,7 @@ def test_reference_against_itself_has_no_structure_error():
     """The protocol's error is a distance: the reference calculator scores ≈ 0 against its own trajectory."""
     copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     settings = FidelitySettings(temperature_K=300, steps=100, seeds=1, interval=5, timestep_fs=2.0)
-    from mlipopt.fidelity.md import run_md
+    from mlipopt.md import run_md
 
     reference = run_md(copper, EMT(), 300, 100, 2.0, "langevin", 5, seed=0).frames
     result = evaluate("emt", EMT(), copper, "crystal", reference, settings, reference_calc=EMT())
@@ -77,8 +79,9 @@ def test_unknown_protocol():
 
 def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
     """Hot EMT copper as its own reference: D from the MSD, E_a from two temperatures, plots written."""
-    from mlipopt.fidelity.md import run_md
-    from mlipopt.fidelity.protocols import FidelityResult, arrhenius_summary, write_report
+    from mlipopt.md import run_md
+    from mlipopt.fidelity.protocols import FidelityResult
+    from mlipopt.fidelity.report import arrhenius_summary, write_report
 
     liquid = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(2)
     results, references = [], []
@@ -101,8 +104,8 @@ def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
 
 def test_crystal_protocol_compares_elastic_constants_and_phonon_bands(tmp_path):
     """A model that is 3 % stiffer than EMT shows up in C11 and in the phonon frequencies."""
-    from mlipopt.fidelity.md import run_md
-    from mlipopt.fidelity.protocols import write_report
+    from mlipopt.md import run_md
+    from mlipopt.fidelity.report import write_report
 
     class StiffEMT(EMT):
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
@@ -125,7 +128,7 @@ def test_crystal_protocol_compares_elastic_constants_and_phonon_bands(tmp_path):
 
 
 def test_an_xtb_reference_for_a_model_trained_on_other_data_is_warned(tmp_path):
-    from mlipopt.fidelity.protocols import reference_mismatch
+    from mlipopt.fidelity.references import reference_mismatch
 
     run = tmp_path / "run"
     run.mkdir()

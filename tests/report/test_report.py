@@ -86,7 +86,7 @@ def test_fidelity_results_join_the_study_report(database, tmp_path):
         "median_time_to_failure_ps": 0.4,
         "structure_error": 0.12,
     }
-    db.record_fidelity(run.id, "molecule", result)
+    db.record_fidelity(run.id, "molecule", 600.0, result)
     text = make_report(database, tmp_path / "report").read_text()
     assert "## Physical fidelity" in text
-    assert "| soap s=100% seed 0 | molecule | 50 % | ≥ 0.400 ps | 0.120 |" in text
+    assert "| soap s=100% seed 0 | molecule | 600 K | 50 % | ≥ 0.400 ps | 0.120 |" in text

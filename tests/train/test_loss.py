@@ -3,13 +3,16 @@ import pytest
 import torch
 
 from mlipopt.data import GraphSet, force_mask, generate_frames
+from mlipopt.models.nequip import NequIPBackend
 from mlipopt.train import ErrorMetrics, eq11_loss, validation_metric
 
 
 @pytest.fixture(scope="module")
 def graphs():
     frames = generate_frames("ethanol", 8, seed=1)
-    return GraphSet(frames, ["H", "C", "O"], r_max=4.0, force_mask=force_mask(8, 0.5, seed=0))
+    return GraphSet(
+        frames, NequIPBackend(["H", "C", "O"], 4.0), ["H", "C", "O"], force_mask=force_mask(8, 0.5, seed=0)
+    )
 
 
 def predictions(graphs, seed=0):

@@ -1,7 +1,7 @@
 """Datasets: reading and checking labelled frames, splits, force masks, energy references, batching."""
 
 from .generate import SYSTEMS, generate_frames
-from .graphs import Batch, GraphSet, to_graph
+from .graphs import Batch, GraphSet
 from .io import DataError, Frames, file_digest, read_frames
 from .references import (
     composition_matrix,
@@ -29,5 +29,4 @@ __all__ = [
     "read_frames",
     "reference_energy",
     "split_indices",
-    "to_graph",
 ]

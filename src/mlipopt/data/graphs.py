@@ -1,4 +1,4 @@
-"""Frames → model graphs (through a model backend; nequip by default) and minibatches with force masks."""
+"""Frames → model graphs (through a model family's backend) and minibatches with force masks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ase
 import numpy as np
 import torch
 
@@ -40,22 +39,6 @@ class Batch:
         )
 
 
-def to_graph(atoms: ase.Atoms, type_names: Sequence[str], r_max: float) -> dict[str, torch.Tensor]:
-    """An unlabelled nequip AtomicDataDict with atom types and a neighbour list (nequip's transforms)."""
-    from nequip.data import from_ase
-    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
-    from nequip.utils.global_state import set_global_state
-
-    # nequip's global state makes float64 the default dtype; from_ase builds positions in the default
-    # dtype, so without it the first graphs of a process would hold float32-rounded positions.
-    set_global_state()
-    bare = ase.Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    mapper = ChemicalSpeciesToAtomTypeMapper(model_type_names=list(type_names))
-    graph = NeighborListTransform(r_max=r_max)(mapper(from_ase(bare)))
-    # nequip keeps positions and cells in float64 whatever the model dtype
-    return {k: v.double() if torch.is_floating_point(v) else v for k, v in graph.items()}
-
-
 class GraphSet:
     """A split ready for training: one graph per frame, labels, and the force mask of this split.
 
@@ -65,15 +48,12 @@ class GraphSet:
     def __init__(
         self,
         frames: Frames,
-        type_names: Sequence[str],
-        r_max: float,
+        backend: Any,
+        type_names: Sequence[str] | None = None,
         force_mask: np.ndarray | None = None,
-        backend: Any = None,
     ) -> None:
-        from ..models.backends import NequIPBackend
-
         frames.check(type_names)
-        self.backend = backend or NequIPBackend(type_names, r_max)
+        self.backend = backend
         n = len(frames)
         mask = np.ones(n, dtype=bool) if force_mask is None else np.asarray(force_mask, dtype=bool)
         mask &= np.array([f is not None for f in frames.forces], dtype=bool)

@@ -1,7 +1,9 @@
 """Physical fidelity: MD stability, structure, transport, phonons and elastic constants of trained models."""
 
-from .md import BlowUp, BondLength, MDResult, RDFDrift, run_md
-from .protocols import PROTOCOLS, FidelityResult, FidelitySettings, evaluate, evaluate_runs
+from ..md import BlowUp, MDResult, run_md
+from .md import BondLength, RDFDrift
+from .protocols import PROTOCOLS, FidelityResult, FidelitySettings, evaluate
+from .references import evaluate_runs
 
 __all__ = [
     "PROTOCOLS",

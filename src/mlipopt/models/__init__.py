@@ -1,6 +1,7 @@
-"""Model adapters: NequIP and Allegro through the nequip packages, the pretrained SevenNet-0 through
-``sevenn``, and the backends that feed them."""
+"""Model families (NequIP/Allegro, the pretrained SevenNet-0) behind one interface
+(:mod:`mlipopt.models.family`); each family's packages are imported on first use."""
 
-from .presets import PRESETS, build_model, load_sevennet, make_backend, refit_sevennet_shifts
+from .family import Backend, DataStats, ModelFamily, family, is_pretrained
+from .presets import PRESETS, build_model
 
-__all__ = ["PRESETS", "build_model", "load_sevennet", "make_backend", "refit_sevennet_shifts"]
+__all__ = ["PRESETS", "Backend", "DataStats", "ModelFamily", "build_model", "family", "is_pretrained"]

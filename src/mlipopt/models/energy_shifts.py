@@ -21,49 +21,16 @@ from __future__ import annotations
 
 import torch
 
+from .family import family
+
 SHIFT_MODES = ("refit", "fixed", "trainable")
 
 
-def _nequip_shift_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """nequip's ``PerTypeScaleShift`` modules acting on per-atom energies (found by attributes)."""
-    return [
-        m
-        for m in model.modules()
-        if hasattr(m, "shifts")
-        and hasattr(m, "type_names")
-        and getattr(m, "out_field", "") == "atomic_energy"
-    ]
-
-
-def add_energy_shifts(model: torch.nn.Module, family: str, delta: dict[str, float]) -> None:
+def add_energy_shifts(model: torch.nn.Module, family_name: str, delta: dict[str, float]) -> None:
     """Add ``delta`` (eV per atom of each element) to the model's per-type energy shifts."""
-    if family == "sevennet":
-        from .presets import refit_sevennet_shifts
-
-        refit_sevennet_shifts(model, delta)
-        return
-    modules = _nequip_shift_modules(model)
-    if not modules or any(not m.has_shifts or m.shifts.numel() != len(m.type_names) for m in modules):
-        raise ValueError("the model has no per-type energy shifts to refit")
-    with torch.no_grad():
-        for m in modules:
-            for i, name in enumerate(m.type_names):
-                m.shifts[i] += delta.get(name, 0.0)
+    family(family_name).add_energy_shifts(model, delta)
 
 
-def energy_shifts(model: torch.nn.Module, family: str) -> dict[str, float]:
+def energy_shifts(model: torch.nn.Module, family_name: str) -> dict[str, float]:
     """The model's current per-type energy shifts (eV per atom), by element."""
-    if family == "sevennet":
-        from ase.data import chemical_symbols
-
-        shift = model.rescale_atomic_energy.shift.detach()
-        return {chemical_symbols[z]: float(shift[i]) for z, i in model.type_map.items()}
-    (module, *_) = _nequip_shift_modules(model)
-    return {name: float(module.shifts[i].detach()) for i, name in enumerate(module.type_names)}
-
-
-def make_shifts_trainable(model: torch.nn.Module, family: str) -> None:
-    """SevenNet keeps its shifts and scales as frozen parameters; ``trainable`` releases them."""
-    if family == "sevennet":
-        model.rescale_atomic_energy.shift.requires_grad_(True)
-        model.rescale_atomic_energy.scale.requires_grad_(True)
+    return family(family_name).energy_shifts(model)

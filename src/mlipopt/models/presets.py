@@ -105,85 +105,14 @@ def build_model(
     avg_num_neighbors: float = 20.0,
     **overrides: Any,
 ) -> torch.nn.Module:
-    """Build a NequIP or Allegro model from a preset name; ``overrides`` replace preset keys.
-
-    Per-type energy shifts and scales default to 0 and 1; the trainer passes reference energies and
-    the force RMS of the training set through ``overrides`` (``per_type_energy_shifts`` / ``_scales``).
-    """
+    """A model of ``preset`` outside training (inspection, benchmarks): NequIP/Allegro from scratch with
+    ``overrides`` of preset keys (energy shifts 0, scales 1), or the shipped pretrained model."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if PRESETS[preset]["family"] == "sevennet":
+    if "checkpoint" in PRESETS[preset]:
+        from .sevennet import load_sevennet
+
         return load_sevennet(PRESETS[preset]["checkpoint"])
-    try:
-        from nequip.utils.global_state import set_global_state
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("building NequIP/Allegro models needs `pip install mlipopt[nequip]`") from exc
-    set_global_state()
-    config = {**PRESETS[preset], **overrides}
-    family = config.pop("family")
-    type_names = list(type_names)
-    common = dict(
-        seed=seed,
-        model_dtype=model_dtype,
-        type_names=type_names,
-        avg_num_neighbors=avg_num_neighbors,
-        per_type_energy_shifts=dict.fromkeys(type_names, 0.0),
-        per_type_energy_scales=dict.fromkeys(type_names, 1.0),
-    )
-    kwargs = {**common, **config}
-    if family == "nequip":
-        from nequip.model import NequIPGNNModel
+    from .nequip import build_nequip
 
-        return NequIPGNNModel(**kwargs)
-    from allegro.model import AllegroModel
-
-    return AllegroModel(**kwargs)
-
-
-def model_options(preset: str) -> list[str]:
-    """Keyword arguments the preset's nequip model builder documents (for "unknown key" messages)."""
-    import re
-
-    family = PRESETS[preset]["family"]
-    if family == "sevennet":
-        return []
-    if family == "nequip":
-        from nequip.model import NequIPGNNModel as builder
-    else:
-        from allegro.model import AllegroModel as builder
-    return sorted(set(re.findall(r"^\s+(\w+) \(", builder.__doc__ or "", re.MULTILINE)))
-
-
-def load_sevennet(checkpoint: str = "7net-0") -> torch.nn.Module:
-    """A pretrained SevenNet model from the checkpoints in the ``sevenn`` wheel (offline)."""
-    try:
-        import sevenn.util
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise ImportError("fine-tuning SevenNet needs `pip install mlipopt[sevennet]`") from exc
-    from .backends import default_dtype
-
-    with default_dtype(torch.float32):  # the checkpoint is float32 whatever nequip set globally
-        return sevenn.util.load_checkpoint(checkpoint).build_model()
-
-
-def make_backend(preset: str, type_names: list[str], r_max: float):
-    """The backend (graph construction, collation, forward pass) for a preset's model family."""
-    from .backends import NequIPBackend, SevenNetBackend
-
-    if PRESETS[preset]["family"] == "sevennet":
-        return SevenNetBackend(r_max)
-    return NequIPBackend(type_names, r_max)
-
-
-def refit_sevennet_shifts(model: torch.nn.Module, e0_delta: dict[str, float]) -> None:
-    """Add per-element energy offsets (eV/atom) to SevenNet's frozen per-species shifts.
-
-    Fine-tuning data rarely share the pretraining data's energy reference (another functional, basis or
-    code); the offsets are a least-squares fit of the new energies minus the pretrained predictions.
-    """
-    from ase.data import atomic_numbers
-
-    shift = model.rescale_atomic_energy.shift
-    with torch.no_grad():
-        for element, delta in e0_delta.items():
-            shift[model.type_map[atomic_numbers[element]]] += delta
+    return build_nequip(preset, type_names, model_dtype, seed, avg_num_neighbors, **overrides)

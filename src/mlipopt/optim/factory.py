@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
+from ..structure import param_groups
 from ._base import accepted_arguments, reject_unknown
+from .muon import Muon
+from .soap import SOAP, SOAPMuon
 
 #: name → (needs structure-aware param groups, has train()/eval() modes)
 OPTIMIZERS: dict[str, tuple[bool, bool]] = {
@@ -81,8 +84,6 @@ def build_optimizer(
     cls = optimizer_class(key)
     reject_unknown(cls, {k: v for k, v in kwargs.items() if k not in accepted_arguments(cls)})
     if OPTIMIZERS[key][0]:
-        from ..structure import param_groups
-
         groups = param_groups(model, **{"tp_blocks": "flatten", **(structure or {})})
         return cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
     if structure:
@@ -99,9 +100,6 @@ def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     gradient centralisation), schedulefree's AdamW, and mlipopt's Muon, SOAP and SOAP-Muon."""
     key = canonical_name(name)
     if key in ("muon", "soap", "soap_muon"):
-        from .muon import Muon
-        from .soap import SOAP, SOAPMuon
-
         return {"muon": Muon, "soap": SOAP, "soap_muon": SOAPMuon}[key]
     if key in ("lamb", "ranger"):
         import pytorch_optimizer

@@ -291,14 +291,17 @@ def fidelity_section(db: ResultsDB, study: str, out: Path) -> list[str]:
     lines = [
         "## Physical fidelity",
         "",
-        "| run | protocol | survived | median time to failure | structure error ∫\\|Δ\\| |",
-        "|---|---|---|---|---|",
+        "| run | protocol | temperature | survived | median time to failure | structure error ∫\\|Δ\\| |",
+        "|---|---|---|---|---|---|",
     ]
-    for _, protocol, r in rows:
+    for _, protocol, temperature, r in rows:
         ttf = r.get("median_time_to_failure_ps")
         ttf_text = "—" if ttf is None else ("≥ " if r["survived"] > 0 else "") + f"{ttf:.3f} ps"
         survived = f"{100 * r['survived']:.0f} %"
-        lines.append(f"| {r['label']} | {protocol} | {survived} | {ttf_text} | {r['structure_error']:.3f} |")
+        lines.append(
+            f"| {r['label']} | {protocol} | {temperature:g} K | {survived} | {ttf_text} | "
+            f"{r['structure_error']:.3f} |"
+        )
     if (out / "fidelity" / "index.md").is_file():
         lines += ["", "Details, overlays and trajectories: [fidelity/index.md](fidelity/index.md)"]
     return lines + [""]

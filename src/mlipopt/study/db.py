@@ -36,6 +36,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
+from .._filelock import exclusive
+
 
 class Base(DeclarativeBase):
     pass
@@ -161,12 +163,13 @@ class SpectrumRecord(Base):
 
 
 class Fidelity(Base):
-    """Physical-fidelity results of a run under a protocol (``mlipopt fidelity``)."""
+    """Physical-fidelity results of a run under a protocol at a temperature (``mlipopt fidelity``)."""
 
-    __tablename__ = "fidelity"
+    __tablename__ = "fidelity_results"
 
     run_id: Mapped[str] = mapped_column(String(120), primary_key=True)
     protocol: Mapped[str] = mapped_column(String(20), primary_key=True)
+    temperature_K: Mapped[float] = mapped_column(Float, primary_key=True)
     result: Mapped[str] = mapped_column(Text)
     recorded: Mapped[str] = mapped_column(String(40))
 
@@ -220,8 +223,6 @@ class ResultsDB:
             Base.metadata.create_all(self.engine)
             self._add_missing_columns()
             return
-        from .._filelock import exclusive
-
         with exclusive(f"{path}.lock"):
             Base.metadata.create_all(self.engine)
             self._add_missing_columns()
@@ -467,27 +468,28 @@ class ResultsDB:
             rows = session.scalars(select(SpectrumRecord).where(SpectrumRecord.run_id.in_(run_ids)))
             return [(r.run_id, r.checkpoint, json.loads(r.result)) for r in rows]
 
-    def record_fidelity(self, run_id: str, protocol: str, result: dict[str, Any]) -> None:
+    def record_fidelity(
+        self, run_id: str, protocol: str, temperature_K: float, result: dict[str, Any]
+    ) -> None:
         with Session(self.engine) as session, session.begin():
-            row = session.get(Fidelity, (run_id, protocol))
-            if row is None:
-                session.add(
-                    Fidelity(run_id=run_id, protocol=protocol, result=json.dumps(result), recorded=_now())
+            session.merge(
+                Fidelity(
+                    run_id=run_id, protocol=protocol, temperature_K=float(temperature_K),
+                    result=json.dumps(result), recorded=_now(),
                 )
-            else:
-                row.result, row.recorded = json.dumps(result), _now()
+            )  # fmt: skip
 
-    def fidelity_results(self, run_ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
-        """(run id, protocol, result) of every fidelity evaluation of these runs."""
+    def fidelity_results(self, run_ids: list[str]) -> list[tuple[str, str, float, dict[str, Any]]]:
+        """(run id, protocol, temperature, result) of every fidelity evaluation of these runs."""
         with Session(self.engine) as session:
             rows = session.scalars(
                 select(Fidelity).where(Fidelity.run_id.in_(run_ids)).order_by(Fidelity.run_id)
             )
-            return [(row.run_id, row.protocol, json.loads(row.result)) for row in rows]
+            return [(r.run_id, r.protocol, r.temperature_K, json.loads(r.result)) for r in rows]
 
-    def fidelity(self, run_id: str, protocol: str) -> dict[str, Any] | None:
+    def fidelity(self, run_id: str, protocol: str, temperature_K: float) -> dict[str, Any] | None:
         with Session(self.engine) as session:
-            row = session.get(Fidelity, (run_id, protocol))
+            row = session.get(Fidelity, (run_id, protocol, float(temperature_K)))
             return None if row is None else json.loads(row.result)
 
     def runs(

@@ -20,15 +20,16 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
+from ..spectrum.analysis import analyse_run
+from ..train import Trainer, load_config
+from ..train.refine import refine
+from .db import ResultsDB, lease_duration
 from .spec import ExecutorSpec
 
 
 def execute_run(task: dict[str, Any]) -> dict[str, Any]:
     """Train (or resume) one run and record it; never raises, failures are recorded and returned."""
     import torch
-
-    from ..train import Trainer, load_config
-    from .db import ResultsDB
 
     torch.set_num_threads(int(task.get("threads", 1)))
     db = ResultsDB(task["db_url"])
@@ -59,8 +60,6 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def heartbeat(db: Any, run_id: str, owner: str) -> Iterator[None]:
     """Renew the claim on ``run_id`` every quarter lease while the body runs (a daemon thread)."""
-    from .db import lease_duration
-
     stop = threading.Event()
 
     def beat() -> None:
@@ -105,8 +104,6 @@ def die_with_parent(parent: int) -> None:
 
 
 def _execute_spectrum(task: dict[str, Any], db: Any) -> dict[str, Any]:
-    from ..spectrum.analysis import analyse_run
-
     run_id, checkpoint = task["run_id"], task["checkpoint"]
     try:
         result = analyse_run(task["run_dir"], checkpoint, progress=lambda _: None, **task["spectrum"])
@@ -131,8 +128,6 @@ def _execute_spectrum(task: dict[str, Any], db: Any) -> dict[str, Any]:
 
 
 def _execute_refinement(task: dict[str, Any], db: Any) -> dict[str, Any]:
-    from ..train.refine import refine
-
     run_id = task["run_id"]
     existing = db.refinement(run_id)
     if existing is not None and existing.status == "done":

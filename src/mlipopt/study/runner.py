@@ -6,10 +6,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from ..data import read_frames
+from ..data.xtb import dataset_files
 from ..train.diagnostics import FLAGS, verdicts
 from .db import ResultsDB, run_flags
 from .executors import make_executor
 from .spec import RunSpec, StudySpec, default_ratio, neighbour_rate, run_config, sweep_points
+from .step_cost import measure_study_step_costs
 
 
 @dataclass
@@ -41,8 +46,6 @@ class StudyRunner:
     def _resolve_dataset(self) -> None:
         if self.spec.dataset is None:
             return
-        from ..data.xtb import dataset_files
-
         files = dataset_files(self.spec.dataset, progress=self.progress)
         data = self.spec.base.setdefault("data", {})
         data["train"], data["test"] = str(files["train"]), str(files["test"])
@@ -51,8 +54,6 @@ class StudyRunner:
     def _validate_data(self) -> None:
         """Read and check the study's data files once, before any run starts: a bad frame fails the
         study at once with its file and frame named, not every run of it an hour later."""
-        from ..data import read_frames
-
         data = self.spec.base.get("data", {})
         keys = {
             "energy_key": data.get("energy_key", "energy"),
@@ -306,8 +307,6 @@ class StudyRunner:
 
     def step_cost_stage(self, finals: list[RunSpec]) -> None:
         """A controlled step-time measurement per optimizer (same batch, interleaved), once per study."""
-        from .step_cost import measure_study_step_costs
-
         if self.db.step_costs(self.spec.name):
             return
         self.progress("step cost: measuring every optimizer on one batch, interleaved")
@@ -327,7 +326,6 @@ class StudyRunner:
 
     def refine_stage(self, finals: list[RunSpec]) -> None:
         """L-BFGS on the final runs of the best ``top`` optimizers per force fraction (by validation)."""
-        import numpy as np
 
         spec, settings = self.spec, self.spec.refine
         done = {r.id: r for r in self.db.runs(spec.name, status="done")}

@@ -3,18 +3,19 @@
 from .checkpoint import CheckpointError
 from .config import ConfigError, RunConfig, dump_config, load_config
 from .loss import ErrorMetrics, eq11_loss, validation_metric
-from .trainer import Trainer, TrainingDiverged, forces_enabled, train
+from .session import Session
+from .trainer import Trainer, TrainingDiverged, train
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "ErrorMetrics",
     "RunConfig",
+    "Session",
     "Trainer",
     "TrainingDiverged",
     "dump_config",
     "eq11_loss",
-    "forces_enabled",
     "load_config",
     "train",
     "validation_metric",

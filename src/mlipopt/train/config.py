@@ -17,6 +17,11 @@ from typing import Any
 import torch
 import yaml
 
+from ..data.io import file_digest
+from ..models import PRESETS
+from ..models.energy_shifts import SHIFT_MODES
+from ..optim import canonical_name
+
 
 class ConfigError(ValueError):
     """A config key is unknown, missing or of the wrong type."""
@@ -155,8 +160,6 @@ class RunConfig:
     def data_fingerprint(self) -> dict[str, str]:
         """SHA-256 of each data file's content: a run resumed or counted as done on changed data would
         mix two datasets in one result."""
-        from ..data.io import file_digest
-
         out = {}
         for path in self.data_files():
             try:
@@ -167,10 +170,6 @@ class RunConfig:
 
     def check(self) -> None:
         """Cross-field checks that types alone cannot express."""
-        from ..models import PRESETS
-        from ..models.energy_shifts import SHIFT_MODES
-        from ..optim import canonical_name
-
         check_ranges(self)
         d = self.data
         if (d.train is None) == (d.generate is None):

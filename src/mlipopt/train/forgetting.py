@@ -30,7 +30,10 @@ import numpy as np
 from ase import Atoms
 
 from .._filelock import exclusive
-from ..data import Frames, read_frames
+from ..data import Frames, read_frames, reference_energy
+from ..data.xtb import cache_dir
+from ..md import BlowUp, run_md
+from ..models import PRESETS, ModelFamily
 from .checkpoint import save_text
 from .config import ConfigError, ForgettingConfig
 
@@ -38,8 +41,6 @@ STREAMS = {"heldout": 0, "replay": 1}
 
 
 def _cache_file(checkpoint: str, starts: list[Atoms], n: int, stream: str, cfg: ForgettingConfig) -> Path:
-    from ..data.xtb import cache_dir
-
     digest = hashlib.sha1()
     settings = {k: v for k, v in asdict(cfg).items() if k not in ("frames", "replay_frames")}
     digest.update(json.dumps({"checkpoint": checkpoint, "n": n, "stream": stream, **settings}).encode())
@@ -50,6 +51,7 @@ def _cache_file(checkpoint: str, starts: list[Atoms], n: int, stream: str, cfg: 
 
 
 def pretrained_frames(
+    family: ModelFamily,
     preset: str,
     pool: Frames,
     n_frames: int,
@@ -57,13 +59,11 @@ def pretrained_frames(
     cfg: ForgettingConfig,
     log: Callable[[str], None] = print,
 ) -> Frames:
-    """``n_frames`` structures sampled and labelled by the pretrained model of ``preset``.
+    """``n_frames`` structures sampled and labelled by the pretrained model of ``preset`` (``family``).
 
     ``stream`` is ``"heldout"`` or ``"replay"`` (disjoint start frames and seeds). Labels are the
     pretrained model's raw predictions (its own energy reference).
     """
-    from ..models import PRESETS
-
     if n_frames <= 0:
         raise ValueError("n_frames must be positive")
     offset = STREAMS[stream]
@@ -76,11 +76,12 @@ def pretrained_frames(
     cache = _cache_file(checkpoint, starts, n_frames, stream, cfg)
     with exclusive(cache.with_suffix(".lock")):  # parallel runs of a study: one samples, the rest wait
         if not cache.is_file():
-            _sample(preset, starts, n_frames, stream, cfg, cache, log)
+            _sample(family, preset, starts, n_frames, stream, cfg, cache, log)
     return read_frames(cache)
 
 
 def _sample(
+    family: ModelFamily,
     preset: str,
     starts: list[Atoms],
     n_frames: int,
@@ -89,13 +90,9 @@ def _sample(
     cache: Path,
     log: Callable[[str], None],
 ) -> None:
-    from ..fidelity.md import BlowUp, run_md
-    from ..models import build_model
-
     offset, n_traj = STREAMS[stream], len(starts)
-    from sevenn.calculator import SevenNetCalculator
-
-    calculator = SevenNetCalculator(build_model(preset).eval(), file_type="model_instance")
+    model = family.build(preset, None, None, 0).eval()
+    calculator = family.calculator(model, [], family.default_r_max(preset), "cpu")
     sampled: list[Atoms] = []
     for t, start in enumerate(starts):
         if len(sampled) >= n_frames:
@@ -134,8 +131,6 @@ def _sample(
 
 def shift_energies(frames: Frames, per_element: dict[str, float]) -> Frames:
     """``frames`` with Σ_i δ(Z_i) added to every energy (the refit of the model's energy shifts)."""
-    from ..data import reference_energy
-
     return Frames(
         frames.atoms, frames.energy + reference_energy(frames, per_element), frames.forces, frames.source
     )

@@ -10,6 +10,7 @@ and keeps the best parameters. Writes ``refined_model.pt``, ``refine_metrics.csv
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from ..optim.lbfgs import LBFGS
 from .checkpoint import load_torch, save_json, save_text, save_torch
 from .config import load_config
 from .loss import validation_metric
-from .trainer import Trainer
+from .session import Session
 
 CRITERIA = ("force_rmse", "metric")
 
@@ -47,9 +48,8 @@ def refine(
     if criterion not in CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     run_dir = Path(run_dir)
-    config = load_config(run_dir / "config.yaml")
-    config.run_dir = str(run_dir)
-    trainer = Trainer(config, log=lambda _: None)
+    config = dataclasses.replace(load_config(run_dir / "config.yaml"), run_dir=str(run_dir))
+    trainer = Session(config, log=lambda _: None)  # data, model and loss; no optimizer of the run's
     trainer.model.load_state_dict(load_torch(run_dir / "best_model.pt")["model"])
     model, train, c = trainer.model, trainer.sets["train"], config
 

@@ -1,0 +1,124 @@
+"""One interface per model family: everything the rest of mlipopt knows about a kind of model.
+
+A *family* (NequIP and Allegro through the nequip packages, the pretrained SevenNet-0, MACE) builds its
+models from a config and statistics of the training data, loads saved weights, turns structures into
+model inputs (its :class:`Backend`), holds the per-type energy shifts, and makes an ASE calculator.
+Training, refinement, spectra, fidelity and the command line ask the family and nothing else, so adding a
+family is one class registered here plus preset entries (:mod:`mlipopt.models.presets`).
+
+Families are imported on first use: importing mlipopt imports no model package, so an environment with
+only one family's packages (MACE pins e3nn 0.4.4, nequip needs e3nn ≥ 0.6) works.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import ase
+import torch
+
+from .presets import PRESETS
+
+
+class Backend(Protocol):
+    """How a family turns structures into model inputs and predicts (energy per frame, forces)."""
+
+    name: str
+    r_max: float
+
+    def graph(self, atoms: ase.Atoms) -> Any: ...
+
+    def collate(self, graphs: list[Any]) -> Any: ...
+
+    def to(self, data: Any, device: torch.device) -> Any: ...
+
+    def num_edges(self, graph: Any) -> int: ...
+
+    def predict(
+        self, model: torch.nn.Module, data: Any, forces: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What a family may use from the training data to build a model from scratch."""
+
+    type_names: list[str]
+    r_max: float
+    avg_num_neighbors: float
+    e0: dict[str, float]  # per-element reference energies (eV): the initial energy shifts
+    energy_scale: float  # per-type energy scale: force RMS of the labelled frames (eV/Å)
+
+
+class ModelFamily:
+    """Base class of the families; subclasses override what differs."""
+
+    name = "?"
+    #: starts from a shipped foundation model (fine-tuning) rather than random weights
+    pretrained = False
+
+    def backend(self, preset: str, type_names: Sequence[str], r_max: float) -> Backend:
+        raise NotImplementedError
+
+    def default_r_max(self, preset: str) -> float:
+        return float(PRESETS[preset]["r_max"])
+
+    def build(self, preset: str, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
+        """A model of ``preset`` with the run's ``model`` config (mlipopt.train.config.ModelConfig):
+        from scratch with ``stats``, or the shipped pretrained model (``stats`` None)."""
+        raise NotImplementedError
+
+    def rebuild(self, preset: str, model: Any, seed: int) -> torch.nn.Module:
+        """The architecture of a saved run from its resolved ``model`` config, to load weights into."""
+        raise NotImplementedError
+
+    def options(self, preset: str) -> list[str]:
+        """Keyword arguments ``model.options`` may set (for "unknown key" messages)."""
+        return []
+
+    # per-type energy shifts (mlipopt.models.energy_shifts)
+    def add_energy_shifts(self, model: torch.nn.Module, delta: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def energy_shifts(self, model: torch.nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    def release_shifts(self, model: torch.nn.Module) -> None:
+        """Make the shifts trainable where the family keeps them frozen (``energy_shifts: trainable``)."""
+
+    def calculator(self, model: torch.nn.Module, type_names: Sequence[str], r_max: float, device: Any) -> Any:
+        """An ASE calculator for a trained model."""
+        raise NotImplementedError
+
+
+#: family name → "module:Class", imported on first use
+REGISTRY: dict[str, str] = {
+    "nequip": "mlipopt.models.nequip:NequIPFamily",
+    "allegro": "mlipopt.models.nequip:NequIPFamily",
+    "sevennet": "mlipopt.models.sevennet:SevenNetFamily",
+}
+_LOADED: dict[str, ModelFamily] = {}
+
+
+def family(name: str) -> ModelFamily:
+    """The family registered as ``name``, or the family of preset ``name``."""
+    key = PRESETS[name]["family"] if name in PRESETS else name
+    if key not in REGISTRY:
+        raise ValueError(f"unknown model family {name!r}; families: {', '.join(sorted(REGISTRY))}")
+    if key not in _LOADED:
+        module, cls = REGISTRY[key].split(":")
+        try:
+            _LOADED[key] = getattr(importlib.import_module(module), cls)()
+        except ImportError as exc:
+            raise ImportError(
+                f"the {key} family needs its packages: pip install 'mlipopt[{key}]' ({exc})"
+            ) from exc
+    return _LOADED[key]
+
+
+def is_pretrained(preset: str) -> bool:
+    """True when ``preset`` starts from a shipped foundation model (fine-tuning)."""
+    return "checkpoint" in PRESETS[preset]
