@@ -79,9 +79,9 @@ def test_unknown_protocol():
 
 def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
     """Hot EMT copper as its own reference: D from the MSD, E_a from two temperatures, plots written."""
-    from mlipopt.md import run_md
     from mlipopt.fidelity.protocols import FidelityResult
     from mlipopt.fidelity.report import arrhenius_summary, write_report
+    from mlipopt.md import run_md
 
     liquid = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(2)
     results, references = [], []
@@ -104,8 +104,8 @@ def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
 
 def test_crystal_protocol_compares_elastic_constants_and_phonon_bands(tmp_path):
     """A model that is 3 % stiffer than EMT shows up in C11 and in the phonon frequencies."""
-    from mlipopt.md import run_md
     from mlipopt.fidelity.report import write_report
+    from mlipopt.md import run_md
 
     class StiffEMT(EMT):
         def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
