@@ -21,8 +21,10 @@ def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsy
     assert 1 <= len(rows) <= 4
     assert summary["function_evals"] >= len(rows) and summary["gradient_evals"] == summary["function_evals"]
     start_line = [
-        line for line in capsys.readouterr().out.splitlines() if "start, validation metric" in line
+        line for line in capsys.readouterr().out.splitlines() if "start, validation" in line
     ][0]
+    # the log names the quantity it selects on
+    assert ("force RMSE" in start_line) == (criterion == "force_rmse")
     start_metric = float(start_line.rsplit(" ", 1)[1])
     assert summary["best_val_metric"] == min([start_metric] + [float(r["val_metric"]) for r in rows])
     refined = torch.load(tmp_path / "refined_model.pt", weights_only=False)

@@ -173,9 +173,11 @@ def measured_cost_rows(db: ResultsDB, study: str, baseline: str) -> list[str]:
     costs = db.step_costs(study)
     if not costs:
         return []
+    settings = sorted({c.description for c in costs})
     rows = [
         "Measured (controlled: every optimizer on the same batch, steps interleaved, warm-up discarded; "
-        f"{costs[0].description}):",
+        + "; ".join(settings)
+        + "):",
         "",
         f"| optimizer | forces | ms per step, median [IQR] | × {baseline} (median of paired ratios) |",
         "|---|---|---|---|",
