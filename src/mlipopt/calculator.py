@@ -41,7 +41,7 @@ def load_model(run_dir: str | Path, weights: str = "best") -> tuple[torch.nn.Mod
             else "has the run finished an epoch?"
         )
         raise FileNotFoundError(f"{run_dir}: no {source.name}; {hint}")
-    model = family(config.model.preset).rebuild(config.model.preset, config.model, config.seed)
+    model = family(config.model).rebuild(config.model, config.seed)
     model.load_state_dict(load_torch(source)["model"])
     return model.eval(), config
 
@@ -50,4 +50,4 @@ def load(run_dir: str | Path, device: str | torch.device = "cpu", weights: str =
     """An ASE ``Calculator`` for the model trained in ``run_dir`` (the family's own calculator)."""
     model, config = load_model(run_dir, weights)
     m = config.model
-    return family(m.preset).calculator(model, m.type_names, m.r_max, device)
+    return family(m).calculator(model, m.type_names, m.r_max, device)

@@ -225,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("model", help="a model preset (see mlipopt.models.PRESETS), a nequip .ckpt or .zip")
     s.add_argument(
         "--tp-blocks",
-        default="adam",
+        default="flatten",
         choices=["adam", "flatten", "tensor"],
-        help="tensor-product path weights: Adam (seed 001), (m1·m2, n) matrices, or 3-mode tensors",
+        help="tensor-product path weights: Adam (Harari et al.), (m1·m2, n) matrices, or 3-mode tensors",
     )
     s.add_argument("--type-names", default="H,C,N,O", help="atom types for presets (comma separated)")
     s.set_defaults(func=_structure)
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         "refine",
         formatter_class=formatter,
         help="L-BFGS refinement of a trained run (full batch, best validation kept)",
-        description="Continue a finished run's best model with full-batch L-BFGS (seed 002 appendix B) "
+        description="Continue a finished run's best model with full-batch L-BFGS (Liu et al. appendix B) "
         "and keep the iteration with the best validation value: writes refined_model.pt "
         "(calculator.load(run, weights='refined')), refine_final.json and refine_metrics.csv.",
     )
@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         "--criterion",
         choices=("force_rmse", "metric"),
         default="force_rmse",
-        help="validation quantity that picks the kept iteration: force RMSE (seed 002) or 10·E-MAE+F-MAE",
+        help="validation quantity that picks the kept iteration: force RMSE (Liu et al.) or 10·E-MAE+F-MAE",
     )
     rf.set_defaults(func=_refine)
     sp = sub.add_parser(

@@ -16,7 +16,7 @@ def test_report_flags_a_planted_divergence_and_a_planted_drift(tmp_path, monkeyp
     def planted(self):
         row = original(self)
         if self.config.seed == 2:  # energy drift: an offset added to the energies every epoch
-            add_energy_shifts(self.model, "nequip", dict.fromkeys(self.config.model.type_names, 0.5))
+            add_energy_shifts(self.model, "nequip", dict.fromkeys(self.resolved.model.type_names, 0.5))
         if self.config.seed == 3:  # divergence: the weights scrambled more every epoch
             generator = torch.Generator().manual_seed(self.epoch)
             with torch.no_grad():

@@ -26,7 +26,7 @@ def test_refit_leaves_no_per_element_offset_in_the_training_residuals(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, training={"max_epochs": 2}), log=lambda _: None)
     trainer.fit()
     residual = _train_residuals(trainer)
-    counts = composition_matrix(trainer.sets["train"].frames, trainer.config.model.type_names)
+    counts = composition_matrix(trainer.sets["train"].frames, trainer.resolved.model.type_names)
     # the normal equations of the least-squares fit hold: Cᵀ r = 0 (to float32 model round-off)
     assert np.abs(counts.T @ residual).max() < 1e-3 * np.abs(residual).sum()
     assert abs(residual.mean()) < 1e-4
@@ -63,7 +63,7 @@ def _plant_offset_drift(monkeypatch, per_epoch_ev):
 
     def drifting(self):
         row = original(self)
-        add_energy_shifts(self.model, "nequip", dict.fromkeys(self.config.model.type_names, per_epoch_ev))
+        add_energy_shifts(self.model, "nequip", dict.fromkeys(self.resolved.model.type_names, per_epoch_ev))
         return row
 
     monkeypatch.setattr(Trainer, "train_epoch", drifting)

@@ -1,4 +1,4 @@
-"""Reproducible train/validation/test splits and sparse force masks (seed 001 appendix B).
+"""Reproducible train/validation/test splits and sparse force masks (Harari et al. appendix B).
 
 Both are functions of the seed alone, so every optimizer in a study sees the same frames and the same
 force-labelled subset.
@@ -35,7 +35,7 @@ def split_indices(n: int, sizes: Sequence[float], seed: int) -> list[np.ndarray]
 
 
 def n_keep(n: int, fraction: float) -> int:
-    """N_keep = round(s·N), rounding half up (seed 001 appendix B)."""
+    """N_keep = round(s·N), rounding half up (Harari et al. appendix B)."""
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"force fraction must lie in [0, 1], got {fraction}")
     return int(np.floor(fraction * n + 0.5))

@@ -54,7 +54,7 @@ def distance_distribution(
 
 
 def integrated_absolute_difference(r: np.ndarray, g: np.ndarray, g_ref: np.ndarray) -> float:
-    """∫|g(r) − g_ref(r)| dr (seed 001's RDF error), by the trapezoidal rule."""
+    """∫|g(r) − g_ref(r)| dr (Harari et al.'s RDF error), by the trapezoidal rule."""
     return float(np.trapezoid(np.abs(np.asarray(g) - np.asarray(g_ref)), r))
 
 

@@ -32,7 +32,7 @@ def _plain(value: Any) -> Any:
 
 def param_groups(
     model: torch.nn.Module,
-    tp_blocks: str = "adam",
+    tp_blocks: str = "flatten",
     adam_names: Any = (),
     matrix: Any = None,
     adam: Any = None,

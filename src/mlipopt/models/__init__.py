@@ -1,7 +1,7 @@
-"""Model families (NequIP/Allegro, the pretrained SevenNet-0) behind one interface
+"""Model families (NequIP/Allegro, the pretrained SevenNet-0, MACE) behind one interface
 (:mod:`mlipopt.models.family`); each family's packages are imported on first use."""
 
-from .family import Backend, DataStats, ModelFamily, family, is_pretrained
+from .family import Backend, DataStats, ModelFamily, family
 from .presets import PRESETS, build_model
 
-__all__ = ["PRESETS", "Backend", "DataStats", "ModelFamily", "build_model", "family", "is_pretrained"]
+__all__ = ["PRESETS", "Backend", "DataStats", "ModelFamily", "build_model", "family"]

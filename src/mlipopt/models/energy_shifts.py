@@ -14,7 +14,7 @@ exactly as the E0 references are fitted before training. Three ways to hold them
 * ``refit`` (default): shifts are not trained; after every epoch they are refitted in closed form on the
   training split's residuals ``E − E_pred`` (one energy-only pass), so the offset cannot drift.
 * ``fixed``: shifts stay at the E0 references (nequip's and MACE's default: non-trainable E0).
-* ``trainable``: shifts are parameters trained by the optimizer with everything else (seed 001 table 3).
+* ``trainable``: shifts are parameters trained by the optimizer with everything else (Harari et al. table 3).
 """
 
 from __future__ import annotations

@@ -54,28 +54,35 @@ class DataStats:
 
 
 class ModelFamily:
-    """Base class of the families; subclasses override what differs."""
+    """Base class of the families; subclasses override what differs.
+
+    Methods take the run's model config (``mlipopt.train.config.ModelConfig``: ``preset``, ``dtype``,
+    ``options``, ``file``, resolved ``type_names``/``r_max``/``avg_num_neighbors``).
+    """
 
     name = "?"
-    #: starts from a shipped foundation model (fine-tuning) rather than random weights
-    pretrained = False
 
-    def backend(self, preset: str, type_names: Sequence[str], r_max: float) -> Backend:
+    def starts_pretrained(self, model: Any) -> bool:
+        """True when training starts from a trained model (fine-tuning) rather than random weights."""
+        return False
+
+    def defaults(self, model: Any) -> tuple[list[str] | None, float]:
+        """Element types (None: those of the data) and cutoff when the config leaves them open."""
+        return None, float(PRESETS[model.preset]["r_max"])
+
+    def backend(self, model: Any, type_names: Sequence[str], r_max: float) -> Backend:
         raise NotImplementedError
 
-    def default_r_max(self, preset: str) -> float:
-        return float(PRESETS[preset]["r_max"])
-
-    def build(self, preset: str, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
-        """A model of ``preset`` with the run's ``model`` config (mlipopt.train.config.ModelConfig):
-        from scratch with ``stats``, or the shipped pretrained model (``stats`` None)."""
+    def build(self, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
+        """The model to train: from scratch with ``stats`` of the training data, or the trained model
+        it starts from (``stats`` is then None)."""
         raise NotImplementedError
 
-    def rebuild(self, preset: str, model: Any, seed: int) -> torch.nn.Module:
-        """The architecture of a saved run from its resolved ``model`` config, to load weights into."""
+    def rebuild(self, model: Any, seed: int) -> torch.nn.Module:
+        """The architecture of a saved run from its resolved model config, to load weights into."""
         raise NotImplementedError
 
-    def options(self, preset: str) -> list[str]:
+    def options(self, model: Any) -> list[str]:
         """Keyword arguments ``model.options`` may set (for "unknown key" messages)."""
         return []
 
@@ -99,12 +106,16 @@ REGISTRY: dict[str, str] = {
     "nequip": "mlipopt.models.nequip:NequIPFamily",
     "allegro": "mlipopt.models.nequip:NequIPFamily",
     "sevennet": "mlipopt.models.sevennet:SevenNetFamily",
+    "mace": "mlipopt.models.mace:MACEFamily",
 }
 _LOADED: dict[str, ModelFamily] = {}
 
 
-def family(name: str) -> ModelFamily:
-    """The family registered as ``name``, or the family of preset ``name``."""
+def family(name: str | Any) -> ModelFamily:
+    """The family registered as ``name``, of preset ``name``, or of a model config (its ``family``
+    when it names a model file, else its preset's)."""
+    if not isinstance(name, str):
+        name = name.family or name.preset
     key = PRESETS[name]["family"] if name in PRESETS else name
     if key not in REGISTRY:
         raise ValueError(f"unknown model family {name!r}; families: {', '.join(sorted(REGISTRY))}")
@@ -117,8 +128,3 @@ def family(name: str) -> ModelFamily:
                 f"the {key} family needs its packages: pip install 'mlipopt[{key}]' ({exc})"
             ) from exc
     return _LOADED[key]
-
-
-def is_pretrained(preset: str) -> bool:
-    """True when ``preset`` starts from a shipped foundation model (fine-tuning)."""
-    return "checkpoint" in PRESETS[preset]

@@ -136,12 +136,12 @@ def _shift_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 class NequIPFamily(ModelFamily):
     name = "nequip"
 
-    def backend(self, preset: str, type_names: Sequence[str], r_max: float) -> NequIPBackend:
+    def backend(self, model: Any, type_names: Sequence[str], r_max: float) -> NequIPBackend:
         return NequIPBackend(type_names, r_max)
 
-    def build(self, preset: str, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
+    def build(self, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
         if stats is None:
-            raise ValueError(f"{preset} is built from scratch: it needs the training data's statistics")
+            raise ValueError(f"{model.preset} is built from scratch: it needs the training data's statistics")
         options = {
             "per_type_energy_shifts": {t: stats.e0[t] for t in stats.type_names},
             "per_type_energy_scales": dict.fromkeys(stats.type_names, stats.energy_scale),
@@ -149,7 +149,7 @@ class NequIPFamily(ModelFamily):
             **model.options,
         }
         return build_nequip(
-            preset,
+            model.preset,
             type_names=stats.type_names,
             model_dtype=model.dtype,
             seed=seed,
@@ -158,10 +158,9 @@ class NequIPFamily(ModelFamily):
             **options,
         )
 
-    def rebuild(self, preset: str, model: Any, seed: int) -> torch.nn.Module:
-        """The architecture of a saved run (its resolved model config), to load weights into."""
+    def rebuild(self, model: Any, seed: int) -> torch.nn.Module:
         return build_nequip(
-            preset,
+            model.preset,
             type_names=model.type_names,
             model_dtype=model.dtype,
             seed=seed,
@@ -170,8 +169,8 @@ class NequIPFamily(ModelFamily):
             **model.options,
         )
 
-    def options(self, preset: str) -> list[str]:
-        if PRESETS[preset]["family"] == "nequip":
+    def options(self, model: Any) -> list[str]:
+        if PRESETS[model.preset]["family"] == "nequip":
             from nequip.model import NequIPGNNModel as builder
         else:
             from allegro.model import AllegroModel as builder

@@ -1,6 +1,6 @@
-"""Named NequIP/Allegro architectures: seed 001 table 3 sizes and tiny CPU test models.
+"""Named NequIP/Allegro architectures: Harari et al. table 3 sizes and tiny CPU test models.
 
-Seed 001 table 3 trains the per-type energy shifts; here that is ``model.energy_shifts: trainable``
+Harari et al. table 3 trains the per-type energy shifts; here that is ``model.energy_shifts: trainable``
 (the default, ``refit``, fits them in closed form instead: :mod:`mlipopt.models.energy_shifts`).
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-#: NequIP on water (seed 001 table 3b) and Allegro on CDP (table 3a), plus tiny CPU variants.
+#: NequIP on water (Harari et al. table 3b) and Allegro on CDP (table 3a), plus tiny CPU variants.
 PRESETS: dict[str, dict[str, Any]] = {
     "nequip-seed001": dict(
         family="nequip",
@@ -81,6 +81,29 @@ PRESETS: dict[str, dict[str, Any]] = {
         allegro_mlp_hidden_layers_depth=1,
         allegro_mlp_hidden_layers_width=32,
     ),
+    # MACE (its own environment: `pip install 'mlipopt[mace]'`), ScaleShiftMACE trained from scratch
+    "mace-small": dict(
+        family="mace",
+        r_max=5.0,
+        hidden_irreps="16x0e+16x1o",
+        MLP_irreps="16x0e",
+        num_interactions=2,
+        max_ell=2,
+        correlation=3,
+        radial_MLP=[32, 32],
+    ),
+    "mace-tiny": dict(
+        family="mace",
+        r_max=4.0,
+        hidden_irreps="8x0e+8x1o",
+        MLP_irreps="8x0e",
+        num_interactions=2,
+        max_ell=1,
+        correlation=2,
+        radial_MLP=[16, 16],
+    ),
+    # a MACE model file (model.file): fine-tuned; its cutoff and elements come from the file
+    "mace-file": dict(family="mace", r_max=0.0),
     # the pretrained foundation model shipped in the sevenn wheel (842,623 parameters, 5 layers, l_max 2)
     "sevennet-0": dict(family="sevennet", r_max=5.0, checkpoint="7net-0"),
     "allegro-tiny": dict(
@@ -105,14 +128,22 @@ def build_model(
     avg_num_neighbors: float = 20.0,
     **overrides: Any,
 ) -> torch.nn.Module:
-    """A model of ``preset`` outside training (inspection, benchmarks): NequIP/Allegro from scratch with
-    ``overrides`` of preset keys (energy shifts 0, scales 1), or the shipped pretrained model."""
+    """A model of ``preset`` outside training (inspection, benchmarks), with ``overrides`` of preset keys:
+    from scratch with energy shifts 0 and scales 1, or the shipped pretrained model."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
     if "checkpoint" in PRESETS[preset]:
         from .sevennet import load_sevennet
 
         return load_sevennet(PRESETS[preset]["checkpoint"])
+    if PRESETS[preset]["family"] == "mace":
+        from .mace import build_mace
+
+        r_max = overrides.pop("r_max", PRESETS[preset]["r_max"])
+        zeros = dict.fromkeys(type_names, 0.0)
+        return build_mace(
+            preset, type_names, zeros, avg_num_neighbors, 1.0, r_max, dtype=model_dtype, **overrides
+        )
     from .nequip import build_nequip
 
     return build_nequip(preset, type_names, model_dtype, seed, avg_num_neighbors, **overrides)

@@ -81,16 +81,18 @@ class SevenNetBackend:
 
 class SevenNetFamily(ModelFamily):
     name = "sevennet"
-    pretrained = True
 
-    def backend(self, preset: str, type_names: Sequence[str], r_max: float) -> SevenNetBackend:
+    def starts_pretrained(self, model: Any) -> bool:
+        return True
+
+    def backend(self, model: Any, type_names: Sequence[str], r_max: float) -> SevenNetBackend:
         return SevenNetBackend(r_max)
 
-    def build(self, preset: str, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
-        return load_sevennet(PRESETS[preset]["checkpoint"])
+    def build(self, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
+        return load_sevennet(PRESETS[model.preset]["checkpoint"])
 
-    def rebuild(self, preset: str, model: Any, seed: int) -> torch.nn.Module:
-        return load_sevennet(PRESETS[preset]["checkpoint"])
+    def rebuild(self, model: Any, seed: int) -> torch.nn.Module:
+        return load_sevennet(PRESETS[model.preset]["checkpoint"])
 
     def add_energy_shifts(self, model: torch.nn.Module, delta: dict[str, float]) -> None:
         """Add per-element offsets (eV/atom) to SevenNet's frozen per-species shifts: fine-tuning data

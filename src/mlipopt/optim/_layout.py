@@ -80,7 +80,7 @@ def resolve_layout(group: dict, index: int, p: Tensor, convention: str) -> Param
     (plain tensors are preconditioned along their own modes, as in official SOAP). With a
     structure ``role`` the group decides: ``"matrix"`` uses ``group["blocks"][index]`` (default:
     the parameter's own shape); ``"adam"`` is elementwise for Muon, and for SOAP preconditions a
-    parameter only by its own multi-dimensional shape (seed 001 A.3–A.4).
+    parameter only by its own multi-dimensional shape (Harari et al. A.3–A.4).
     """
     role = group.get("role")
     fans = group.get("layouts")

@@ -1,7 +1,7 @@
 """Batched linear algebra shared by the matrix optimizers.
 
 Every routine takes a stack of blocks ``(B, ...)`` so that blocks of equal shape are processed in
-one call (design §2: "the main speed lever on CPU and GPU alike"). The eigen/QR helpers never
+one call (the main speed lever on CPU and GPU alike). The eigen/QR helpers never
 raise: a failed or non-finite factorisation keeps the previous basis for that block and reports
 how many blocks failed, so a bad batch cannot crash a training run.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-#: Quintic Newton–Schulz coefficients of Jordan et al. (2024), seed 001 algorithm 1.
+#: Quintic Newton–Schulz coefficients of Jordan et al. (2024), Harari et al. algorithm 1.
 NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 NS_EPS = 1e-7
 

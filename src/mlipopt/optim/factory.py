@@ -31,8 +31,8 @@ OPTIMIZERS: dict[str, tuple[bool, bool]] = {
 
 
 #: Learning-rate grids swept when a study gives an optimizer neither ``lr`` nor ``lr_order``
-#: (docs/optimizers.md). They span seed 001 table 4's optima for training from scratch (AdamW, Muon,
-#: SOAP 5e-3…3e-2; SOAP-Muon 3e-4…1e-3) and seed 002's fine-tuning rates (5e-4…5e-3; SGD 1e-3…1e-2),
+#: (docs/optimizers.md). They span Harari et al. table 4's optima for training from scratch (AdamW, Muon,
+#: SOAP 5e-3…3e-2; SOAP-Muon 3e-4…1e-3) and Liu et al.'s fine-tuning rates (5e-4…5e-3; SGD 1e-3…1e-2),
 #: with one point of room beyond each end; a study extends a grid when its best rate lies on an edge.
 ADAM_FAMILY_GRID = [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 DEFAULT_LR_GRIDS: dict[str, list[float]] = {
@@ -45,7 +45,7 @@ DEFAULT_LR_GRIDS: dict[str, list[float]] = {
     "sgd": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
     "muon": ADAM_FAMILY_GRID,  # "match_rms_adamw" scaling: AdamW's rates carry over
     "soap": ADAM_FAMILY_GRID,
-    "soap_muon": [1e-4, 3e-4, 1e-3, 3e-3],  # ~10× below the others (seed 001 table 4)
+    "soap_muon": [1e-4, 3e-4, 1e-3, 3e-3],  # ~10× below the others (Harari et al. table 4)
 }
 
 

@@ -1,4 +1,4 @@
-"""L-BFGS for the refinement stage (seed 002 appendix B; design §2).
+"""L-BFGS for the refinement stage (Liu et al., appendix B).
 
 torch.optim.LBFGS exists, but its line search is strong-Wolfe cubic interpolation with no damping and
 no record of function/gradient evaluations; the refinement protocol asks for a backtracking line search

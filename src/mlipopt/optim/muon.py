@@ -1,4 +1,4 @@
-"""Muon with an auxiliary AdamW, block-structure aware (seed 001 algorithm 1).
+"""Muon with an auxiliary AdamW, block-structure aware (Harari et al. algorithm 1).
 
 Matrix blocks: ``M ← βM + (1−β)G``; Nesterov ``U = βM + (1−β)G``; ``O = NS5(U)``;
 ``W ← W − η·wd·W − η·scale·O``. Everything else (1-D tensors, "adam"-role groups, elements outside

@@ -1,4 +1,4 @@
-"""SOAP and SOAP-Muon: Adam in the eigenbasis of Shampoo's preconditioner (seed 001 algorithm 2).
+"""SOAP and SOAP-Muon: Adam in the eigenbasis of Shampoo's preconditioner (Harari et al. algorithm 2).
 
 Faithful to official SOAP (Vyas et al., 2025): the first step only accumulates the Gram matrices
 and builds the eigenbases (``eigh``); from then on gradients are projected, Adam moments are run
@@ -75,7 +75,7 @@ class SOAP(BlockOptimizer):
             their own modes (official SOAP); groups from :func:`mlipopt.structure.param_groups`
             carry ``role`` and ``blocks`` and are preconditioned block by block.
         lr: learning rate.
-        betas: Adam ``(β1, β2)`` in the eigenbasis (seed 001 uses ``(0.95, 0.95)``).
+        betas: Adam ``(β1, β2)`` in the eigenbasis (Harari et al. uses ``(0.95, 0.95)``).
         shampoo_beta: EMA factor of the Gram matrices; ``None`` uses ``β2``.
         eps: added to ``√v`` in the eigenbasis.
         weight_decay: decoupled (AdamW-style) weight decay, applied after the update.
@@ -286,13 +286,13 @@ class SOAP(BlockOptimizer):
 class SOAPMuon(SOAP):
     """SOAP-Muon: SOAP whose back-projected update of matrix-role blocks is orthogonalised.
 
-    After SOAP's update ``U`` (seed 001 algorithm 2, ortho=True, normalize=True), matrix blocks get
+    After SOAP's update ``U`` (Harari et al. algorithm 2, ortho=True, normalize=True), matrix blocks get
     ``U ← P Σ^ρ Rᵀ`` (``ρ=0``: Newton–Schulz, cheapest; ``ρ=0.5``: batched SVD, the official
     default; ``ρ=1``: unchanged) and then RMS normalisation ``U ← U/√mean(U²)``. 3-D blocks are
     orthogonalised as their ``(m1·m2, n)`` unfolding. Other blocks and elements get plain SOAP.
     ``betas`` apply to the matrix role, ``adam_betas`` (default: ``betas``) to everything else;
     plain tensors with ≥ 2 dims count as matrix role. Its best learning rate is typically ~10×
-    below SOAP's (seed 001 table 4).
+    below SOAP's (Harari et al. table 4).
     """
 
     _orthogonalize = True
@@ -364,7 +364,7 @@ def _check_betas(betas: tuple[float, float], name: str) -> None:
 
 
 def _shampoo_beta(group: dict[str, Any], betas: tuple[float, float]) -> float:
-    """The Gram-matrix EMA factor: ``shampoo_beta`` if set, else the role's ``β2`` (seed 001 A.4)."""
+    """The Gram-matrix EMA factor: ``shampoo_beta`` if set, else the role's ``β2`` (Harari et al. A.4)."""
     beta = group["shampoo_beta"]
     return betas[1] if beta is None else beta
 

@@ -1,6 +1,6 @@
 """``mlipopt report``: tables and figures of a study, tied together by an ``index.md``.
 
-(a) test MAE table, mean ± std over seeds per optimizer × force fraction (seed 001 tables 1/5), best in
+(a) test MAE table, mean ± std over seeds per optimizer × force fraction (Harari et al. tables 1/5), best in
 bold and second underlined, as Markdown and CSV; (b) relative-MAE heatmap MAE / MAE(AdamW @ 100 %)
 (figure 1); (c) validation error against training wall-clock, median and IQR over seeds, AdamW's best
 median as the target and each optimizer's time-to-target (figure 2); (d) per-step cost, measured and
@@ -236,7 +236,7 @@ def cost_table(db: ResultsDB, study: str) -> list[str]:
 
 
 def refinement_section(db: ResultsDB, study: str) -> list[str]:
-    """Base vs +L-BFGS test MAEs for the refined final runs (seed 002 table 3)."""
+    """Base vs +L-BFGS test MAEs for the refined final runs (Liu et al. table 3)."""
     import json
 
     cells: dict[tuple[str, float], dict[str, list[float]]] = {}
@@ -268,7 +268,7 @@ def refinement_section(db: ResultsDB, study: str) -> list[str]:
         return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
 
     lines = [
-        "## L-BFGS refinement (base → +L-BFGS, test MAE; force RMSE as in seed 002 table 3)",
+        "## L-BFGS refinement (base → +L-BFGS, test MAE; force RMSE as in Liu et al. table 3)",
         "",
         "| force labels | optimizer | runs | E base | E +L-BFGS | F base | F +L-BFGS | F RMSE base | "
         "F RMSE +L-BFGS | evaluations |",

@@ -1,5 +1,5 @@
 """Report sections for held-out data beyond the test split: extra test sets (out-of-distribution paths,
-frames not in training; seed 002 table 1) and forgetting of a pretrained model, each base and +L-BFGS.
+frames not in training; Liu et al. table 1) and forgetting of a pretrained model, each base and +L-BFGS.
 
 Values come from each final run's stored ``final`` metrics and, for refined runs, the refinement
 summary (``<key>_before`` / ``<key>_after``); path figures read the runs' ``extra_test_<name>.csv``.

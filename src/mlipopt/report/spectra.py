@@ -34,7 +34,7 @@ def spectra_section(db: ResultsDB, runs: list[Run], out: Path) -> list[str]:
         "",
         f"κ_top = λ₁/λ_{k} over the top {k} eigenvalues of H and of P^½HP^½ (P: the optimizer's "
         "preconditioner from its state); effective rank = (tr H)²/tr(H²). A preconditioner helps where "
-        "κ_top(P·H) ≪ κ_top(H) (seed 002 appendix A). Computed by `mlipopt spectrum` on the first "
+        "κ_top(P·H) ≪ κ_top(H) (Liu et al. appendix A). Computed by `mlipopt spectrum` on the first "
         "training frames of each run, in float64.",
         "",
         "| force labels | optimizer | checkpoint | runs | λ_max(H) | κ_top(H) | κ_top(P·H) | eff. rank H | "

@@ -14,7 +14,7 @@ Numbers (all per operator):
 * ``kappa_top``: λ₁/λ_k — the condition number of the dominant k-dimensional eigenspace, where the stable
   step size and the slow directions among the stiff ones are decided. The full κ = λ_max/λ_min of an
   over-parameterised model is infinite (a large null space), so the small end is *stated*: the k-th
-  largest eigenvalue. Seed 002 appendix A's model κ(PH) = κ(H)^{1−α} applies to it unchanged;
+  largest eigenvalue. Liu et al. appendix A's model κ(PH) = κ(H)^{1−α} applies to it unchanged;
 * ``effective_rank``: (tr H)² / tr(H²), the participation ratio (how many directions carry curvature);
 * ``density``: the Gaussian-broadened spectral density, averaged over random probes.
 """

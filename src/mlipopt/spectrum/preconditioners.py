@@ -2,7 +2,7 @@
 
 An optimizer step is ``θ ← θ − η P(g)``; where P is linear and symmetric positive definite, the
 optimizer behaves locally like gradient descent on the preconditioned Hessian PH, whose eigenvalues are
-those of the symmetric ``P^{1/2} H P^{1/2}`` (seed 002 section 2.3 and appendix A). Scalar factors
+those of the symmetric ``P^{1/2} H P^{1/2}`` (Liu et al. section 2.3 and appendix A). Scalar factors
 (learning rate, bias corrections, ScheduleFree's averaging weight) are dropped: κ does not see them.
 
 * Adam, AdamW, RAdam, ScheduleFree-AdamW (and the Adam part of Muon, SOAP, SOAP-Muon):

@@ -1,4 +1,4 @@
-"""Find the matrix blocks of any torch model (seed 001 table 2, design §3).
+"""Find the matrix blocks of any torch model (Harari et al., table 2).
 
 Every parameter is assigned a *role* — ``"matrix"`` (orthogonalised by Muon/SOAP-Muon,
 preconditioned per block by SOAP) or ``"adam"`` — and, for matrix parameters, the blocks its flat
@@ -17,8 +17,11 @@ from typing import Any
 import torch
 
 TP_POLICIES = ("adam", "flatten", "tensor")
-#: Parameter names of Linear layers applied to one-hot species encodings (type embeddings in disguise)
-ONEHOT_NAME = re.compile(r"onehot")
+#: Parameter names of Linear layers applied to one-hot species encodings (type embeddings in disguise):
+#: SevenNet's ``onehot_to_feature_x``, MACE's ``node_embedding``
+ONEHOT_NAME = re.compile(r"onehot|node_embedding")
+#: MACE's symmetric-contraction weights, (elements, basis functions, channels): one matrix per element
+CONTRACTION_NAME = re.compile(r"(weights_max|weights\.\d+)$")
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,7 @@ def _e3nn_tp_blocks(m: torch.nn.Module, policy: str) -> list[tuple[int, int, tup
 
 
 def classify(
-    module: torch.nn.Module, attr: str, p: torch.Tensor, name: str, tp_blocks: str = "adam"
+    module: torch.nn.Module, attr: str, p: torch.Tensor, name: str, tp_blocks: str = "flatten"
 ) -> ParamInfo:
     """Role and blocks of parameter ``attr`` of ``module`` (see module doc for the rules)."""
     shape = tuple(int(s) for s in p.shape)
@@ -108,7 +111,7 @@ def classify(
     if _is_dense(module, attr, p):
         fan = "out_in" if shape == (module.out_features, module.in_features) else "in_out"
         fan_out = shape[0] if fan == "out_in" else shape[1]
-        if fan_out == 1:  # readout to a scalar: Adam (Jordan et al. 2024; seed 001 table 2)
+        if fan_out == 1:  # readout to a scalar: Adam (Jordan et al. 2024; Harari et al. table 2)
             return info("readout", "adam", fan=fan)
         return info("linear", "matrix", [(0, p.numel(), shape)], fan)
     if (
@@ -122,12 +125,21 @@ def classify(
         return info("linear", "matrix", [(0, p.numel(), shape)], "in_out")
     if hasattr(module, "num_embeddings") and hasattr(module, "embedding_dim"):
         return info("embedding", "adam")
+    if p.ndim == 3 and CONTRACTION_NAME.search(name):
+        # MACE symmetric contraction: per element a (basis, channels) matrix that mixes the channels'
+        # correlation basis — a matrix when it has more than one basis function, else a vector (Adam)
+        elements, basis, channels = shape
+        if basis < 2:
+            return info("symmetric-contraction", "adam")
+        size = basis * channels
+        blocks = [(e * size, (e + 1) * size, (basis, channels)) for e in range(elements)]
+        return info("symmetric-contraction", "matrix", blocks, "in_out")
     return info("other", "adam")
 
 
 def discover(
     model: torch.nn.Module,
-    tp_blocks: str = "adam",
+    tp_blocks: str = "flatten",
     adam_names: Iterable[str] = (),
 ) -> list[ParamInfo]:
     """Classify every trainable parameter of ``model`` once (shared parameters counted once).
@@ -154,7 +166,7 @@ def discover(
 
 def param_groups(
     model: torch.nn.Module,
-    tp_blocks: str = "adam",
+    tp_blocks: str = "flatten",
     adam_names: Iterable[str] = (),
     matrix: dict[str, Any] | None = None,
     adam: dict[str, Any] | None = None,
@@ -188,7 +200,7 @@ def param_groups(
     return out
 
 
-def describe(model: torch.nn.Module, tp_blocks: str = "adam", adam_names: Iterable[str] = ()) -> str:
+def describe(model: torch.nn.Module, tp_blocks: str = "flatten", adam_names: Iterable[str] = ()) -> str:
     """A table of every parameter's role and blocks, and the parameter count per role."""
     infos = discover(model, tp_blocks, adam_names)
     rows = [("name", "shape", "module", "kind", "role", "blocks", "numel")]

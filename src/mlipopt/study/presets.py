@@ -1,4 +1,4 @@
-"""Named studies: the embedded demo, and seed 001's full protocol for user data.
+"""Named studies: the embedded demo, and Harari et al.'s full protocol for user data.
 
 ``demo`` — the one-command main job: 3BPA sampled by GFN2-xTB MD (300/600 K for training and
 validation, 1200 K as an out-of-distribution test), ``nequip-small``, AdamW/Muon/SOAP/SOAP-Muon at
@@ -8,7 +8,7 @@ rates swept on seed 7 over 8 epochs (three-point grids, extended where the best 
 ``benchmark-3bpa`` / ``benchmark-ethanol`` — the four optimizers on the shared DFT data with default
 grids, three seeds and 100 epochs (issue 11's real-data benchmark; docs/benchmark.md).
 
-``paper-nequip`` / ``paper-allegro`` — seed 001 appendix B on the user's data (``base.data.train=...``):
+``paper-nequip`` / ``paper-allegro`` — Harari et al. appendix B on the user's data (``base.data.train=...``):
 the NequIP-water or Allegro-CDP architecture (table 3), lr grid {3·10^-(p+1), 10^-p, 3·10^-p} (+5·10^-(p+1)
 for NequIP), weight decay {0, 1e-5, 1e-4, 1e-3}, λ_E:λ_F ∈ {1:1, 1:10, 1:100} at full forces, sweeps on
 one seed with 500 (NequIP) / 100 (Allegro) epochs, final runs of 2000 / 1000 epochs on five seeds at
@@ -35,7 +35,7 @@ DEMO: dict[str, Any] = {
         "scheduler": {"name": "cosine"},
         "training": {"max_epochs": 30},
     },
-    # three-point grids (one decade) around seed 001 table 4's optima; a best rate on an edge extends
+    # three-point grids (one decade) around Harari et al. table 4's optima; a best rate on an edge extends
     # the grid (sweep_extensions), so the report can show every selected rate interior
     "optimizers": {
         "adamw": {"lr": [1e-3, 3e-3, 1e-2]},
@@ -49,7 +49,7 @@ DEMO: dict[str, Any] = {
     "sweep_epochs": 8,
 }
 
-#: Seed 001's four optimizers on real DFT data, reduced for a CPU (issue 11's benchmark): default lr
+#: Harari et al.'s four optimizers on real DFT data, reduced for a CPU (issue 11's benchmark): default lr
 #: grids swept on seed 7 over 20 epochs, then 3 seeds × 100 epochs with cosine annealing; λ_E:λ_F = 1:1,
 #: no weight decay. 3BPA: 150 train / 100 validation (10 force-labelled at s = 0.1) / 250 test frames of
 #: train_300K.xyz, plus every 5th frame of train_mixedT.xyz (300/600/1200 K) not used for training as an
@@ -146,7 +146,7 @@ PAPER_ALLEGRO: dict[str, Any] = {
     "sweep_epochs": 100,
 }
 
-#: The ten optimizers of seed 002 (seven first-order) and seed 001 (three matrix-aware), each with a
+#: The ten optimizers of Liu et al. (seven first-order) and Harari et al. (three matrix-aware), each with a
 #: three-point learning-rate grid (docs/optimizers.md) swept on one seed with a 2-epoch schedule. Probes
 #: on ethanol showed 1e-4 — a common fine-tuning default — leaves Adam at 173 meV/Å after 2 epochs
 #: where 1e-3 reaches 91, and the matrix optimizers need larger steps still; hence grids, not guesses.
@@ -163,7 +163,7 @@ FINETUNE_OPTIMIZERS: dict[str, Any] = {
     "soap_muon": {"lr": [1e-4, 3e-4, 1e-3], "options": {"rho": 0.0}},
 }
 
-#: Seed 002's protocol: ten optimizers (learning rate swept on seed 7 over 2 epochs), full forces, three
+#: Liu et al.'s protocol: ten optimizers (learning rate swept on seed 7 over 2 epochs), full forces, three
 #: seeds, λ_E:λ_F = 1:10, then L-BFGS on the best three (10 iterations: the reduced CPU budget).
 FINETUNE_PROTOCOL: dict[str, Any] = {
     "optimizers": FINETUNE_OPTIMIZERS,
@@ -174,7 +174,7 @@ FINETUNE_PROTOCOL: dict[str, Any] = {
     "refine": {"top": 3, "iterations": 10, "memory": 10, "patience": 5},
 }
 
-#: Seed 002 on the shared ethanol data, reduced for a CPU: SevenNet-0 fine-tuned on 40 rMD17 frames with
+#: Liu et al. on the shared ethanol data, reduced for a CPU: SevenNet-0 fine-tuned on 40 rMD17 frames with
 #: all ten optimizers, three seeds, then L-BFGS on the best three; tested on test_MD.xyz (first 200),
 #: with the H-removal path and two normal-mode paths as out-of-distribution tests and forgetting measured
 #: on 20 frames of SevenNet-0's own 500 K MD. About 20 minutes on 2 cores.
@@ -211,7 +211,7 @@ FINETUNE_ETHANOL: dict[str, Any] = {
     **FINETUNE_PROTOCOL,
 }
 
-#: Seed 002 table 1 on the shared 3BPA data, reduced for a CPU: SevenNet-0 fine-tuned on 20 frames of
+#: Liu et al. table 1 on the shared 3BPA data, reduced for a CPU: SevenNet-0 fine-tuned on 20 frames of
 #: train_300K.xyz (10 for validation, 30 more held out as the in-distribution 300 K test), tested out of
 #: distribution on every 10th frame of train_mixedT.xyz (300/600/1200 K) minus any frame used in train or
 #: val; forgetting on 20 frames of SevenNet-0's own 600 K MD. One energy+force step costs ~0.25 s per

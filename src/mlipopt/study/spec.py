@@ -1,4 +1,4 @@
-"""Study definition (YAML) and its expansion into runs, following design §5 / seed 001 appendix B.
+"""Study definition (YAML) and its expansion into runs, following Harari et al., appendix B.
 
 A study is: one base training config (data, model, schedule) × optimizers, each with its own
 hyperparameter grid × force fractions × seeds. Stages:
@@ -41,13 +41,13 @@ PAPER_SEEDS = [7, 42, 123, 2026, 1618]
 class OptimizerGrid:
     """Hyperparameter grid of one optimizer. ``lr_order`` p gives {3·10^-(p+1), 10^-p, 3·10^-p}.
 
-    Design §5 / seed 001 appendix B; ``lr`` lists learning rates explicitly instead; with neither, the
+    Harari et al., appendix B; ``lr`` lists learning rates explicitly instead; with neither, the
     optimizer's default grid (``mlipopt.optim.DEFAULT_LR_GRIDS``, docs/optimizers.md) is swept.
     """
 
     lr: list[float] | None = None
     lr_order: int | None = None
-    # add 5·10^-(p+1) (the paper's NequIP-water grid). Design §5 writes 5·10^-p, but seed 001 table 4's
+    # add 5·10^-(p+1) (the paper's NequIP-water grid). Design §5 writes 5·10^-p, but Harari et al. table 4's
     # water learning rates are 10^-2, 5·10^-3 and 3·10^-4, 10^-3: 5·10^-3 only fits p = 2 as 5·10^-(p+1).
     lr_extra: bool = False
     weight_decay: list[float] = field(default_factory=lambda: [0.0])
@@ -85,7 +85,7 @@ class ExecutorSpec:
 
 @dataclass
 class RefineSpec:
-    """Stage "then refine" (seed 002): L-BFGS on the final runs of the ``top`` optimizers per force
+    """Stage "then refine" (Liu et al.): L-BFGS on the final runs of the ``top`` optimizers per force
     fraction, ranked by their mean validation metric over seeds (the test set is not looked at)."""
 
     top: int = 3

@@ -60,7 +60,7 @@ class DataConfig:
     max_test_frames: int | None = None  # use only the first N frames of the test file
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # fractions or counts
     force_fraction: float = 1.0  # s: frames keeping force labels in train and val (never test)
-    # validation force labels: "masked" (the same fraction s as training — seed 001 appendix B) or "all"
+    # validation force labels: "masked" (the same fraction s as training — Harari et al. appendix B) or "all"
     val_force_labels: str = "masked"
     energy_references: str = "fit"  # "fit" (least squares on train) or an isolated-atoms file
     batch_size: int = 5
@@ -71,6 +71,9 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str = "nequip-tiny"
+    # a trained model file to fine-tune (e.g. a MACE .model) and its family; the preset is then ignored
+    file: str | None = None
+    family: str | None = None
     dtype: str = "float32"
     type_names: list[str] | None = None  # default: elements of the training data
     r_max: float | None = None  # default: the preset's
@@ -78,7 +81,7 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # overrides of preset keys
     freeze: list[str] = field(default_factory=list)  # regexes of parameter names to keep fixed
     # per-type energy shifts: refit (closed-form least squares after every epoch), fixed (at E0) or
-    # trainable (seed 001 table 3); see mlipopt.models.energy_shifts
+    # trainable (Harari et al. table 3); see mlipopt.models.energy_shifts
     energy_shifts: str = "refit"
 
 
@@ -155,6 +158,7 @@ class RunConfig:
         files = [d.train, d.val, d.test]
         files.append(None if d.energy_references == "fit" else d.energy_references)
         files += [extra.file for extra in d.extra_tests.values()]
+        files.append(self.model.file)  # a model file to fine-tune is an input like the data
         return [f for f in files if f]
 
     def data_fingerprint(self) -> dict[str, str]:
@@ -191,6 +195,14 @@ class RunConfig:
             )
         if d.batch_size < 1 or d.eval_batch_size < 1:
             raise ConfigError("data.batch_size and data.eval_batch_size must be ≥ 1")
+        if self.model.file is not None:
+            if self.model.family is None:
+                raise ConfigError("model.file needs model.family (e.g. mace) to say how to load it")
+            if not Path(self.model.file).is_file():
+                raise ConfigError(f"model.file: {self.model.file}: no such file")
+            self.model.preset = f"{self.model.family}-file"
+        if self.model.family is not None and self.model.family not in {p["family"] for p in PRESETS.values()}:
+            raise ConfigError(f"model.family {self.model.family!r} unknown")
         if self.model.preset not in PRESETS:
             raise ConfigError(
                 f"model.preset {self.model.preset!r} unknown; choose one of {', '.join(PRESETS)}"
@@ -203,7 +215,7 @@ class RunConfig:
         if "per_type_energy_shifts_trainable" in self.model.options:
             raise ConfigError(
                 "model.options.per_type_energy_shifts_trainable: set model.energy_shifts instead "
-                "(trainable for seed 001's trainable shifts)"
+                "(trainable for Harari et al.'s trainable shifts)"
             )
         if self.model.dtype not in ("float32", "float64"):
             raise ConfigError(f"model.dtype must be float32 or float64, got {self.model.dtype!r}")
@@ -227,7 +239,7 @@ class RunConfig:
                 raise ConfigError(f"data.extra_tests: {name!r} is a split name; choose another")
         g = self.forgetting
         if g.frames or g.replay_frames:
-            if "checkpoint" not in PRESETS[self.model.preset]:
+            if "checkpoint" not in PRESETS[self.model.preset] and self.model.file is None:
                 raise ConfigError(
                     f"forgetting needs a pretrained model; model.preset {self.model.preset!r} starts "
                     "from random weights (use sevennet-0)"
@@ -421,7 +433,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-PATH_KEYS = ("data.train", "data.val", "data.test", "data.energy_references")
+PATH_KEYS = ("data.train", "data.val", "data.test", "data.energy_references", "model.file")
 
 
 def overrides_from_cwd(overrides: list[str], prefix: str = "") -> list[str]:
@@ -450,6 +462,8 @@ def _resolve_paths(config: RunConfig, base: Path) -> None:
     for extra in d.extra_tests.values():
         if extra.file and not Path(extra.file).is_absolute():
             extra.file = str((base / extra.file).resolve())
+    if config.model.file and not Path(config.model.file).is_absolute():
+        config.model.file = str((base / config.model.file).resolve())
 
 
 #: Overrides that continue a run rather than define another (they keep its default folder).

@@ -30,7 +30,7 @@ from ..data import (
 from ..models import ModelFamily
 from .config import ConfigError, RunConfig
 
-#: Fewer force-labelled validation frames than this draw a warning (seed 001 masks validation too).
+#: Fewer force-labelled validation frames than this draw a warning (Harari et al. masks validation too).
 MIN_VAL_FORCE_FRAMES = 10
 
 
@@ -82,14 +82,15 @@ def prepare_data(config: RunConfig, family: ModelFamily, log: Callable[[str], No
     """Read, check, split and mask the run's data and build the family's graphs."""
     c, d = config, config.data
     pool, frames = split_frames(config)
-    if not family.pretrained:  # a foundation model knows elements its fine-tuning data lack
+    if not family.starts_pretrained(c.model):  # a trained model knows elements its fine-tuning data lack
         check_elements_are_trained(frames)
     warn_duplicates(frames, log)
-    type_names = list(c.model.type_names or sorted(
+    known_types, default_r_max = family.defaults(c.model)
+    type_names = list(c.model.type_names or known_types or sorted(
         {el for f in frames.values() for el in f.elements()}, key=ase.data.atomic_numbers.__getitem__
     ))  # fmt: skip
-    r_max = float(c.model.r_max or family.default_r_max(c.model.preset))
-    backend = family.backend(c.model.preset, type_names, r_max)
+    r_max = float(c.model.r_max or default_r_max)
+    backend = family.backend(c.model, type_names, r_max)
     if d.energy_references == "fit":
         e0 = fit_energy_references(frames["train"], type_names)
     else:

@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import ase.io
 import numpy as np
@@ -52,14 +53,15 @@ def _cache_file(checkpoint: str, starts: list[Atoms], n: int, stream: str, cfg: 
 
 def pretrained_frames(
     family: ModelFamily,
-    preset: str,
+    model_config: Any,
     pool: Frames,
     n_frames: int,
     stream: str,
     cfg: ForgettingConfig,
     log: Callable[[str], None] = print,
 ) -> Frames:
-    """``n_frames`` structures sampled and labelled by the pretrained model of ``preset`` (``family``).
+    """``n_frames`` structures sampled and labelled by the trained model the run starts from
+    (``model_config`` of ``family``).
 
     ``stream`` is ``"heldout"`` or ``"replay"`` (disjoint start frames and seeds). Labels are the
     pretrained model's raw predictions (its own energy reference).
@@ -72,17 +74,17 @@ def pretrained_frames(
     if not candidates:
         raise ConfigError(f"the training file has too few frames to start {stream} trajectories")
     starts = [pool.atoms[candidates[i % len(candidates)]] for i in range(n_traj)]
-    checkpoint = PRESETS[preset]["checkpoint"]
+    checkpoint = PRESETS[model_config.preset].get("checkpoint") or Path(model_config.file or "model").stem
     cache = _cache_file(checkpoint, starts, n_frames, stream, cfg)
     with exclusive(cache.with_suffix(".lock")):  # parallel runs of a study: one samples, the rest wait
         if not cache.is_file():
-            _sample(family, preset, starts, n_frames, stream, cfg, cache, log)
+            _sample(family, model_config, starts, n_frames, stream, cfg, cache, log)
     return read_frames(cache)
 
 
 def _sample(
     family: ModelFamily,
-    preset: str,
+    model_config: Any,
     starts: list[Atoms],
     n_frames: int,
     stream: str,
@@ -91,8 +93,9 @@ def _sample(
     log: Callable[[str], None],
 ) -> None:
     offset, n_traj = STREAMS[stream], len(starts)
-    model = family.build(preset, None, None, 0).eval()
-    calculator = family.calculator(model, [], family.default_r_max(preset), "cpu")
+    model = family.build(model_config, None, 0).eval()
+    type_names, r_max = family.defaults(model_config)
+    calculator = family.calculator(model, type_names or [], r_max, "cpu")
     sampled: list[Atoms] = []
     for t, start in enumerate(starts):
         if len(sampled) >= n_frames:

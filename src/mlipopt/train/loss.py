@@ -1,4 +1,4 @@
-"""Eq. 11 of seed 001 (sparse force supervision) and the error metrics reported per epoch and at test.
+"""Eq. 11 of Harari et al. (sparse force supervision) and the error metrics reported per epoch and at test.
 
 L = λ_E · mean_n ((E_n^pred − E_n)/N_n)²  +  λ_F · Σ_n m_n ‖F_n^pred − F_n‖² / (3 Σ_n m_n N_n)
 

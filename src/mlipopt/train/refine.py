@@ -1,4 +1,4 @@
-"""L-BFGS refinement of a trained run (seed 002 appendix B): a short full-batch quasi-Newton stage.
+"""L-BFGS refinement of a trained run (Liu et al. appendix B): a short full-batch quasi-Newton stage.
 
 Starts from the run's best weights, minimises the same eq. 11 loss over the whole training split with
 :class:`mlipopt.optim.lbfgs.LBFGS`, evaluates the validation force RMSE after every iteration (energy
@@ -41,7 +41,7 @@ def refine(
 ) -> dict[str, Any]:
     """Refine the best model of ``run_dir`` with L-BFGS; returns the summary also saved as JSON.
 
-    ``criterion`` picks the kept iteration: ``force_rmse`` (validation force RMSE, seed 002 appendix B)
+    ``criterion`` picks the kept iteration: ``force_rmse`` (validation force RMSE, Liu et al. appendix B)
     or ``metric`` (10 × E-MAE + F-MAE, the training selection metric — guards the energy, which a
     force-only criterion lets drift when λ_F ≫ λ_E).
     """

@@ -36,14 +36,14 @@ class Session:
         self.log = log
         self.run_dir = Path(config.run_dir or "runs/run")
         self.device = torch.device(config.training.device)
-        self.family = family(config.model.preset)
+        self.family = family(config.model)
         self.data_fingerprint = config.data_fingerprint()  # before reading: what the run trains on
         self.data: TrainingData = prepare_data(config, self.family, log)
         self.sets, self.extra_sets, self.backend = self.data.sets, self.data.extra_sets, self.data.backend
         self.e0 = self.data.e0
         self.shift_delta: dict[str, float] = {}
         avg_num_neighbors = config.model.avg_num_neighbors
-        if self.family.pretrained:
+        if self.family.starts_pretrained(config.model):
             self.model = self._pretrained_model()
         else:
             if avg_num_neighbors is None:
@@ -74,9 +74,9 @@ class Session:
         )
         torch.manual_seed(self.config.seed)
         try:
-            model = self.family.build(m.preset, m, stats, self.config.seed).to(self.device)
+            model = self.family.build(m, stats, self.config.seed).to(self.device)
         except TypeError as exc:  # an option the model builder does not take
-            known = self.family.options(m.preset)
+            known = self.family.options(m)
             hint = ""
             for key in sorted(set(m.options) - set(known)):
                 close = difflib.get_close_matches(key, known, n=1)
@@ -90,7 +90,7 @@ class Session:
         """A foundation model with its per-element energy shifts refitted to this data's reference."""
         m = self.config.model
         torch.manual_seed(self.config.seed)
-        model = self.family.build(m.preset, m, None, self.config.seed).to(self.device)
+        model = self.family.build(m, None, self.config.seed).to(self.device)
         train = self.sets["train"]
         model.eval()
         predicted = torch.cat(
@@ -119,12 +119,12 @@ class Session:
         held_set = None
         if g.frames:
             held = pretrained_frames(
-                self.family, self.config.model.preset, data.pool, g.frames, "heldout", g, self.log
+                self.family, self.config.model, data.pool, g.frames, "heldout", g, self.log
             )
             held_set = GraphSet(shift_energies(held, self.shift_delta), self.backend, data.type_names)
         if g.replay_frames:
             replay = pretrained_frames(
-                self.family, self.config.model.preset, data.pool, g.replay_frames, "replay", g, self.log
+                self.family, self.config.model, data.pool, g.replay_frames, "replay", g, self.log
             )
             replay = shift_energies(replay, self.shift_delta)
             before = len(self.sets["train"])
@@ -150,7 +150,7 @@ class Session:
 
     @property
     def is_pretrained(self) -> bool:
-        return self.family.pretrained
+        return self.family.starts_pretrained(self.config.model)
 
     @property
     def splits_record(self) -> dict[str, Any]:
