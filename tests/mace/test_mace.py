@@ -48,7 +48,8 @@ def test_structure_classifies_mace_parameters_against_their_own_layout():
     modules = dict(model.named_modules())
     infos = {i.name: i for i in discover(model)}
     assert infos["node_embedding.linear.weight"].role == "adam"  # a Linear on one-hot species
-    assert all(infos[n].role == "adam" for n in infos if n.startswith("readouts.") and n.endswith("_2.weight"))
+    readouts = [n for n in infos if n.startswith("readouts.") and n.endswith("_2.weight")]
+    assert readouts and all(infos[n].role == "adam" for n in readouts)
     checked = 0
     for name, info in infos.items():
         owner = modules[name.rpartition(".")[0]]
@@ -56,10 +57,11 @@ def test_structure_classifies_mace_parameters_against_their_own_layout():
             weights = [i for i in owner.instructions if i.i_in != -1]
             for k, (start, stop, shape) in enumerate(info.blocks):
                 expected = owner.weight_view_for_instruction(k, owner.weight)
-                assert tuple(expected.shape) == shape and torch.equal(owner.weight[start:stop].view(shape), expected)
+                assert tuple(expected.shape) == shape
+                assert torch.equal(owner.weight[start:stop].view(shape), expected)
                 checked += 1
             assert len(info.blocks) == len(weights)
-        if info.kind == "symmetric-contraction" and info.role == "matrix":  # one (basis, channels) per element
+        if info.kind == "symmetric-contraction" and info.role == "matrix":  # (basis, channels) per element
             p = dict(model.named_parameters())[name]
             for e, (start, stop, shape) in enumerate(info.blocks):
                 assert torch.equal(p.reshape(-1)[start:stop].view(shape), p[e])

@@ -1,5 +1,6 @@
 """From the results database to numbers: per-(optimizer, force fraction) statistics over seeds,
-validation curves on a common wall-clock grid, time-to-target and per-step cost (Harari et al., appendix B)."""
+validation curves on a common wall-clock grid, time-to-target and per-step cost (Harari et al.,
+appendix B)."""
 
 from __future__ import annotations
 
