@@ -60,7 +60,10 @@ def project(x: Tensor, bases: list[Tensor | None], back: bool = False) -> Tensor
         if q is None:
             continue
         axis = mode + 1
-        x = (x.movedim(axis, -1) @ (q.mT if back else q)).movedim(-1, axis)
+        q = q.mT if back else q
+        # one basis per block: broadcast over the block's other modes, never across blocks
+        q = q.view(q.shape[0], *([1] * (x.ndim - 3)), *q.shape[-2:])
+        x = (x.movedim(axis, -1) @ q).movedim(-1, axis)
     return x
 
 
