@@ -130,5 +130,5 @@ def step_cost(runs: list[Run]) -> dict[str, float]:
     return {k: float(np.median(v)) for k, v in out.items()}
 
 
-def run_config(run: Run) -> dict:
+def stored_config(run: Run) -> dict:
     return json.loads(run.config)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..study.db import ResultsDB
-from .aggregate import Cell, curves, final_cells, final_runs, run_config, step_cost, time_to_target
+from .aggregate import Cell, curves, final_cells, final_runs, step_cost, stored_config, time_to_target
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
 from .spectra import spectra_section
 from .trust import (
@@ -330,7 +330,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
     reference = relative_heatmap(cells, out / "relative_mae.png")
     ttt = curves_figure(db, study, out / "val_curves.png")
     cost = cost_table(db, study)
-    example = run_config(final_runs(db, study)[0])
+    example = stored_config(final_runs(db, study)[0])
     n_runs = {
         stage: len([r for r in db.runs(study) if r.stage == stage]) for stage in ("sweep", "ratio", "final")
     }

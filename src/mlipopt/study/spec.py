@@ -32,6 +32,7 @@ from ..train.config import (
     load_config,
     overrides_from_cwd,
     read_yaml_mapping,
+    resolve_relative_paths,
 )
 
 PAPER_SEEDS = [7, 42, 123, 2026, 1618]
@@ -211,15 +212,8 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         raise ConfigError(f"study.sweep_extensions must be ≥ 0, got {spec.sweep_extensions}")
     if spec.executor.kind not in ("local", "ray"):
         raise ConfigError(f"study.executor.kind must be local or ray, got {spec.executor.kind!r}")
+    resolve_relative_paths(spec.base, base_dir)
     data = spec.base.setdefault("data", {})
-    for key in ("train", "val", "test", "energy_references"):
-        value = data.get(key)
-        if isinstance(value, str) and value != "fit" and not Path(value).is_absolute():
-            data[key] = str((base_dir / value).resolve())
-    for extra in (data.get("extra_tests") or {}).values():
-        value = extra.get("file") if isinstance(extra, dict) else None
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            extra["file"] = str((base_dir / value).resolve())
     if spec.dataset is None and "train" not in data and "generate" not in data:
         raise ConfigError("study: give a dataset (built-in xTB) or base.data.train / base.data.generate")
     return spec

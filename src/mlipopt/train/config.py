@@ -451,19 +451,27 @@ def overrides_from_cwd(overrides: list[str], prefix: str = "") -> list[str]:
     return out
 
 
-def _resolve_paths(config: RunConfig, base: Path) -> None:
-    d = config.data
-    for name in ("train", "val", "test"):
-        value = getattr(d, name)
-        if value is not None and not Path(value).is_absolute():
-            setattr(d, name, str((base / value).resolve()))
-    if d.energy_references != "fit" and not Path(d.energy_references).is_absolute():
-        d.energy_references = str((base / d.energy_references).resolve())
-    for extra in d.extra_tests.values():
-        if extra.file and not Path(extra.file).is_absolute():
-            extra.file = str((base / extra.file).resolve())
-    if config.model.file and not Path(config.model.file).is_absolute():
-        config.model.file = str((base / config.model.file).resolve())
+def resolve_relative_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make the file paths of a raw run config (``data.train/val/test``, an isolated-atoms
+    ``data.energy_references`` file, ``data.extra_tests.*.file``, ``model.file``) absolute against
+    ``base``, the folder of the file they were written in; used for run and study files alike."""
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, str) and value and value != "fit" and not Path(value).is_absolute():
+            return str((base / value).resolve())
+        return value
+
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "val", "test", "energy_references"):
+            if key in data:
+                data[key] = absolute(data[key])
+        for extra in (data.get("extra_tests") or {}).values():
+            if isinstance(extra, dict) and "file" in extra:
+                extra["file"] = absolute(extra["file"])
+    model = raw.get("model")
+    if isinstance(model, dict) and "file" in model:
+        model["file"] = absolute(model["file"])
 
 
 #: Overrides that continue a run rather than define another (they keep its default folder).
@@ -508,9 +516,9 @@ def load_config(source: str | Path | dict[str, Any], overrides: list[str] | None
         raw = read_yaml_mapping(path, "config")
         base = path.resolve().parent
         raw.setdefault("run_dir", str(Path("runs") / default_run_name(path.stem, list(overrides or []))))
+    resolve_relative_paths(raw, base)
     raw = apply_overrides(raw, overrides_from_cwd(list(overrides or [])))
     config = from_dict(RunConfig, raw)
-    _resolve_paths(config, base)
     config.check()
     return config
 
