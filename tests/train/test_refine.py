@@ -20,9 +20,7 @@ def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsy
     rows = list(csv.DictReader(open(tmp_path / "refine_metrics.csv")))
     assert 1 <= len(rows) <= 4
     assert summary["function_evals"] >= len(rows) and summary["gradient_evals"] == summary["function_evals"]
-    start_line = [
-        line for line in capsys.readouterr().out.splitlines() if "start, validation" in line
-    ][0]
+    start_line = [line for line in capsys.readouterr().out.splitlines() if "start, validation" in line][0]
     # the log names the quantity it selects on
     assert ("force RMSE" in start_line) == (criterion == "force_rmse")
     start_metric = float(start_line.rsplit(" ", 1)[1])
