@@ -93,3 +93,32 @@ def test_processes_opening_a_new_database_at_once(tmp_path):
         for p in procs:
             p.join(timeout=120)
             assert p.exitcode == 0
+
+
+def test_a_selection_written_by_another_study_in_between_is_replaced_not_an_error(tmp_path):
+    """``merge`` reads then inserts: a second study inserting the same key in between made the insert fail
+    on the primary key (seen in CI with two studies started at once). The write is retried and replaces."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    mine, other = ResultsDB(url), ResultsDB(url)
+    raced = []
+
+    def other_study_writes_first(session, flush_context, instances):
+        if not raced and session.bind is mine.engine:
+            raced.append(True)
+            other.record_selection(
+                "tiny", "sweep", "adamw", 1.0, lr=5e-3, grid=[1e-3, 5e-3], position="upper edge"
+            )
+
+    event.listen(Session, "before_flush", other_study_writes_first)
+    try:
+        mine.record_selection(
+            "tiny", "sweep", "adamw", 1.0, lr=1e-3, grid=[1e-3, 5e-3], position="lower edge"
+        )
+    finally:
+        event.remove(Session, "before_flush", other_study_writes_first)
+    assert raced == [True]
+    [row] = ResultsDB(url).selections("tiny")
+    assert (row.lr, row.position) == (1e-3, "lower edge")

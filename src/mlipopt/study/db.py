@@ -12,6 +12,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,20 @@ class ResultsDB:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
 
+    def _write(self, write: Callable[[Session], None]) -> None:
+        """Run one insert-or-replace transaction. ``session.merge`` reads, then inserts: when another
+        process (a second study on the same database) inserts the same key in between, the insert
+        fails on the primary key; the retry then reads that row and replaces it."""
+        for attempt in range(10):
+            try:
+                with Session(self.engine) as session, session.begin():
+                    write(session)
+                return
+            except IntegrityError:
+                time.sleep(0.05 * (attempt + 1))
+        with Session(self.engine) as session, session.begin():
+            write(session)
+
     def register(self, study: str, runs: list[Any]) -> None:
         """Insert runs not yet known (by id); known runs keep their status and results. Another process
         registering the same runs at the same moment makes one attempt fail on the unique id: retried."""
@@ -414,11 +429,14 @@ class ResultsDB:
         self, study: str, stage: str, optimizer: str, force_fraction: float, **values: Any
     ) -> None:
         """Store (replace) the selection of one stage for one (optimizer, force fraction)."""
-        with Session(self.engine) as session, session.begin():
+
+        def write(session: Session) -> None:
             row = Selection(study=study, stage=stage, optimizer=optimizer, force_fraction=force_fraction)
             for key, value in values.items():
                 setattr(row, key, json.dumps(value) if key == "grid" else value)
             session.merge(row)
+
+        self._write(write)
 
     def selections(self, study: str, stage: str | None = None) -> list[Selection]:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -428,9 +446,12 @@ class ResultsDB:
             return list(session.scalars(query.order_by(Selection.optimizer, Selection.force_fraction)))
 
     def record_step_costs(self, study: str, rows: list[dict[str, Any]]) -> None:
-        with Session(self.engine) as session, session.begin():
+
+        def write(session: Session) -> None:
             for row in rows:
                 session.merge(StepCost(study=study, recorded=_now(), **row))
+
+        self._write(write)
 
     def step_costs(self, study: str) -> list[StepCost]:
         with Session(self.engine, expire_on_commit=False) as session:
@@ -444,7 +465,8 @@ class ResultsDB:
         self, run_id: str, summary: dict[str, Any] | None, error: str | None = None
     ) -> None:
         """Store a refinement's summary (status done) or its error (status failed)."""
-        with Session(self.engine) as session, session.begin():
+
+        def write(session: Session) -> None:
             row = session.get(Refinement, run_id) or Refinement(run_id=run_id)
             row.finished, row.error = _now(), error
             row.status = "failed" if error else "done"
@@ -454,13 +476,18 @@ class ResultsDB:
                 row.test_e_mae, row.test_f_mae = _finite(after.get("e_mae")), _finite(after.get("f_mae"))
             session.merge(row)
 
+        self._write(write)
+
     def record_spectrum(self, run_id: str, checkpoint: str, result: dict[str, Any]) -> None:
-        with Session(self.engine) as session, session.begin():
+
+        def write(session: Session) -> None:
             session.merge(
                 SpectrumRecord(
                     run_id=run_id, checkpoint=checkpoint, result=json.dumps(result), recorded=_now()
                 )
             )
+
+        self._write(write)
 
     def spectra(self, run_ids: list[str]) -> list[tuple[str, str, dict[str, Any]]]:
         """(run id, checkpoint, result) of every stored spectrum of these runs."""
@@ -471,13 +498,16 @@ class ResultsDB:
     def record_fidelity(
         self, run_id: str, protocol: str, temperature_K: float, result: dict[str, Any]
     ) -> None:
-        with Session(self.engine) as session, session.begin():
+
+        def write(session: Session) -> None:
             session.merge(
                 Fidelity(
                     run_id=run_id, protocol=protocol, temperature_K=float(temperature_K),
                     result=json.dumps(result), recorded=_now(),
                 )
             )  # fmt: skip
+
+        self._write(write)
 
     def fidelity_results(self, run_ids: list[str]) -> list[tuple[str, str, float, dict[str, Any]]]:
         """(run id, protocol, temperature, result) of every fidelity evaluation of these runs."""
