@@ -122,3 +122,24 @@ def test_a_selection_written_by_another_study_in_between_is_replaced_not_an_erro
     assert raced == [True]
     [row] = ResultsDB(url).selections("tiny")
     assert (row.lr, row.position) == (1e-3, "lower edge")
+
+
+def test_fidelity_results_of_an_older_database_are_carried_over(tmp_path):
+    """Older databases keyed fidelity results by (run, protocol) in a table ``fidelity``; the
+    temperature is now part of the key and read from the stored result."""
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE fidelity (run_id VARCHAR(120), protocol VARCHAR(20), result TEXT, "
+            "recorded VARCHAR(40), PRIMARY KEY (run_id, protocol))"
+        )
+        result = {"label": "r1", "survived": 1.0, "temperature_K": 600.0}
+        old.execute("INSERT INTO fidelity VALUES ('r1', 'molecule', ?, 'then')", (json.dumps(result),))
+    db = ResultsDB(f"sqlite:///{path}")
+    assert db.fidelity_results(["r1"]) == [("r1", "molecule", 600.0, result)]
+    assert db.fidelity("r1", "molecule", 600.0) == result
+    ResultsDB(f"sqlite:///{path}")  # reopening copies nothing twice
+    assert len(db.fidelity_results(["r1"])) == 1

@@ -238,6 +238,24 @@ class ResultsDB:
                     if column.name not in have and column.nullable:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+        self._copy_old_fidelity_table(existing)
+
+    def _copy_old_fidelity_table(self, existing: Any) -> None:
+        """mlipopt < 0.2 kept fidelity results in a table ``fidelity`` keyed by (run, protocol); the
+        temperature is now part of the key. Old rows are copied once (their temperature read from the
+        stored result) and the old table is left as it was."""
+        if "fidelity" not in existing.get_table_names():
+            return
+        with Session(self.engine) as session, session.begin():
+            if session.scalar(select(func.count()).select_from(Fidelity)):
+                return
+            old = session.execute(text("SELECT run_id, protocol, result, recorded FROM fidelity")).all()
+            for run_id, protocol, result, recorded in old:
+                temperature = json.loads(result).get("temperature_K", 0.0)
+                session.merge(
+                    Fidelity(run_id=run_id, protocol=protocol, temperature_K=float(temperature),
+                             result=result, recorded=recorded)
+                )  # fmt: skip
 
     def _write(self, write: Callable[[Session], None]) -> None:
         """Run one insert-or-replace transaction. ``session.merge`` reads, then inserts: when another
