@@ -21,14 +21,14 @@ from mlipopt.train.refine import refine  # noqa: E402
 from ..conftest import SHARED_DATA  # noqa: E402
 
 
-def _config(run_dir, optimizer="adamw", lr=1e-2, epochs=5, **model):
+def _config(run_dir, optimizer="adamw", lr=1e-2, epochs=5, frames=(24, 8, 8), **model):
     ethanol = SHARED_DATA / "ethanol" / "train.xyz"
     if not ethanol.is_file():
         pytest.skip(f"{ethanol} not found (../shared is absent)")
     return load_config({
         "seed": 7,
         "run_dir": str(run_dir),
-        "data": {"train": str(ethanol), "max_frames": 40, "split": [24, 8, 8], "batch_size": 2},
+        "data": {"train": str(ethanol), "max_frames": 40, "split": list(frames), "batch_size": 2},
         "model": {"preset": "mace-tiny", "dtype": "float64", **model},
         "optimizer": {"name": optimizer, "lr": lr},
         "training": {"max_epochs": epochs, "progress": False},
@@ -84,6 +84,19 @@ def test_five_epochs_of_mace_on_ethanol(tmp_path, optimizer, lr):
     assert rows[-1]["train_loss"] < 0.8 * rows[0]["train_loss"]
     # the E0 refit leaves no per-atom offset on the training split (meV/atom)
     assert abs(trainer.evaluate("train")["e_bias"]) < 1e-3
+
+
+@pytest.mark.parametrize(
+    "optimizer, lr",
+    [("adam", 1e-2), ("radam", 1e-2), ("sgd", 1e-2), ("lamb", 1e-2), ("ranger", 1e-2),
+     ("schedulefree", 1e-2), ("soap_muon", 1e-3)],
+)  # fmt: skip
+def test_the_other_optimizers_train_a_small_mace(tmp_path, optimizer, lr):
+    """The three above on the full split; the other seven on a short one: the training loss falls."""
+    trainer = Trainer(_config(tmp_path, optimizer, lr, epochs=3, frames=(8, 4, 4)), log=lambda _: None)
+    trainer.fit()
+    losses = [row["train_loss"] for row in trainer.history]
+    assert all(loss == loss for loss in losses) and losses[-1] < losses[0], losses
 
 
 def test_refine_the_cli_and_fine_tuning_a_saved_mace_file(tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Model families (NequIP/Allegro, the pretrained SevenNet-0, MACE) behind one interface
 (:mod:`mlipopt.models.family`); each family's packages are imported on first use."""
 
-from .family import Backend, DataStats, ModelFamily, family
-from .presets import PRESETS, build_model
+from .family import Backend, DataStats, ModelFamily, build_model, family
+from .presets import PRESETS
 
 __all__ = ["PRESETS", "Backend", "DataStats", "ModelFamily", "build_model", "family"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import ase
@@ -128,3 +129,24 @@ def family(name: str | Any) -> ModelFamily:
                 f"the {key} family needs its packages: pip install 'mlipopt[{key}]' ({exc})"
             ) from exc
     return _LOADED[key]
+
+
+def build_model(
+    preset: str,
+    type_names: Sequence[str] = ("H", "C", "N", "O"),
+    model_dtype: str = "float32",
+    seed: int = 0,
+    avg_num_neighbors: float = 20.0,
+    **overrides: Any,
+) -> torch.nn.Module:
+    """A model of ``preset`` outside training (inspection, benchmarks), with ``overrides`` of preset keys:
+    from scratch with energy shifts 0 and scales 1, or the shipped pretrained model — built by the
+    preset's family exactly as a saved run's architecture is rebuilt."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    config = SimpleNamespace(
+        preset=preset, family=None, file=None, dtype=model_dtype, type_names=list(type_names),
+        r_max=float(overrides.pop("r_max", PRESETS[preset]["r_max"])),
+        avg_num_neighbors=avg_num_neighbors, options=overrides,
+    )  # fmt: skip
+    return family(preset).rebuild(config, seed)

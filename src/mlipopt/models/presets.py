@@ -1,4 +1,5 @@
-"""Named NequIP/Allegro architectures: Harari et al. table 3 sizes and tiny CPU test models.
+"""Named architectures of every family: NequIP/Allegro at Harari et al. table 3 sizes, small and tiny
+CPU models, MACE, and the pretrained SevenNet-0 (each entry names its ``family``).
 
 Harari et al. table 3 trains the per-type energy shifts; here that is ``model.energy_shifts: trainable``
 (the default, ``refit``, fits them in closed form instead: :mod:`mlipopt.models.energy_shifts`).
@@ -7,8 +8,6 @@ Harari et al. table 3 trains the per-type energy shifts; here that is ``model.en
 from __future__ import annotations
 
 from typing import Any
-
-import torch
 
 #: NequIP on water (Harari et al. table 3b) and Allegro on CDP (table 3a), plus tiny CPU variants.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -118,32 +117,3 @@ PRESETS: dict[str, dict[str, Any]] = {
         allegro_mlp_hidden_layers_width=16,
     ),
 }
-
-
-def build_model(
-    preset: str,
-    type_names: list[str] | tuple[str, ...] = ("H", "C", "N", "O"),
-    model_dtype: str = "float32",
-    seed: int = 0,
-    avg_num_neighbors: float = 20.0,
-    **overrides: Any,
-) -> torch.nn.Module:
-    """A model of ``preset`` outside training (inspection, benchmarks), with ``overrides`` of preset keys:
-    from scratch with energy shifts 0 and scales 1, or the shipped pretrained model."""
-    if preset not in PRESETS:
-        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    if "checkpoint" in PRESETS[preset]:
-        from .sevennet import load_sevennet
-
-        return load_sevennet(PRESETS[preset]["checkpoint"])
-    if PRESETS[preset]["family"] == "mace":
-        from .mace import build_mace
-
-        r_max = overrides.pop("r_max", PRESETS[preset]["r_max"])
-        zeros = dict.fromkeys(type_names, 0.0)
-        return build_mace(
-            preset, type_names, zeros, avg_num_neighbors, 1.0, r_max, dtype=model_dtype, **overrides
-        )
-    from .nequip import build_nequip
-
-    return build_nequip(preset, type_names, model_dtype, seed, avg_num_neighbors, **overrides)

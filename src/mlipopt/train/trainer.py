@@ -11,8 +11,6 @@ restarted from its last checkpoint produces bitwise the same parameters as an un
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import sys
@@ -26,44 +24,14 @@ import torch
 from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, remove_orphans, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
-from .diagnostics import FLAGS, VERDICT, training_flags
+from .diagnostics import training_flags
 from .loss import ErrorMetrics, validation_metric
+from .records import incompatible_changes, log_final, write_metrics_csv
 from .session import Session
-
-METRIC_COLUMNS = (
-    "epoch",
-    "train_time_s",
-    "eval_time_s",
-    "lr",
-    "train_loss",
-    "train_energy_loss",
-    "train_force_loss",
-    "val_e_mae",
-    "val_e_rmse",
-    "val_e_bias",
-    "val_f_mae",
-    "val_f_rmse",
-    "val_metric",
-)
-
-#: Config keys that may change between an interrupted run and its resumption.
-_RESUMABLE_CHANGES = {("run_dir",), ("training", "max_epochs"), ("training", "progress")}
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is left untouched."""
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    out = []
-    for key in sorted(set(a) | set(b)):
-        path = (*prefix, key)
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _differences(va, vb, path)
-        elif va != vb:
-            out.append(path)
-    return out
 
 
 class Trainer(Session):
@@ -135,11 +103,9 @@ class Trainer(Session):
         if not self.checkpoint_path.exists():
             return False
         state = load_torch(self.checkpoint_path)
-        diff = [
-            p for p in _differences(state["config"], self.resolved.to_dict()) if p not in _RESUMABLE_CHANGES
-        ]
+        diff = incompatible_changes(state["config"], self.resolved.to_dict())
         if diff:
-            keys = ", ".join(".".join(p) for p in diff)
+            keys = ", ".join(diff)
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different config (differs in: {keys}); "
                 "choose another run_dir or restart it (mlipopt train --restart)"
@@ -271,7 +237,7 @@ class Trainer(Session):
                 or stopped_early
                 or self.epoch == c.training.max_epochs
             ):
-                self._write_metrics_csv()
+                write_metrics_csv(self.history, self.run_dir / "metrics.csv")
                 self.save_checkpoint()
             if self.epoch in c.training.keep_checkpoints:
                 save_torch(self.state_dict(), self.run_dir / f"checkpoint_epoch{self.epoch}.pt")
@@ -289,7 +255,6 @@ class Trainer(Session):
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         measured = self.test_metrics()
-        test = measured["test"]
         flags = training_flags(
             self.history,
             self.config.training.max_epochs,
@@ -316,28 +281,8 @@ class Trainer(Session):
         if self.is_pretrained and baseline.is_file():
             final["pretrained"] = json.loads(baseline.read_text())
         save_json(final, self.run_dir / "final_metrics.json")
-        if test:
-            self.log(
-                "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, "
-                "F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(**test)
-            )
-        for flag in flags:
-            self.log(
-                f"WARNING: {FLAGS[flag]} (best epoch {self.best_epoch} of {self.epoch}) — {VERDICT[flag]}?"
-            )
-        for name, errors in measured.get("extra_tests", {}).items():
-            self.log(f"{name}: {_describe(errors)}")
-        if "forgetting" in measured:
-            self.log(f"forgetting (vs the pretrained model): {_describe(measured['forgetting'])}")
+        log_final(self.log, final)
         return final
-
-    def _write_metrics_csv(self) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in self.history:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
-        save_text(buffer.getvalue(), self.run_dir / "metrics.csv")
 
     def _log_epoch(self, row: dict[str, Any]) -> None:
         def fmt(value: float | None, spec: str) -> str:
@@ -348,15 +293,6 @@ class Trainer(Session):
             f"val E {fmt(row['val_e_mae'], '.2f')} meV/atom  F {fmt(row['val_f_mae'], '.1f')} meV/Å  "
             f"metric {row['val_metric']:.2f}  lr {row['lr']:.3g}  t {row['train_time_s']:.1f}s"
         )
-
-
-def _describe(errors: dict[str, Any]) -> str:
-    text = f"E MAE {errors['e_mae']:.3f} meV/atom"
-    if errors.get("e_mae_offset_free") is not None:
-        text += f" ({errors['e_mae_offset_free']:.3f} offset-free)"
-    if errors.get("f_mae") is not None:
-        text += f", F MAE {errors['f_mae']:.2f} meV/Å"
-    return text
 
 
 def train(config: RunConfig, restart: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
