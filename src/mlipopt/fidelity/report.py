@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..figures import save_figure
 from .observables import arrhenius_fit
 from .protocols import FidelityResult, FidelitySettings
 
@@ -62,9 +63,7 @@ def overlay_figure(
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_report(
@@ -164,9 +163,7 @@ def transport_figures(results: list[FidelityResult], arrhenius: list[dict[str, A
             ax.set_xticks([t for t, _ in r.phonons["ticks"]], [name for _, name in r.phonons["ticks"]])
             ax.set_ylabel("frequency [THz]")
             ax.set_title(f"{r.label} (dashed) vs reference", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "phonon_bands.png", dpi=120)
-        plt.close(fig)
+        save_figure(fig, out / "phonon_bands.png")
         lines += ["![phonon bands](phonon_bands.png)", ""]
     if arrhenius:
         fig, ax = plt.subplots(figsize=(5, 3.6))
@@ -182,11 +179,8 @@ def transport_figures(results: list[FidelityResult], arrhenius: list[dict[str, A
 
 def _save_figure(fig: Any, ax: Any, xlabel: str, ylabel: str, path: Path) -> None:
     """Label one-axes figure, add its legend, write it and free it."""
-    import matplotlib.pyplot as plt
 
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

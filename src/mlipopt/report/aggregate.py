@@ -34,6 +34,19 @@ class Cell:
         return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+def format_mean_std(mean: float, std: float, n: int, digits: int) -> str:
+    """``mean ± std`` with ``digits`` decimals; the spread is left out for a single value."""
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
+def mean_std(values: list[float | None], digits: int) -> str:
+    """``mean ± std`` (sample std) of the values that exist; ``—`` when none do."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "—"
+    return format_mean_std(*Cell.stats(present), len(present), digits)
+
+
 def final_cells(db: ResultsDB, study: str) -> dict[tuple[str, float], Cell]:
     cells: dict[tuple[str, float], Cell] = {}
     for run in db.runs(study, status="done"):

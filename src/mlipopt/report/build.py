@@ -16,8 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import save_figure
 from ..study.db import ResultsDB
-from .aggregate import Cell, curves, final_cells, final_runs, step_cost, stored_config, time_to_target
+from .aggregate import (
+    Cell,
+    curves,
+    final_cells,
+    final_runs,
+    format_mean_std,
+    mean_std,
+    step_cost,
+    stored_config,
+    time_to_target,
+)
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
 from .spectra import spectra_section
 from .trust import (
@@ -39,7 +50,7 @@ def _mark(values: dict[str, float]) -> dict[str, str]:
 
 
 def _fmt(mean: float, std: float, n: int, digits: int, mark: str) -> str:
-    text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+    text = format_mean_std(mean, std, n, digits)
     return f"**{text}**" if mark == "best" else f"<u>{text}</u>" if mark == "second" else text
 
 
@@ -117,9 +128,7 @@ def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
         ax.set_title(f"{label} MAE / {reference_opt} @ {100 * fractions[0]:g} %")
         bar = fig.colorbar(image, ax=ax, shrink=0.8)
         bar.set_ticks(sorted({round(v, 2) for v in (1.0 / r, (1.0 + 1.0 / r) / 2, 1.0, (1.0 + r) / 2, r)}))
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return reference_opt
 
 
@@ -190,9 +199,7 @@ def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
         _log_ticks(ax)
         ax.set_title(f"{100 * s:g} % force labels")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     if any(measured.values()):
         rows += [
             "",
@@ -261,12 +268,6 @@ def refinement_section(db: ResultsDB, study: str) -> list[str]:
     if not cells:
         return []
 
-    def ms(values: list[float], digits: int) -> str:
-        if not values:
-            return "—"
-        mean, std = Cell.stats(values)
-        return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
-
     lines = [
         "## L-BFGS refinement (base → +L-BFGS, test MAE; force RMSE as in Liu et al. table 3)",
         "",
@@ -275,11 +276,10 @@ def refinement_section(db: ResultsDB, study: str) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (opt, frac), c in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-        lines.append(
-            f"| {100 * frac:g} % | {opt} | {len(c['n'])} | {ms(c['e0'], 2)} | {ms(c['e1'], 2)} | "
-            f"{ms(c['f0'], 1)} | {ms(c['f1'], 1)} | {ms(c['r0'], 1)} | {ms(c['r1'], 1)} | "
-            f"{np.mean(c['n']):.0f} |"
-        )
+        errors = [mean_std(c[k], 2) for k in ("e0", "e1")]
+        errors += [mean_std(c[k], 1) for k in ("f0", "f1", "r0", "r1")]
+        evaluations = f"{np.mean(c['n']):.0f}"
+        lines.append(f"| {100 * frac:g} % | {opt} | {len(c['n'])} | {' | '.join(errors)} | {evaluations} |")
     return lines + [""]
 
 

@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ..figures import save_figure
 from ..study.db import ResultsDB, Run
-from .aggregate import Cell, final_runs
+from .aggregate import final_runs, mean_std
 
 Rows = dict[tuple[str, float, str], list[dict[str, Any]]]  # (optimizer, fraction, variant) -> per seed
 PRETRAINED = "pretrained (no fine-tuning)"
@@ -39,14 +40,6 @@ def _collect(db: ResultsDB, study: str, key: str) -> Rows:
     return rows
 
 
-def _ms(values: list[float | None], digits: int) -> str:
-    values = [v for v in values if v is not None]
-    if not values:
-        return "—"
-    mean, std = Cell.stats(values)
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
-
-
 def _order(rows: Rows, by: Rows | None = None) -> list[tuple[str, float, str]]:
     """Force fractions descending; within one, by the base model's mean error in ``by`` (default
     ``rows``), force MAE if measured else energy MAE, each refinement right after its base row."""
@@ -65,8 +58,8 @@ def pretrained_summary(db: ResultsDB, study: str) -> list[str]:
     start = [v for (opt, _, _), values in rows.items() if opt == PRETRAINED for v in values]
     if not start:
         return []
-    e = _ms([x.get("e_mae") for x in start], 2)
-    f = _ms([x.get("f_mae") for x in start], 1)
+    e = mean_std([x.get("e_mae") for x in start], 2)
+    f = mean_std([x.get("f_mae") for x in start], 1)
     return [
         f"Before fine-tuning (pretrained model, per-element energy shifts refitted to the training split; "
         f"{len(start)} runs): test E MAE {e} meV/atom, F MAE {f} meV/Å.",
@@ -99,8 +92,8 @@ def extra_tests_section(db: ResultsDB, study: str, out: Path) -> list[str]:
         for opt, frac, variant in _order(per_test):
             v = per_test[(opt, frac, variant)]
             label = opt if variant == "base" else f"{opt} +L-BFGS"
-            cells = [_ms([x.get(k) for x in v], 2) for k in ("e_mae", "e_rmse", "e_mae_offset_free")]
-            cells += [_ms([x.get(k) for x in v], 1) for k in ("f_mae", "f_rmse")]
+            cells = [mean_std([x.get(k) for x in v], 2) for k in ("e_mae", "e_rmse", "e_mae_offset_free")]
+            cells += [mean_std([x.get(k) for x in v], 1) for k in ("f_mae", "f_rmse")]
             lines.append(f"| {100 * frac:g} % | {label} | {len(v)} | " + " | ".join(cells) + " |")
         lines.append("")
     figure = path_figure(final_runs(db, study), names, out / "extra_test_paths.png")
@@ -167,9 +160,7 @@ def path_figure(runs: list[Run], names: list[str], path: Path) -> bool:
         ax.set_ylabel("ΔE [eV]")
         ax.set_title(name)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -192,8 +183,8 @@ def forgetting_section(db: ResultsDB, study: str, out: Path) -> list[str]:
         v, t = rows[key], tests.get(key, [])
         label = opt if variant == "base" else f"{opt} +L-BFGS"
         lines.append(
-            f"| {100 * frac:g} % | {label} | {len(v)} | {_ms([x.get('f_mae') for x in t], 1)} | "
-            f"{_ms([x['e_mae'] for x in v], 2)} | {_ms([x.get('f_mae') for x in v], 1)} |"
+            f"| {100 * frac:g} % | {label} | {len(v)} | {mean_std([x.get('f_mae') for x in t], 1)} | "
+            f"{mean_std([x['e_mae'] for x in v], 2)} | {mean_std([x.get('f_mae') for x in v], 1)} |"
         )
         f_test = [x["f_mae"] for x in t if x.get("f_mae") is not None]
         f_forget = [x["f_mae"] for x in v if x.get("f_mae") is not None]
@@ -228,6 +219,4 @@ def tradeoff_figure(points: list[tuple[str, str, float, float]], path: Path) -> 
     ax.set_ylabel("test F MAE [meV/Å]")
     ax.set_title("accuracy vs forgetting (hollow: +L-BFGS)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..figures import save_figure
 from ..study.db import ResultsDB, Run, run_flags
 from ..train.diagnostics import training_flags, verdicts
+from .aggregate import mean_std
 
 
 def flags_of(db: ResultsDB, run: Run) -> list[str]:
@@ -56,10 +58,9 @@ def constant_predictor_line(runs: list[Run]) -> list[str]:
             values.append(value)
     if not values:
         return []
-    spread = f" ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else ""
     return [
         f"Floor: per-element energies fitted on the training split, without a model, reach a test E MAE of "
-        f"{np.mean(values):.2f}{spread} meV/atom; an energy error near it means no geometry was learned.",
+        f"{mean_std(values, 2)} meV/atom; an energy error near it means no geometry was learned.",
         "",
     ]
 
@@ -162,9 +163,7 @@ def landscape_figure(db: ResultsDB, runs: list[Run], selections: list, path: Pat
         ax.set_title(f"{100 * s:g} % force labels")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(fontsize=7, title="ringed: selected; hollow: flagged; ×: failed", title_fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..figures import save_figure
 from ..optim import canonical_name
 from ..structure import param_groups
 from ..train import Trainer, load_config
@@ -212,9 +213,7 @@ def density_figure(results: list[dict[str, Any]], path: Path) -> None:
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("spectral density (per unit λ/λ_max)")
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def table(results: list[dict[str, Any]]) -> list[str]:
