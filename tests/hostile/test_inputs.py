@@ -14,16 +14,7 @@ from ase.calculators.emt import EMT
 
 from mlipopt.cli import main
 
-CONFIG = """
-seed: 1
-data:
-  generate: {system: ethanol, n_frames: 12}
-  split: [8, 2, 2]
-  batch_size: 4
-model: {preset: nequip-tiny}
-optimizer: {name: adamw, lr: 1.0e-3}
-training: {max_epochs: 1, progress: false}
-"""
+from ..test_cli import CONFIG  # one small valid run, shared with the CLI tests
 
 
 def _frames(n, seed=0, species="CH3CH2OH"):

@@ -12,8 +12,9 @@ only one family's packages (MACE pins e3nn 0.4.4, nequip needs e3nn ≥ 0.6) wor
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -22,6 +23,18 @@ import ase
 import torch
 
 from .presets import PRESETS
+
+
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Set torch's default dtype for a block: MACE and SevenNet build buffers and graphs in it, and nequip
+    sets float64 globally."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 class Backend(Protocol):

@@ -10,8 +10,7 @@ shifts that mlipopt refits; the calculator is MACE's ``MACECalculator``.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ase
@@ -29,19 +28,8 @@ from mace.calculators import MACECalculator  # noqa: E402
 from mace.data import AtomicData, config_from_atoms  # noqa: E402
 from mace.tools import AtomicNumberTable, torch_geometric  # noqa: E402
 
-from .family import DataStats, ModelFamily  # noqa: E402
+from .family import DataStats, ModelFamily, default_dtype  # noqa: E402
 from .presets import PRESETS  # noqa: E402
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """MACE builds buffers and graphs in torch's default dtype: set it for the model's dtype."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def _dtype(model: torch.nn.Module) -> torch.dtype:

@@ -133,6 +133,22 @@ def _shift_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
     ]
 
 
+def _build(
+    model: Any,
+    type_names: Sequence[str],
+    avg_num_neighbors: float,
+    r_max: float,
+    seed: int,
+    start: dict[str, Any],
+) -> torch.nn.Module:
+    """The run's architecture; ``start`` holds values a fresh model takes from the data (the user's
+    ``model.options`` override them)."""
+    return build_nequip(
+        model.preset, type_names=type_names, model_dtype=model.dtype, seed=seed,
+        avg_num_neighbors=avg_num_neighbors, r_max=r_max, **{**start, **model.options},
+    )  # fmt: skip
+
+
 class NequIPFamily(ModelFamily):
     name = "nequip"
 
@@ -142,32 +158,15 @@ class NequIPFamily(ModelFamily):
     def build(self, model: Any, stats: DataStats | None, seed: int) -> torch.nn.Module:
         if stats is None:
             raise ValueError(f"{model.preset} is built from scratch: it needs the training data's statistics")
-        options = {
+        start = {
             "per_type_energy_shifts": {t: stats.e0[t] for t in stats.type_names},
             "per_type_energy_scales": dict.fromkeys(stats.type_names, stats.energy_scale),
             "per_type_energy_shifts_trainable": model.energy_shifts == "trainable",
-            **model.options,
         }
-        return build_nequip(
-            model.preset,
-            type_names=stats.type_names,
-            model_dtype=model.dtype,
-            seed=seed,
-            avg_num_neighbors=stats.avg_num_neighbors,
-            r_max=stats.r_max,
-            **options,
-        )
+        return _build(model, stats.type_names, stats.avg_num_neighbors, stats.r_max, seed, start)
 
     def rebuild(self, model: Any, seed: int) -> torch.nn.Module:
-        return build_nequip(
-            model.preset,
-            type_names=model.type_names,
-            model_dtype=model.dtype,
-            seed=seed,
-            avg_num_neighbors=model.avg_num_neighbors,
-            r_max=model.r_max,
-            **model.options,
-        )
+        return _build(model, model.type_names, model.avg_num_neighbors, model.r_max, seed, {})
 
     def options(self, model: Any) -> list[str]:
         if PRESETS[model.preset]["family"] == "nequip":

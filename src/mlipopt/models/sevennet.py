@@ -7,8 +7,7 @@ batched by torch_geometric; its per-species energy shifts are frozen parameters 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ase
@@ -21,19 +20,8 @@ from sevenn.calculator import SevenNetCalculator
 from sevenn.train.dataload import unlabeled_atoms_to_graph
 from torch_geometric.loader.dataloader import Collater
 
-from .family import DataStats, ModelFamily
+from .family import DataStats, ModelFamily, default_dtype
 from .presets import PRESETS
-
-
-@contextlib.contextmanager
-def default_dtype(dtype: torch.dtype) -> Iterator[None]:
-    """Temporarily set torch's default dtype (nequip sets float64 globally; SevenNet is float32)."""
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(before)
 
 
 def load_sevennet(checkpoint: str = "7net-0") -> torch.nn.Module:
