@@ -72,6 +72,11 @@ def _run_study_and_report(spec, out: str | None) -> int:
     )
     print(f"\nstudy {spec.name!r} done in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
     print((report.parent / "mae_table.md").read_text())
+    if outcome.diverged:
+        print(
+            f"{len(outcome.diverged)} sweep run(s) diverged: their learning rates are too high for this "
+            "model and data, and the selection left them out (the sweep landscape marks them ×)."
+        )
     if outcome.failed:
         print(
             f"{len(outcome.failed)} run(s) failed; their errors are in the database (status 'failed'). "
@@ -176,7 +181,7 @@ def _demo(args: argparse.Namespace) -> int:
     raw["study_dir"] = args.out
     print(
         "mlipopt demo: 3BPA labelled by GFN2-xTB (built here, cached), nequip-small, AdamW / Muon / SOAP / "
-        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 2 seeds; about 10 minutes on 2 cores"
+        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 2 seeds; about 20 minutes on 2 idle cores"
     )
 
     return _run_study_and_report(load_study(raw, args.overrides), args.out)

@@ -55,6 +55,21 @@ def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path):
     assert len(db.runs("tiny", status="done")) == 2 and set(outcome.failed) == {r.id for r in failed}
 
 
+def test_a_sweep_run_that_diverges_is_left_out_of_the_selection_not_a_failure(tmp_path):
+    """A too-high rate is an answer of the sweep (the demo's SOAP at s = 0 diverged at lr 1): the study
+    selects among the others and does not report a failure (exit status 0)."""
+    raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [1e-3, 1e9]}}, loss_ratios=[[1, 1]])
+    raw["force_fractions"] = [1.0]
+    lines = []
+    outcome = run_study(load_study(raw), progress=lines.append)
+    db = ResultsDB(load_study(raw).database_url)
+    [diverged] = db.runs("tiny", status="failed")
+    assert diverged.stage == "sweep" and diverged.lr == 1e9 and outcome.diverged == [diverged.id]
+    assert outcome.failed == [] and outcome.best_point[("adamw", 1.0)] == (1e-3, 0.0)
+    assert any("diverged (loss NaN)" in line for line in lines)
+    assert {r.lr for r in db.runs("tiny", stage="final", status="done")} == {1e-3}
+
+
 def test_killing_a_real_study_loses_no_finished_result(tmp_path):
     """Start `mlipopt study`, SIGKILL it once a final run is in the database, restart, and finish."""
     raw = tiny_study(tmp_path, seeds=[1, 2, 3])

@@ -22,7 +22,13 @@ class StudyOutcome:
     best_point: dict[tuple[str, float], tuple[float, float]] = field(default_factory=dict)
     best_ratio: dict[str, tuple[float, float]] = field(default_factory=dict)
     failed: list[str] = field(default_factory=list)
+    # sweep runs whose loss became NaN: a learning rate too high is an answer of the sweep, not a failure
+    diverged: list[str] = field(default_factory=list)
     database_url: str = ""
+
+
+def _diverged(error: str | None) -> bool:
+    return (error or "").startswith("TrainingDiverged")
 
 
 def _fmt_time(seconds: float) -> str:
@@ -121,6 +127,9 @@ class StudyRunner:
             self.progress(
                 f"  [{n:>3}/{total}] {what}: {errors}  ({_fmt_time(elapsed)}, ~{_fmt_time(eta)} left)"
             )
+        elif result["status"] == "failed" and run.stage != "final" and _diverged(result["error"]):
+            self.outcome.diverged.append(run.run_id)
+            self.progress(f"  [{n:>3}/{total}] {what}: diverged (loss NaN) — left out of the selection")
         elif result["status"] == "failed":
             self.outcome.failed.append(run.run_id)
             self.progress(f"  [{n:>3}/{total}] {what}: FAILED — {result['error']}")
