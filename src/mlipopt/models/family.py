@@ -56,6 +56,16 @@ class Backend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
+class GeometricBackend:
+    """Shared part of backends whose batches are torch_geometric-style data (MACE, SevenNet)."""
+
+    def to(self, data: Any, device: torch.device) -> Any:
+        return data.to(device)
+
+    def num_edges(self, graph: Any) -> int:
+        return int(graph["edge_index"].shape[1])
+
+
 @dataclass(frozen=True)
 class DataStats:
     """What a family may use from the training data to build a model from scratch."""

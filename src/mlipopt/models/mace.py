@@ -28,7 +28,7 @@ from mace.calculators import MACECalculator  # noqa: E402
 from mace.data import AtomicData, config_from_atoms  # noqa: E402
 from mace.tools import AtomicNumberTable, torch_geometric  # noqa: E402
 
-from .family import DataStats, ModelFamily, default_dtype  # noqa: E402
+from .family import DataStats, GeometricBackend, ModelFamily, default_dtype  # noqa: E402
 from .presets import PRESETS  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def _dtype(model: torch.nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-class MACEBackend:
+class MACEBackend(GeometricBackend):
     """MACE's own graphs (``AtomicData`` with one-hot species over the model's elements)."""
 
     name = "mace"
@@ -52,12 +52,6 @@ class MACEBackend:
 
     def collate(self, graphs: list[Any]) -> Any:
         return torch_geometric.Batch.from_data_list(graphs)
-
-    def to(self, data: Any, device: torch.device) -> Any:
-        return data.to(device)
-
-    def num_edges(self, graph: Any) -> int:
-        return int(graph["edge_index"].shape[1])
 
     def predict(
         self, model: torch.nn.Module, data: Any, forces: bool

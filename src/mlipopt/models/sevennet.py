@@ -20,7 +20,7 @@ from sevenn.calculator import SevenNetCalculator
 from sevenn.train.dataload import unlabeled_atoms_to_graph
 from torch_geometric.loader.dataloader import Collater
 
-from .family import DataStats, ModelFamily, default_dtype
+from .family import DataStats, GeometricBackend, ModelFamily, default_dtype
 from .presets import PRESETS
 
 
@@ -30,7 +30,7 @@ def load_sevennet(checkpoint: str = "7net-0") -> torch.nn.Module:
         return sevenn.util.load_checkpoint(checkpoint).build_model()
 
 
-class SevenNetBackend:
+class SevenNetBackend(GeometricBackend):
     """SevenNet models; forces come from its own edge-based autograd head.
 
     SevenNet always builds the force graph, so energy-only training costs as much as training with
@@ -48,12 +48,6 @@ class SevenNetBackend:
 
     def collate(self, graphs: list[Any]) -> Any:
         return Collater(graphs[:1])(graphs)
-
-    def to(self, data: Any, device: torch.device) -> Any:
-        return data.to(device)
-
-    def num_edges(self, graph: Any) -> int:
-        return int(graph["edge_index"].shape[1])
 
     def predict(
         self, model: torch.nn.Module, data: Any, forces: bool
