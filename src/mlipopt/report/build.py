@@ -37,6 +37,7 @@ from .trust import (
     constant_predictor_line,
     measured_cost_rows,
     measured_step_seconds,
+    reproducibility_line,
     selections_section,
 )
 
@@ -352,6 +353,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         "",
         *constant_predictor_line(finals),
         *checks_section(db, finals),
+        *reproducibility_line(finals),
         *pretrained_summary(db, study),
         "CSV: [mae_table.csv](mae_table.csv)",
         "",

@@ -65,6 +65,32 @@ def constant_predictor_line(runs: list[Run]) -> list[str]:
     ]
 
 
+def reproducibility_line(runs: list[Run]) -> list[str]:
+    """What a re-run reproduces: bit for bit when every run used one torch thread (the study default,
+    whatever the machine's core count); with more threads per run the summation order of torch's CPU
+    kernels varies from run to run, and sensitive runs differ by percents (docs/study.md)."""
+    threads = {json.loads(r.final or "{}").get("torch_threads") for r in runs}
+    versions = sorted({str(json.loads(r.final or "{}").get("torch_version")) for r in runs} - {"None"})
+    build = f"torch {', '.join(versions)}" if versions else "the same torch build"
+    if threads == {1}:
+        return [
+            f"Reproducibility: every final run trained with 1 torch thread, so re-running the study "
+            f"(`threads_per_run: 1`, any number of workers or cores) with {build} on a CPU of the same "
+            "instruction set gives this table bit for bit.",
+            "",
+        ]
+    if None in threads:
+        return ["Reproducibility: this database predates per-run thread records; compare re-runs only "
+                "when they used `threads_per_run: 1`.", ""]  # fmt: skip
+    return [
+        f"**Reproducibility: runs trained with {', '.join(str(t) for t in sorted(threads))} torch threads.** "
+        "With more than one thread the summation order of torch's CPU kernels varies from run to run, so "
+        "a re-run of this study differs (by 0.2–34 % per run in the demo, docs/study.md); use "
+        "`executor.threads_per_run=1` for a table that re-runs bit for bit.",
+        "",
+    ]
+
+
 def checks_section(db: ResultsDB, runs: list[Run]) -> list[str]:
     """A warning paragraph listing flagged final runs (nothing when every run trained)."""
     flagged = [(r, flags_of(db, r)) for r in runs]

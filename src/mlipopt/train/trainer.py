@@ -276,6 +276,10 @@ class Trainer(Session):
             "force_frames": {name: s.n_force_frames for name, s in self.sets.items()},
             # what no model achieves: per-element energies fitted on train (meV/atom), per split
             "constant_energy_mae": self.constant_energy_mae,
+            # what decides whether a re-run is bitwise equal: more than one intra-op thread makes the
+            # summation order of torch's CPU kernels vary (docs/study.md, "Reproducibility")
+            "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__,
         }
         baseline = self.run_dir / "pretrained_metrics.json"
         if self.is_pretrained and baseline.is_file():
