@@ -24,6 +24,7 @@ from .study.db import ResultsDB
 from .study.presets import STUDY_PRESETS, preset
 from .train import CheckpointError, ConfigError, TrainingDiverged, load_config, train
 from .train.config import read_yaml_mapping
+from .train.distributed import launched_rank
 from .train.refine import refine
 
 
@@ -192,9 +193,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.run_dir:
         overrides.append(f"run_dir={args.run_dir}")
     config = load_config(args.config, overrides)
-    print(f"mlipopt train: {config.model.preset} with {config.optimizer.name} -> {config.run_dir}")
+    speak = launched_rank() == 0  # under torchrun/srun rank 0 alone reports
+    if speak:
+        world = os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or "1"
+        ranks = f" on {world} data-parallel processes" if world != "1" else ""
+        print(f"mlipopt train: {config.model.preset} with {config.optimizer.name}{ranks} -> {config.run_dir}")
     final = train(config, restart=args.restart)
-    print(f"final metrics: {Path(config.run_dir) / 'final_metrics.json'} (best epoch {final['best_epoch']})")
+    if speak:
+        print(
+            f"final metrics: {Path(config.run_dir) / 'final_metrics.json'} (best epoch {final['best_epoch']})"
+        )
     return 0
 
 

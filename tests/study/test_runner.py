@@ -145,3 +145,28 @@ def test_then_refine_stage_refines_the_best_optimizers_and_reports_base_vs_lbfgs
     text = make_report(spec.database_url.removeprefix("sqlite:///")).read_text()
     assert "## L-BFGS refinement (base → +L-BFGS, test MAE" in text
     assert f"| 100 % | {best} | 2 |" in text
+
+
+def test_a_study_trains_each_run_on_two_data_parallel_processes(tmp_path):
+    """executor.ranks_per_run=2 launches every training run under torchrun; rank 0's results land in
+    the database once, and match the single-process study to round-off."""
+    from .helpers import TINY_STUDY
+
+    def study(folder, ranks):
+        base = {**TINY_STUDY["base"], "model": {"preset": "nequip-tiny", "dtype": "float64"}}
+        raw = tiny_study(
+            folder, base=base, optimizers={"adamw": {"lr": [5e-3]}}, force_fractions=[0.5], seeds=[1],
+            loss_ratios=[[1.0, 1.0]], executor={"workers": 1, "ranks_per_run": ranks},
+        )  # fmt: skip
+        spec = load_study(raw)
+        assert run_study(spec, progress=lambda _: None).failed == []
+        return {r.stage: r for r in ResultsDB(spec.database_url).runs("tiny")}
+
+    parallel, single = study(tmp_path / "two", 2), study(tmp_path / "one", 1)
+    assert parallel.keys() == single.keys() and "final" in parallel
+    for stage, run in parallel.items():
+        assert run.status == "done" and run.attempts == 1
+        final = json.loads(run.final)
+        assert final["world_size"] == 2 and json.loads(single[stage].final)["world_size"] == 1
+        assert run.test_f_mae == pytest.approx(single[stage].test_f_mae, rel=1e-8)
+        assert "launch.yaml" in os.listdir(run.run_dir) and "train.log" in os.listdir(run.run_dir)

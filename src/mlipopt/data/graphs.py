@@ -97,10 +97,18 @@ class GraphSet:
             backend=self.backend,
         )
 
-    def batches(self, batch_size: int, shuffle_seed: Sequence[int] | int | None = None) -> Iterator[Batch]:
-        """Minibatches in file order, or shuffled by ``shuffle_seed`` (the same seed, the same order)."""
+    def batch_indices(
+        self, batch_size: int, shuffle_seed: Sequence[int] | int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Frame indices of each minibatch: file order, or shuffled by ``shuffle_seed`` (the same seed,
+        the same order — on every data-parallel rank too)."""
         order = np.arange(len(self))
         if shuffle_seed is not None:
             order = np.random.default_rng(shuffle_seed).permutation(len(self))
         for start in range(0, len(self), batch_size):
-            yield self.batch(order[start : start + batch_size])
+            yield order[start : start + batch_size]
+
+    def batches(self, batch_size: int, shuffle_seed: Sequence[int] | int | None = None) -> Iterator[Batch]:
+        """Minibatches in file order, or shuffled by ``shuffle_seed`` (the same seed, the same order)."""
+        for indices in self.batch_indices(batch_size, shuffle_seed):
+            yield self.batch(indices)

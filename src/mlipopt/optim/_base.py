@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import _sharding
 from ._layout import GroupPlan, build_plan, resolve_layout
 
 NONFINITE_MODES = ("raise", "skip")
@@ -75,6 +76,8 @@ class BlockOptimizer(torch.optim.Optimizer):
             raise ValueError(f"nonfinite must be one of {NONFINITE_MODES}, got {defaults['nonfinite']!r}")
         super().__init__(params, defaults)
         self._plans: dict[int, tuple[tuple[int, ...], list[GroupPlan]]] = {}
+        self._ranks: Any = None  # data-parallel ranks sharing the block work (shard_blocks)
+        self._synced_failures: list[int] = []
         for group in self.param_groups:
             self._validate_group(group)
 
@@ -105,6 +108,7 @@ class BlockOptimizer(torch.optim.Optimizer):
             return cached[1]
         if cached is not None:
             for plan in cached[1]:
+                self._gather_plan(plan)
                 self._export_plan(plan, group)
         by_kind: dict[tuple, list[tuple[int, Tensor]]] = {}
         for i, p in indexed:
@@ -162,11 +166,52 @@ class BlockOptimizer(torch.optim.Optimizer):
             self._export_bucket(plan, bucket)
 
     def _sync_state(self) -> None:
+        self.gather_shards()
         for group in self.param_groups:
             cached = self._plans.get(id(group))
             if cached is not None:
                 for plan in cached[1]:
                     self._export_plan(plan, group)
+
+    # ----------------------------------------------------------------- data-parallel block work
+    def shard_blocks(self, ranks: Any) -> None:
+        """Share the block work among data-parallel ``ranks`` (a :class:`mlipopt.train.distributed.Ranks`):
+        each computes its rows of every bucket, the updates are summed (:mod:`._sharding`). Every rank
+        must hold the same gradients, as after the trainer's all-reduce. ``state_dict`` is then a
+        collective call (it gathers the state), to be made on every rank."""
+        self._ranks = ranks if ranks is not None and ranks.active else None
+        self._synced_failures = [g["basis_failures"] for g in self.param_groups]
+
+    @property
+    def sharded(self) -> bool:
+        return self._ranks is not None
+
+    def _owned_buckets(self, plan: GroupPlan) -> Any:
+        return plan.buckets if self._ranks is None else _sharding.owned_buckets(plan, self._ranks)
+
+    def _combine_block_updates(self, update: Tensor) -> None:
+        """Sum the ranks' block updates (each position computed by one rank; zeros elsewhere)."""
+        if self._ranks is not None:
+            self._ranks.sum_(update)
+
+    def _gather_plan(self, plan: GroupPlan) -> None:
+        if self._ranks is not None:
+            _sharding.gather_rows(plan, self._ranks)
+
+    def gather_shards(self) -> None:
+        """Bring every rank's state up to date (a collective; a no-op without sharding)."""
+        if self._ranks is None:
+            return
+        for group in self.param_groups:
+            cached = self._plans.get(id(group))
+            for plan in cached[1] if cached else []:
+                self._gather_plan(plan)
+        synced = self._synced_failures + [0] * (len(self.param_groups) - len(self._synced_failures))
+        counts = torch.tensor([g["basis_failures"] - s for g, s in zip(self.param_groups, synced)])
+        self._ranks.sum_(counts)  # each rank counted the factorisations of its own rows
+        for group, before, new in zip(self.param_groups, synced, counts.tolist()):
+            group["basis_failures"] = before + int(new)
+        self._synced_failures = [g["basis_failures"] for g in self.param_groups]
 
     def state_dict(self) -> dict[str, Any]:
         """Per-parameter state (a snapshot: later steps do not change the returned tensors)."""

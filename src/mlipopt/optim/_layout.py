@@ -150,6 +150,7 @@ class Bucket:
     positions: IndexPlan | None = None
     state: dict[str, Any] = field(default_factory=dict)
     new_rows: Tensor | None = None  # rows whose preconditioner must be initialised this step
+    ranges: list[range] = field(default_factory=list)  # flat positions of each member block
 
     @property
     def count(self) -> int:
@@ -168,6 +169,7 @@ class GroupPlan:
     elem_members: list[tuple[int, list[range]]]  # per param: its uncovered ranges (local)
     state: dict[str, Any] = field(default_factory=dict)  # elementwise state, flat over `elem`
     new_elem: bool = False
+    owners: list[list[tuple[int, int, int]]] | None = None  # per bucket: (rank, lo, hi) when sharded
 
     @property
     def total(self) -> int:
@@ -213,4 +215,5 @@ def build_plan(params: list[Tensor], layouts: list[ParamLayout]) -> GroupPlan:
     buckets = list(by_key.values())
     for key, bucket in by_key.items():
         bucket.positions = IndexPlan(positions[key], device)
+        bucket.ranges = positions[key]
     return GroupPlan(params, layouts, buckets, IndexPlan(elem_positions, device), offsets, elem_members)

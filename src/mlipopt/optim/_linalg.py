@@ -102,15 +102,16 @@ def eigenvalue_estimates(gram: Tensor, basis: Tensor) -> Tensor:
     return (basis * (gram @ basis)).sum(dim=-2)
 
 
-def null_directions(estimates: Tensor) -> Tensor:
-    """Columns ``(B, d)`` whose Gram eigenvalue is zero up to rounding: ``λ ≤ 10·d·ε·λ_max``.
+def null_directions(estimates: Tensor, tolerance: float | None = None) -> Tensor:
+    """Columns ``(B, d)`` whose Gram eigenvalue is zero up to rounding: ``λ ≤ 10·d·ε·λ_max``, or
+    ``λ ≤ tolerance·λ_max`` when a relative ``tolerance`` is given.
 
     A Gram matrix ``XᵀX`` computed in floating point carries errors of order ``d·ε·‖X‖²`` (ε of the
     dtype), so smaller eigenvalues cannot be told from zero and their eigenvectors are arbitrary.
     An all-zero Gram matrix (a block that never had a gradient) is null in every direction.
     """
     d = estimates.shape[-1]
-    tol = 10.0 * d * torch.finfo(estimates.dtype).eps
+    tol = 10.0 * d * torch.finfo(estimates.dtype).eps if tolerance is None else tolerance
     top = estimates.amax(dim=-1, keepdim=True).clamp_min(0.0)
     return estimates <= tol * top
 

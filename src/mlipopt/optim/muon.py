@@ -108,7 +108,7 @@ class Muon(BlockOptimizer):
         beta = group["momentum"]
         grad = plan.flat([p.grad for p in plan.params])
         update = torch.zeros_like(grad)
-        for bucket in plan.buckets:
+        for bucket in self._owned_buckets(plan):
             g = bucket.positions.gather(grad).reshape(bucket.count, *bucket.shape)
             m = bucket.state["momentum_buffer"]
             m.lerp_(g, 1 - beta)
@@ -118,6 +118,7 @@ class Muon(BlockOptimizer):
             )
             o.mul_(-lr * muon_scale(bucket.shape, group["scale"], bucket.fan))
             bucket.positions.scatter_(update, o)
+        self._combine_block_updates(update)  # data-parallel ranks that shared the blocks
         if plan.elem.size:
             beta1, beta2 = group["adam_betas"]
             step = group["step"]

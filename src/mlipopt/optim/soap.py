@@ -87,6 +87,12 @@ class SOAP(BlockOptimizer):
         null_space: ``"isotropic"`` (default: Adam is isotropic across the null directions of a
             rank-deficient Gram matrix, so the update does not depend on the arbitrary eigenvectors
             ``eigh`` returns there; see the module doc) or ``"official"`` (official SOAP exactly).
+        null_tolerance: relative eigenvalue ``λ/λ_max`` at or below which a direction counts as null
+            (``None``: ``10·d·ε``, zero up to rounding). Eigenvectors of eigenvalues far below
+            ``λ_max`` are rotated by rounding by about ``ε·λ_max/λ``, and Adam's normalisation turns
+            that rotation into an O(lr) difference of the update; ``1e-8`` in float64 keeps every
+            retained direction determined to ~1e-8, so runs that differ only in summation order
+            (data-parallel ranks, thread counts) stay together (docs/distributed.md).
         nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf.
     """
 
@@ -105,6 +111,7 @@ class SOAP(BlockOptimizer):
         precondition_frequency: int = 10,
         max_precond_dim: int = 10000,
         null_space: str = "isotropic",
+        null_tolerance: float | None = None,
         nonfinite: str = "raise",
         _subclass_defaults: dict[str, Any] | None = None,
         **unknown: Any,
@@ -113,6 +120,8 @@ class SOAP(BlockOptimizer):
         _check_betas(betas, "betas")
         if null_space not in NULL_SPACE_RULES:
             raise ValueError(f"null_space must be one of {NULL_SPACE_RULES}, got {null_space!r}")
+        if null_tolerance is not None and not 0.0 <= null_tolerance < 1.0:
+            raise ValueError(f"null_tolerance must be in [0, 1) or None, got {null_tolerance}")
         if lr < 0 or eps < 0 or weight_decay < 0:
             raise ValueError(
                 f"lr, eps and weight_decay must be non-negative, got {lr}, {eps}, {weight_decay}"
@@ -130,6 +139,7 @@ class SOAP(BlockOptimizer):
             precondition_frequency=int(precondition_frequency),
             max_precond_dim=int(max_precond_dim),
             null_space=null_space,
+            null_tolerance=null_tolerance,
             nonfinite=nonfinite,
             **(_subclass_defaults or {}),
         )
@@ -192,7 +202,7 @@ class SOAP(BlockOptimizer):
         steps_done = group["step"] - 1  # official SOAP: the first call only builds the bases
         grad = plan.flat([p.grad for p in plan.params])
         update = torch.zeros_like(grad)
-        for bucket in plan.buckets:
+        for bucket in self._owned_buckets(plan):
             g = bucket.positions.gather(grad).reshape(bucket.count, *bucket.shape)
             if bucket.new_rows is not None:
                 self._initialise_rows(bucket, g, group)
@@ -212,6 +222,7 @@ class SOAP(BlockOptimizer):
             u = u * (-lr * _bias_correction(beta1, beta2, steps_done))
             bucket.positions.scatter_(update, u)
             self._update_preconditioner(bucket, g, group, steps_done)
+        self._combine_block_updates(update)  # data-parallel ranks that shared the blocks
         if plan.elem.size and steps_done > 0:
             beta1, beta2 = self._betas(group, False)
             g = plan.elem.gather(grad)
@@ -240,7 +251,8 @@ class SOAP(BlockOptimizer):
             new_q, failed = _linalg.eigenbasis(gg_rows, None)
             group["basis_failures"] += failed
             q.index_copy_(0, rows, new_q)
-            null.index_copy_(0, rows, _linalg.null_directions(_linalg.eigenvalue_estimates(gg_rows, new_q)))
+            estimates = _linalg.eigenvalue_estimates(gg_rows, new_q)
+            null.index_copy_(0, rows, _linalg.null_directions(estimates, group.get("null_tolerance")))
         state["has_null"] = any(n is not None and bool(n.any()) for n in state["null"])
         bucket.new_rows = None
 
@@ -274,7 +286,8 @@ class SOAP(BlockOptimizer):
                 failed += failed_exact
             group["basis_failures"] += failed
             v.copy_(_permute_mode(v, order, mode))
-            null.copy_(_linalg.null_directions(_linalg.eigenvalue_estimates(gg, new_q)))
+            estimates = _linalg.eigenvalue_estimates(gg, new_q)
+            null.copy_(_linalg.null_directions(estimates, group.get("null_tolerance")))
             new_bases.append(new_q)
         for q, new_q in zip(bases, new_bases):
             if q is not None:

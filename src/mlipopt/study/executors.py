@@ -7,10 +7,13 @@ holds no result that a kill could lose. Both executors yield results as runs fin
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
+import shlex
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -18,10 +21,13 @@ import traceback
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
 from typing import Any
 
 from ..spectrum.analysis import analyse_run
 from ..train import Trainer, load_config
+from ..train.checkpoint import load_torch, save_text
+from ..train.config import dump_config
 from ..train.refine import refine
 from .db import ResultsDB, lease_duration
 from .spec import ExecutorSpec
@@ -45,16 +51,50 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         return {"run_id": run_id, "status": "claimed"}  # another process trains it
     try:
         with heartbeat(db, run_id, owner):
-            trainer = Trainer(load_config(task["config"]), log=lambda _: None)
-            trainer.resume()
-            final = trainer.fit()
-        if not db.record_result(run_id, final, trainer.history, owner=owner):
+            if int(task.get("ranks", 1)) > 1:
+                final, history = train_data_parallel(task)
+            else:
+                trainer = Trainer(load_config(task["config"]), log=lambda _: None)
+                trainer.resume()
+                final, history = trainer.fit(), trainer.history
+        if not db.record_result(run_id, final, history, owner=owner):
             return {"run_id": run_id, "status": "claimed"}  # our claim lapsed; the new holder reports
         return {"run_id": run_id, "status": "done", "final": final}
     except Exception as exc:  # recorded, reported, and the study goes on with the other runs
         message = f"{type(exc).__name__}: {exc}"
         db.mark_failed(run_id, message + "\n" + traceback.format_exc(), owner=owner)
         return {"run_id": run_id, "status": "failed", "error": message}
+
+
+def launch_command(ranks: int, launcher: str | None) -> list[str]:
+    """The command that starts one run's ranks; ``-m mlipopt.cli train CONFIG`` is appended. Default:
+    ``torchrun --standalone`` on this machine; e.g. ``srun python`` inside a Slurm allocation."""
+    if launcher:
+        return shlex.split(launcher)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+
+
+def train_data_parallel(task: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one run on ``task["ranks"]`` processes (a launcher subprocess, resumed if interrupted);
+    returns its final metrics and per-epoch history as written by rank 0. Output goes to ``train.log``."""
+    config = load_config(task["config"])  # checked here, so a bad config fails before any launch
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "launch.yaml"
+    save_text(dump_config(config), config_path)
+    command = [*launch_command(int(task["ranks"]), task.get("launcher")), "-m", "mlipopt.cli", "train",
+               str(config_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(int(task.get("threads", 1)))}
+    with open(run_dir / "train.log", "ab") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+    if done.returncode != 0:
+        tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-5:]
+        raise RuntimeError(
+            f"data-parallel training exited with status {done.returncode}: {' | '.join(tail)} "
+            f"(full output: {run_dir / 'train.log'}; `{' '.join(command)}`)"
+        )
+    final = json.loads((run_dir / "final_metrics.json").read_text())
+    return final, load_torch(run_dir / "checkpoint.pt")["history"]
 
 
 @contextlib.contextmanager
@@ -154,12 +194,14 @@ class LocalExecutor:
 
     def __init__(self, spec: ExecutorSpec) -> None:
         self.threads = max(1, spec.threads_per_run)
-        self.workers = spec.workers or max(1, available_cpus() // self.threads)
+        self.ranks = max(1, spec.ranks_per_run)
+        self.launcher = spec.launcher
+        self.workers = spec.workers or max(1, available_cpus() // (self.threads * self.ranks))
 
     def map(self, tasks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if not tasks:
             return
-        tasks = [{**t, "threads": self.threads} for t in tasks]
+        tasks = [{**t, **_placement(t, self.threads, self.ranks, self.launcher)} for t in tasks]
         if self.workers == 1:
             for task in tasks:  # in-process: simplest to debug, no start-up cost
                 yield execute_run(task)
@@ -176,7 +218,8 @@ class LocalExecutor:
                 yield future.result()
 
     def describe(self) -> str:
-        return f"local executor: {self.workers} parallel runs × {self.threads} thread(s)"
+        ranks = f" × {self.ranks} data-parallel processes" if self.ranks > 1 else ""
+        return f"local executor: {self.workers} parallel runs{ranks} × {self.threads} thread(s)"
 
 
 class RayExecutor:
@@ -193,9 +236,9 @@ class RayExecutor:
             ray.init(address=spec.address, ignore_reinit_error=True, log_to_driver=False)
 
     def map(self, tasks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        threads = max(1, self.spec.threads_per_run)
-        remote = self.ray.remote(num_cpus=threads, num_gpus=self.spec.num_gpus)(execute_run)
-        pending = [remote.remote({**t, "threads": threads}) for t in tasks]
+        threads, ranks = max(1, self.spec.threads_per_run), max(1, self.spec.ranks_per_run)
+        remote = self.ray.remote(num_cpus=threads * ranks, num_gpus=self.spec.num_gpus)(execute_run)
+        pending = [remote.remote({**t, **_placement(t, threads, ranks, self.spec.launcher)}) for t in tasks]
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
             yield self.ray.get(done[0])
@@ -205,6 +248,13 @@ class RayExecutor:
         return (
             f"ray executor: cluster with {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs"
         )
+
+
+def _placement(task: dict[str, Any], threads: int, ranks: int, launcher: str | None) -> dict[str, Any]:
+    """How a task runs: threads per process, and — training runs only — data-parallel processes."""
+    if task.get("kind") in ("refine", "spectrum"):
+        return {"threads": threads}
+    return {"threads": threads, "ranks": ranks, "launcher": launcher}
 
 
 def make_executor(spec: ExecutorSpec) -> LocalExecutor | RayExecutor:

@@ -79,7 +79,9 @@ class OptimizerGrid:
 class ExecutorSpec:
     kind: str = "local"  # local or ray
     workers: int = 0  # local: parallel runs; 0 = as many as the machine holds at threads_per_run
-    threads_per_run: int = 1
+    threads_per_run: int = 1  # torch threads of each process
+    ranks_per_run: int = 1  # data-parallel processes per training run (torchrun, or `launcher`)
+    launcher: str | None = None  # command prefix starting a run's ranks, e.g. "srun python"
     num_gpus: float = 0.0  # ray: GPUs per run
     address: str | None = None  # ray: cluster address (None: start or join a local instance)
 
@@ -175,6 +177,7 @@ class RunSpec:
         identity = copy.deepcopy(self.config)
         identity.pop("run_dir", None)
         identity.get("training", {}).pop("progress", None)
+        identity.pop("distributed", None)  # how many processes train it does not change the run
         identity["data_fingerprint"] = from_dict(RunConfig, self.config).data_fingerprint()
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return f"{self.optimizer}-s{self.force_fraction:g}-seed{self.seed}-{digest}"
@@ -212,6 +215,12 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         raise ConfigError(f"study.sweep_extensions must be ≥ 0, got {spec.sweep_extensions}")
     if spec.executor.kind not in ("local", "ray"):
         raise ConfigError(f"study.executor.kind must be local or ray, got {spec.executor.kind!r}")
+    e = spec.executor
+    if e.workers < 0 or e.threads_per_run < 1 or e.ranks_per_run < 1 or e.num_gpus < 0:
+        raise ConfigError(
+            "study.executor: workers must be ≥ 0, threads_per_run and ranks_per_run ≥ 1, num_gpus ≥ 0; got "
+            f"{e.workers}, {e.threads_per_run}, {e.ranks_per_run}, {e.num_gpus}"
+        )
     resolve_relative_paths(spec.base, base_dir)
     data = spec.base.setdefault("data", {})
     if spec.dataset is None and "train" not in data and "generate" not in data:

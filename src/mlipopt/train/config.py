@@ -138,6 +138,15 @@ class TrainingConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Data-parallel training under ``torchrun``/``srun`` (ignored in a single process)."""
+
+    shard_optimizer: bool = False  # each rank computes its share of Muon/SOAP block updates
+    allow_world_size_change: bool = False  # resume a checkpoint written by another number of ranks
+    timeout_minutes: float = 30.0  # how long a collective waits for a silent rank
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     run_dir: str | None = None  # default: runs/<config file name>
@@ -148,6 +157,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     forgetting: ForgettingConfig = field(default_factory=ForgettingConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -286,6 +296,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "forgetting.timestep_fs": GT0,
     "forgetting.seed": GE0,
     "training.max_epochs": GE1,
+    "distributed.timeout_minutes": GT0,
     "training.clip_grad_norm": GT0,
     "training.early_stopping_patience": GE1,
     "training.early_stopping_min_delta": GE0,

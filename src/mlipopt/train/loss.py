@@ -15,6 +15,7 @@ labelled frame in a batch as much as a full batch of them at small force fractio
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -35,14 +36,20 @@ def eq11_loss(
     energy_weight: float,
     force_weight: float,
     force_normaliser: float,
+    batch_frames: int | None = None,
 ) -> LossParts:
-    """Eq. 11 on one batch; ``force_normaliser`` is c above (0 when the split has no force labels)."""
+    """Eq. 11 on one batch; ``force_normaliser`` is c above (0 when the split has no force labels).
+
+    ``batch_frames`` is |B| when ``batch`` is one rank's shard of a larger data-parallel batch B: the
+    shards' losses (and gradients) then sum to the loss of B (:mod:`mlipopt.train.distributed`).
+    """
     e_err = (energy.reshape(-1).to(torch.float64) - batch.energy) / batch.n_atoms
-    e_term = e_err.square().mean()
+    n = len(batch.energy) if batch_frames is None else batch_frames
+    e_term = e_err.square().mean() if n == len(batch.energy) else e_err.square().sum() / n
     f_term = torch.zeros((), dtype=torch.float64, device=e_term.device)
     if forces is not None and force_normaliser > 0 and batch.has_forces:
         f_err = (forces.to(torch.float64) - batch.forces)[batch.atom_mask]
-        f_term = f_err.square().sum() / (len(batch.energy) * force_normaliser)
+        f_term = f_err.square().sum() / (n * force_normaliser)
     return LossParts(energy_weight * e_term + force_weight * f_term, e_term, f_term)
 
 
@@ -64,6 +71,16 @@ class ErrorMetrics:
             self.f_abs += float(f_err.abs().sum())
             self.f_sq += float(f_err.square().sum())
             self.n_components += f_err.numel()
+
+    _SUMS = ("e_abs", "e_sq", "e_sum", "f_abs", "f_sq", "n_frames", "n_components")
+
+    def merge_ranks(self, ranks: Any) -> None:
+        """Sum the running sums of every data-parallel rank (each evaluated its share of the batches)."""
+        if not ranks.active:
+            return
+        values = ranks.sum_(torch.tensor([float(getattr(self, k)) for k in self._SUMS], dtype=torch.float64))
+        for key, value in zip(self._SUMS, values.tolist()):
+            setattr(self, key, int(value) if key.startswith("n_") else value)
 
     def result(self) -> dict[str, float | None]:
         """Errors in meV/atom (energy) and meV/Å (forces); force entries are None without labels.

@@ -40,7 +40,15 @@ def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 
 #: Config keys that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = {("run_dir",), ("training", "max_epochs"), ("training", "progress")}
+RESUMABLE_CHANGES = {
+    ("run_dir",),
+    ("training", "max_epochs"),
+    ("training", "progress"),
+    ("distributed",),  # checkpoints of versions before data-parallel training lack the section
+    ("distributed", "shard_optimizer"),  # the checkpoint holds the gathered, unsharded state
+    ("distributed", "allow_world_size_change"),
+    ("distributed", "timeout_minutes"),
+}
 
 
 def _differences(a: dict[str, Any], b: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -21,21 +21,32 @@ import torch
 
 from ..data import Frames, GraphSet, composition_matrix, fit_energy_references, least_squares_per_element
 from ..models import DataStats, family
+from . import distributed
 from .checkpoint import save_text
 from .config import ConfigError, RunConfig
 from .data import TrainingData, energy_scale, prepare_data, with_replay
+from .distributed import Ranks
 from .forgetting import pretrained_frames, shift_energies
 from .loss import ErrorMetrics, LossParts, eq11_loss
+
+
+def _silent(_: str) -> None:
+    return None
 
 
 class Session:
     """Data, model and evaluation of one run (``log`` receives setup messages)."""
 
-    def __init__(self, config: RunConfig, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self, config: RunConfig, log: Callable[[str], None] = print, ranks: Ranks | None = None
+    ) -> None:
         self.config = config
-        self.log = log
+        # data-parallel: every rank holds the data and the model; rank 0 speaks and writes
+        self.ranks = ranks or distributed.current()
+        self.log = log if self.ranks.is_main else _silent
+        log = self.log
         self.run_dir = Path(config.run_dir or "runs/run")
-        self.device = torch.device(config.training.device)
+        self.device = distributed.device_for(config.training.device, self.ranks)
         self.family = family(config.model)
         self.data_fingerprint = config.data_fingerprint()  # before reading: what the run trains on
         self.data: TrainingData = prepare_data(config, self.family, log)
@@ -49,6 +60,7 @@ class Session:
             if avg_num_neighbors is None:
                 avg_num_neighbors = round(self.sets["train"].avg_num_neighbors(), 6)
             self.model = self._model_from_scratch(avg_num_neighbors)
+        self.ranks.broadcast_module(self.model)
         self.resolved = dataclasses.replace(
             config,
             model=dataclasses.replace(
@@ -161,14 +173,16 @@ class Session:
         return self.data.constant_energy_mae
 
     # ------------------------------------------------------------------ loss and errors
-    def batch_loss(self, batch: Any) -> LossParts:
-        """Eq. 11 on one batch (on the device); forces are computed only when the batch has labels."""
+    def batch_loss(self, batch: Any, batch_frames: int | None = None) -> LossParts:
+        """Eq. 11 on one batch (on the device); forces are computed only when the batch has labels.
+        ``batch_frames``: the global batch's frame count when ``batch`` is this rank's shard of it."""
         c = self.config
         use_forces = c.loss.force_weight > 0 and self.force_normaliser > 0 and batch.has_forces
         energy, forces = self.backend.predict(self.model, batch.data, use_forces)
         return eq11_loss(
-            energy, forces, batch, c.loss.energy_weight, c.loss.force_weight, self.force_normaliser
-        )
+            energy, forces, batch, c.loss.energy_weight, c.loss.force_weight, self.force_normaliser,
+            batch_frames,
+        )  # fmt: skip
 
     def evaluate(self, split: str, with_forces: bool = True) -> dict[str, float | None]:
         """E (meV/atom) and F (meV/Å) MAE/RMSE on a split; forces on its labelled frames only."""
@@ -177,17 +191,23 @@ class Session:
     def evaluate_set(
         self, graphs: GraphSet, with_forces: bool = True, energies: list[float] | None = None
     ) -> dict[str, float | None]:
-        """Errors on any :class:`GraphSet`; predicted energies (eV) are appended to ``energies`` if given."""
+        """Errors on any :class:`GraphSet`; predicted energies (eV) are appended to ``energies`` if given.
+        Data-parallel ranks share the batches and sum their errors (all ranks when ``energies`` is asked)."""
         self.model.eval()
         metrics = ErrorMetrics()
         need_forces = with_forces and graphs.n_force_frames > 0
-        for batch in graphs.batches(self.config.data.eval_batch_size):
-            batch = batch.to(self.device)
+        shared = energies is None and self.ranks.active
+        for k, indices in enumerate(graphs.batch_indices(self.config.data.eval_batch_size)):
+            if shared and k % self.ranks.world != self.ranks.rank:
+                continue
+            batch = graphs.batch(indices).to(self.device)
             with torch.set_grad_enabled(need_forces):
                 energy, forces = self.backend.predict(self.model, batch.data, need_forces)
             metrics.update(energy, forces, batch)
             if energies is not None:
                 energies.extend(energy.detach().reshape(-1).double().cpu().tolist())
+        if shared:
+            metrics.merge_ranks(self.ranks)
         return metrics.result()
 
     def extra_test_metrics(self, name: str, tag: str = "") -> dict[str, Any]:
@@ -205,7 +225,8 @@ class Session:
         for i, (a, e_ref, e_pred) in enumerate(zip(graphs.frames.atoms, reference, predicted)):
             coordinate = a.info.get(extra.coordinate, "") if extra.coordinate else ""
             rows.append(f"{graphs.frames.index[i]},{coordinate},{len(a)},{float(e_ref)!r},{float(e_pred)!r}")
-        save_text("\n".join(rows) + "\n", self.run_dir / f"extra_test_{name}{tag}.csv")
+        if self.ranks.is_main:
+            save_text("\n".join(rows) + "\n", self.run_dir / f"extra_test_{name}{tag}.csv")
         return result
 
     def test_metrics(self, tag: str = "") -> dict[str, Any]:
@@ -227,14 +248,19 @@ class Session:
         """
         self.model.eval()
         train = self.sets["train"]
-        predicted = []
-        for batch in train.batches(self.config.data.eval_batch_size):
-            energy, _ = self.backend.predict(self.model, batch.to(self.device).data, False)
-            predicted.append(energy.detach().double().cpu())
-        residual = train.energy.numpy() - torch.cat(predicted).numpy()
+        predicted = torch.zeros(len(train), dtype=torch.float64)
+        for k, indices in enumerate(train.batch_indices(self.config.data.eval_batch_size)):
+            if k % self.ranks.world == self.ranks.rank:  # data-parallel ranks share the frames
+                energy, _ = self.backend.predict(self.model, train.batch(indices).to(self.device).data, False)
+                predicted[torch.as_tensor(indices)] = energy.detach().reshape(-1).double().cpu()
+        self.ranks.sum_(predicted)  # exact: every frame is non-zero on one rank only
+        residual = train.energy.numpy() - predicted.numpy()
         names = self.data.type_names
         if self._train_counts is None or len(self._train_counts) != len(train):
             self._train_counts = composition_matrix(train.frames, names)
         delta = least_squares_per_element(self._train_counts, residual, names)
+        if self.ranks.active:  # one solution for all ranks, whatever their LAPACK
+            values = self.ranks.broadcast_(torch.tensor([delta[n] for n in names], dtype=torch.float64))
+            delta = dict(zip(names, values.tolist()))
         self.family.add_energy_shifts(self.model, delta)
         return delta

@@ -25,6 +25,7 @@ from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, remove_orphans, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
 from .diagnostics import training_flags
+from .distributed import Ranks, init_from_environment
 from .loss import ErrorMetrics, validation_metric
 from .records import incompatible_changes, log_final, write_metrics_csv
 from .session import Session
@@ -41,8 +42,10 @@ class Trainer(Session):
     ``log`` receives one line per epoch and setup messages (default: print to stdout).
     """
 
-    def __init__(self, config: RunConfig, log: Callable[[str], None] = print) -> None:
-        super().__init__(config, log)
+    def __init__(
+        self, config: RunConfig, log: Callable[[str], None] = print, ranks: Ranks | None = None
+    ) -> None:
+        super().__init__(config, log, ranks)
         o = config.optimizer
         try:
             self.optimizer = build_optimizer(
@@ -51,6 +54,14 @@ class Trainer(Session):
             )  # fmt: skip
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"optimizer ({o.name}): {exc}") from None
+        if self.ranks.active and config.distributed.shard_optimizer:
+            shard = getattr(self.optimizer, "shard_blocks", None)
+            if shard is None:
+                self.log(
+                    f"distributed.shard_optimizer: {o.name} has no block work to share; every rank steps"
+                )
+            else:
+                shard(self.ranks)
         self.scheduler = self._build_scheduler()
         self.epoch = 0
         self.train_time = 0.0
@@ -78,6 +89,7 @@ class Trainer(Session):
         return self.run_dir / "checkpoint.pt"
 
     def state_dict(self) -> dict[str, Any]:
+        """The run's full state (on every data-parallel rank: a sharded optimizer gathers its state)."""
         return {
             "epoch": self.epoch,
             "config": self.resolved.to_dict(),
@@ -91,14 +103,18 @@ class Trainer(Session):
             "history": self.history,
             "torch_rng": torch.get_rng_state(),
             "data_fingerprint": self.data_fingerprint,
+            "world_size": self.ranks.world,
         }
 
-    def save_checkpoint(self) -> None:
-        save_torch(self.state_dict(), self.checkpoint_path)
+    def save_checkpoint(self, path: Path | None = None) -> None:
+        """Written by rank 0 only, atomically; every rank takes part in gathering a sharded optimizer."""
+        state = self.state_dict()
+        if self.ranks.is_main:
+            save_torch(state, path or self.checkpoint_path)
 
     def resume(self) -> bool:
         """Load ``checkpoint.pt`` from the run directory if present; False when starting fresh."""
-        if self.run_dir.is_dir() and (removed := remove_orphans(self.run_dir)):
+        if self.ranks.is_main and self.run_dir.is_dir() and (removed := remove_orphans(self.run_dir)):
             self.log(f"removed {removed} unfinished temporary file(s) a killed run left in {self.run_dir}")
         if not self.checkpoint_path.exists():
             return False
@@ -116,6 +132,13 @@ class Trainer(Session):
             raise ConfigError(
                 f"{self.run_dir} holds a run trained on other data: {', '.join(changed)} changed since its "
                 "checkpoint; restart it (mlipopt train --restart) or choose another run_dir"
+            )
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.ranks.world and not self.config.distributed.allow_world_size_change:
+            raise ConfigError(
+                f"{self.checkpoint_path} was written by a run on {saved_world} process(es); this one has "
+                f"{self.ranks.world}. The trajectory continues to round-off only: resume with the same "
+                "world size, or set distributed.allow_world_size_change=true"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -144,48 +167,63 @@ class Trainer(Session):
         self._set_eval_mode(False)
         train = self.sets["train"]
         sums = {"train_loss": 0.0, "train_energy_loss": 0.0, "train_force_loss": 0.0}
-        batches = train.batches(c.data.batch_size, shuffle_seed=[c.seed, self.epoch])
-        if c.training.progress and sys.stderr.isatty():
+        batches = train.batch_indices(c.data.batch_size, shuffle_seed=[c.seed, self.epoch])
+        if c.training.progress and sys.stderr.isatty() and self.ranks.is_main:
             from tqdm import tqdm
 
             n_batches = math.ceil(len(train) / c.data.batch_size)
             batches = tqdm(
                 batches, total=n_batches, leave=False, desc=f"epoch {self.epoch + 1}", file=sys.stderr
             )
-        for step, batch in enumerate(batches):
-            batch = batch.to(self.device)
-            parts = self.batch_loss(batch)
-            if not torch.isfinite(parts.total):
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        for step, indices in enumerate(batches):
+            mine = self.ranks.share(indices)  # all of them in a single process
+            parts = None
+            if len(mine):
+                parts = self.batch_loss(train.batch(mine).to(self.device), len(indices))
+            values = torch.zeros(3, dtype=torch.float64)
+            if parts is not None:
+                values = (
+                    torch.stack([parts.total, parts.energy, parts.forces]).detach().to("cpu", torch.float64)
+                )
+            total, energy_loss, force_loss = self.ranks.sum_(values).tolist()  # the global batch's loss
+            if not math.isfinite(total):
                 saved = (
                     f"the last good checkpoint is {self.checkpoint_path}"
                     if self.checkpoint_path.is_file()
                     else "no checkpoint was written yet"
                 )
                 raise TrainingDiverged(
-                    f"loss is {float(parts.total.detach())} at epoch {self.epoch + 1}, batch {step + 1}; "
+                    f"loss is {total} at epoch {self.epoch + 1}, batch {step + 1}; "
                     f"{saved} — lower optimizer.lr or set training.clip_grad_norm"
                 )
             self.optimizer.zero_grad(set_to_none=True)
-            parts.total.backward()
+            if parts is not None:
+                parts.total.backward()
+            self.ranks.sum_gradients(trainable)  # shards' gradients sum to the global batch's
             if c.training.clip_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.training.clip_grad_norm)
             self.optimizer.step()
-            weight = len(batch.energy) / len(train)
-            sums["train_loss"] += weight * float(parts.total.detach())
-            sums["train_energy_loss"] += weight * float(parts.energy.detach())
-            sums["train_force_loss"] += weight * float(parts.forces.detach())
+            weight = len(indices) / len(train)
+            sums["train_loss"] += weight * total
+            sums["train_energy_loss"] += weight * energy_loss
+            sums["train_force_loss"] += weight * force_loss
         return sums
 
     def fit(self) -> dict[str, Any]:
         """Train until max_epochs or early stopping, then test the best model; returns final metrics."""
         c = self.config
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_text(dump_config(self.resolved), self.run_dir / "config.yaml")
-        save_json(self.splits_record, self.run_dir / "splits.json")
+        main = self.ranks.is_main  # rank 0 writes; the other ranks compute alongside
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_text(dump_config(self.resolved), self.run_dir / "config.yaml")
+            save_json(self.splits_record, self.run_dir / "splits.json")
         baseline = self.run_dir / "pretrained_metrics.json"
         if self.epoch == 0 and self.is_pretrained:
             # the starting point of fine-tuning, on the same held-out data (shifts already refitted)
-            save_json(self.test_metrics(tag="_pretrained"), baseline)
+            pretrained = self.test_metrics(tag="_pretrained")
+            if main:
+                save_json(pretrained, baseline)
         patience = c.training.early_stopping_patience
         stopped_early = patience is not None and self.bad_epochs >= patience
         while self.epoch < c.training.max_epochs and not stopped_early:
@@ -222,7 +260,10 @@ class Trainer(Session):
                     0,
                 )
                 self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-                save_torch({"model": self.best_state, "epoch": self.epoch}, self.run_dir / "best_model.pt")
+                if main:
+                    save_torch(
+                        {"model": self.best_state, "epoch": self.epoch}, self.run_dir / "best_model.pt"
+                    )
             else:
                 self.bad_epochs += 1
             self._set_eval_mode(False)
@@ -231,16 +272,18 @@ class Trainer(Session):
             elif self.scheduler is not None:
                 self.scheduler.step()
             self._log_epoch(row)
+            self.ranks.check_identical(self.model)
             stopped_early = patience is not None and self.bad_epochs >= patience
             if (
                 self.epoch % c.training.checkpoint_every == 0
                 or stopped_early
                 or self.epoch == c.training.max_epochs
             ):
-                write_metrics_csv(self.history, self.run_dir / "metrics.csv")
+                if main:
+                    write_metrics_csv(self.history, self.run_dir / "metrics.csv")
                 self.save_checkpoint()
             if self.epoch in c.training.keep_checkpoints:
-                save_torch(self.state_dict(), self.run_dir / f"checkpoint_epoch{self.epoch}.pt")
+                self.save_checkpoint(self.run_dir / f"checkpoint_epoch{self.epoch}.pt")
             if stopped_early:
                 self.log(
                     f"early stopping: no improvement > {c.training.early_stopping_min_delta} "
@@ -280,11 +323,13 @@ class Trainer(Session):
             # summation order of torch's CPU kernels vary (docs/study.md, "Reproducibility")
             "torch_threads": torch.get_num_threads(),
             "torch_version": torch.__version__,
+            "world_size": self.ranks.world,
         }
         baseline = self.run_dir / "pretrained_metrics.json"
         if self.is_pretrained and baseline.is_file():
             final["pretrained"] = json.loads(baseline.read_text())
-        save_json(final, self.run_dir / "final_metrics.json")
+        if self.ranks.is_main:
+            save_json(final, self.run_dir / "final_metrics.json")
         log_final(self.log, final)
         return final
 
@@ -300,10 +345,13 @@ class Trainer(Session):
 
 
 def train(config: RunConfig, restart: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train (or resume) the run described by ``config``; returns the final metrics."""
-    trainer = Trainer(config, log=log)
-    if restart:
+    """Train (or resume) the run described by ``config``; returns the final metrics. Under ``torchrun``
+    or ``srun`` it joins the launcher's process group and trains data-parallel."""
+    ranks = init_from_environment(config.training.device, config.distributed.timeout_minutes)
+    trainer = Trainer(config, log=log, ranks=ranks)
+    if restart and ranks.is_main:
         trainer.checkpoint_path.unlink(missing_ok=True)
         (trainer.run_dir / "best_model.pt").unlink(missing_ok=True)
+    ranks.barrier()
     trainer.resume()
     return trainer.fit()
