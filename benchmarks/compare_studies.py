@@ -3,8 +3,8 @@
 SOAP and SOAP-Muon table on one core against the two-core demo)::
 
     mlipopt demo --out mlipopt-demo
-    OMP_NUM_THREADS=1 taskset -c 0 mlipopt demo --out demo-1core \\
-        'optimizers={soap: {lr: [1e-2, 3e-2, 1e-1]}, soap_muon: {lr: [3e-3, 1e-2, 3e-2], options: {rho: 0.0}}}'
+    OMP_NUM_THREADS=1 taskset -c 0 mlipopt demo --out demo-1core 'optimizers={soap: {lr: [1e-2, 3e-2,
+        1e-1]}, soap_muon: {lr: [3e-3, 1e-2, 3e-2], options: {rho: 0.0}}}'   # (one line)
     python benchmarks/compare_studies.py mlipopt-demo demo-1core
 """
 
@@ -27,13 +27,17 @@ def finals(folder: Path) -> dict[tuple[str, float, int], tuple[float, float, str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("a", type=Path)
     parser.add_argument("b", type=Path)
     args = parser.parse_args()
     a, b = finals(args.a), finals(args.b)
     common = sorted(set(a) & set(b))
-    print(f"| optimizer | s | seed | test F MAE {args.a.name} | {args.b.name} | errors equal | weights equal |")
+    print(
+        f"| optimizer | s | seed | test F MAE {args.a.name} | {args.b.name} | errors equal | weights equal |"
+    )
     print("|---|---|---|---|---|---|---|")
     same = 0
     for key in common:

@@ -164,7 +164,9 @@ def optimizer_steps(steps: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=2, help="extra epochs timed per setup")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip-throughput", action="store_true")
