@@ -1,6 +1,7 @@
 """One interface per model family: everything the rest of mlipopt knows about a kind of model.
 
-A *family* (NequIP and Allegro through the nequip packages, the pretrained SevenNet-0, MACE) builds its
+A *family* (NequIP and Allegro through the nequip packages, the pretrained SevenNet-0, MACE, and the
+unconstrained Cartesian message-passing model of :mod:`mlipopt.models.cartesian`) builds its
 models from a config and statistics of the training data, loads saved weights, turns structures into
 model inputs (its :class:`Backend`), holds the per-type energy shifts, and makes an ASE calculator.
 Training, refinement, spectra, fidelity and the command line ask the family and nothing else, so adding a
@@ -131,6 +132,7 @@ REGISTRY: dict[str, str] = {
     "allegro": "mlipopt.models.nequip:NequIPFamily",
     "sevennet": "mlipopt.models.sevennet:SevenNetFamily",
     "mace": "mlipopt.models.mace:MACEFamily",
+    "cartesian": "mlipopt.models.cartesian:CartesianFamily",
 }
 _LOADED: dict[str, ModelFamily] = {}
 

@@ -80,6 +80,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         allegro_mlp_hidden_layers_depth=1,
         allegro_mlp_hidden_layers_width=32,
     ),
+    # unconstrained (not equivariant) message passing on Cartesian neighbour vectors (models/cartesian.py)
+    "cartesian-small": dict(family="cartesian", r_max=5.0, hidden=64, num_basis=8, layers=2),
+    "cartesian-tiny": dict(family="cartesian", r_max=4.0, hidden=16, num_basis=6, layers=1),
     # MACE (its own environment: `pip install 'mlipopt[mace]'`), ScaleShiftMACE trained from scratch
     "mace-small": dict(
         family="mace",

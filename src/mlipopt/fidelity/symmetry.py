@@ -1,0 +1,147 @@
+"""Rotational symmetry at inference, and the checks an unconstrained model needs (issue 14).
+
+* :func:`so3_quadrature` — a product Euler-angle grid (uniform in α and γ, Gauss–Legendre in cos β)
+  that averages every Wigner-D component of degree ≤ ``order`` exactly; :func:`random_rotations` —
+  uniform rotations from a seed.
+* :class:`SymmetrizedCalculator` — wraps any ASE calculator:
+  E(x) = Σ_k w_k E(R_k x),  F(x) = Σ_k w_k R_kᵀ F(R_k x),
+  the inference-time fix of Bigi, Ceriotti et al. (arXiv 2601.16195). It is exactly invariant when the
+  model's dependence on orientation is band-limited to ``order``, and approximately otherwise.
+* :func:`equivariance_errors` — how far a calculator is from rotation invariance (energy) and
+  equivariance (forces), over random rotations.
+* :func:`loop_work` — ∮ F·dx around a closed loop of one atom. It is zero for conservative forces up to
+  round-off, since the periodic trapezoid rule is spectrally exact, and non-zero for a direct force
+  head.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+
+def euler_zyz(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """Rotation matrices R = R_z(α) R_y(β) R_z(γ), shape (..., 3, 3)."""
+
+    def rz(t: np.ndarray) -> np.ndarray:
+        c, s = np.cos(t), np.sin(t)
+        zero, one = np.zeros_like(t), np.ones_like(t)
+        return np.stack(
+            [np.stack([c, -s, zero], -1), np.stack([s, c, zero], -1), np.stack([zero, zero, one], -1)], -2
+        )
+
+    def ry(t: np.ndarray) -> np.ndarray:
+        c, s = np.cos(t), np.sin(t)
+        zero, one = np.zeros_like(t), np.ones_like(t)
+        return np.stack(
+            [np.stack([c, zero, s], -1), np.stack([zero, one, zero], -1), np.stack([-s, zero, c], -1)], -2
+        )
+
+    return rz(alpha) @ ry(beta) @ rz(gamma)
+
+
+def so3_quadrature(order: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rotations (K, 3, 3) and weights (K,) summing to 1, exact for Wigner-D degree ≤ ``order``.
+
+    The Haar integral of D^l_{mk}(α, β, γ) = e^{-imα} d^l_{mk}(β) e^{-ikγ} vanishes for l ≥ 1. A uniform
+    grid of n = order + 1 angles sums e^{-imα} to zero exactly for 0 < |m| ≤ order. What is left,
+    d^l_{00}(β) = P_l(cos β), is integrated exactly by Gauss–Legendre in cos β with n nodes.
+    K = (order + 1)³.
+    """
+    if order < 0:
+        raise ValueError(f"order must be ≥ 0, got {order}")
+    n = order + 1
+    angles = 2 * np.pi * np.arange(n) / n
+    nodes, gl_weights = np.polynomial.legendre.leggauss(n)
+    a, b, g = np.meshgrid(angles, np.arccos(nodes), angles, indexing="ij")
+    w = np.broadcast_to((gl_weights / 2)[None, :, None], a.shape) / n**2
+    return euler_zyz(a.ravel(), b.ravel(), g.ravel()), w.ravel().copy()
+
+
+def random_rotations(count: int, seed: int = 0) -> np.ndarray:
+    """``count`` rotations uniform on SO(3) (Haar), reproducible from ``seed``."""
+    rng = np.random.default_rng(seed)
+    q, r = np.linalg.qr(rng.standard_normal((count, 3, 3)))
+    q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
+    q[np.linalg.det(q) < 0, :, 0] *= -1
+    return q
+
+
+def rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:
+    """``atoms`` rotated by ``rotation`` (positions and cell; labels are not carried)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions @ rotation.T, pbc=atoms.pbc)
+    if atoms.cell.rank:
+        out.set_cell(atoms.cell.array @ rotation.T)
+    return out
+
+
+class SymmetrizedCalculator(Calculator):
+    """Energy and forces of ``calculator`` averaged over rotations.
+
+    ``rotations`` is an int (the order of :func:`so3_quadrature`, default 3: 64 evaluations) or an array
+    (K, 3, 3), with ``weights`` (default uniform)."""
+
+    implemented_properties = ["energy", "free_energy", "forces"]
+
+    def __init__(self, calculator: Calculator, rotations: int | np.ndarray = 3, weights: Any = None) -> None:
+        super().__init__()
+        if isinstance(rotations, (int, np.integer)):
+            rotations, weights = so3_quadrature(int(rotations))
+        self.inner = calculator
+        self.rotations = np.asarray(rotations, dtype=np.float64)
+        k = len(self.rotations)
+        self.weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        energy, forces = 0.0, np.zeros((len(self.atoms), 3))
+        for rotation, weight in zip(self.rotations, self.weights):
+            image = rotated(self.atoms, rotation)
+            image.calc = self.inner
+            energy += weight * image.get_potential_energy()
+            forces += weight * image.get_forces() @ rotation  # R^T F(Rx), for row vectors
+        self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+
+
+def equivariance_errors(calculator: Calculator, atoms: Atoms, rotations: int = 16, seed: int = 0) -> dict:
+    """Energy spread (meV/atom; std and max − min over rotations) and force error
+    mean |R^T F(Rx) − F(x)| (meV/Å) against the unrotated structure."""
+    reference = atoms.copy()
+    reference.calc = calculator
+    e0, f0 = reference.get_potential_energy(), reference.get_forces()
+    energies, force_errors = [e0], []
+    for rotation in random_rotations(rotations, seed):
+        image = rotated(atoms, rotation)
+        image.calc = calculator
+        energies.append(image.get_potential_energy())
+        force_errors.append(np.abs(image.get_forces() @ rotation - f0).mean())
+    energies_meV = 1e3 * np.array(energies) / len(atoms)
+    return {
+        "energy_std": float(np.std(energies_meV)),
+        "energy_range": float(np.ptp(energies_meV)),
+        "force_error": float(1e3 * np.mean(force_errors)),
+        "rotations": rotations,
+    }
+
+
+def loop_work(calculator: Calculator, atoms: Atoms, index: int = 0, radius: float = 0.05,
+              points: int = 64, normal: tuple[float, float, float] = (0.0, 0.0, 1.0)) -> float:  # fmt: skip
+    """Work ∮ F·dx (eV) of moving atom ``index`` once around a circle of ``radius`` (Å) about its
+    position, in the plane normal to ``normal``; zero to round-off for conservative forces."""
+    n = np.asarray(normal, dtype=np.float64)
+    n /= np.linalg.norm(n)
+    u = np.cross(n, [1.0, 0.0, 0.0] if abs(n[0]) < 0.9 else [0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    start = atoms.positions[index].copy()
+    work = 0.0
+    for theta in 2 * np.pi * np.arange(points) / points:
+        image = atoms.copy()
+        image.positions[index] = start + radius * (np.cos(theta) * u + np.sin(theta) * v)
+        image.calc = calculator
+        tangent = radius * (-np.sin(theta) * u + np.cos(theta) * v)
+        work += float(image.get_forces()[index] @ tangent) * (2 * np.pi / points)
+    return work
