@@ -17,9 +17,11 @@ from .fidelity.report import write_report
 from .models import PRESETS, build_model
 from .optim import NonFiniteGradientError
 from .report import make_report
+from .report.architectures import is_architectures_database, make_architectures_report
 from .spectrum.analysis import analyse_run, table, write
 from .structure import describe
 from .study import load_study, run_study
+from .study.axes import has_axes
 from .study.db import ResultsDB
 from .study.presets import STUDY_PRESETS, preset
 from .train import CheckpointError, ConfigError, TrainingDiverged, load_config, train
@@ -68,11 +70,15 @@ def _run_study_and_report(spec, out: str | None) -> int:
 
     start = time.perf_counter()
     outcome = run_study(spec)
-    report = make_report(
-        str(spec.folder / "results.db") if spec.database is None else spec.database, out or spec.folder
-    )
+    database = str(spec.folder / "results.db") if spec.database is None else spec.database
+    if has_axes(spec):
+        report = make_architectures_report(database, spec.name, out or spec.folder)
+        table = report.read_text().split("## Learning curves")[0]
+    else:
+        report = make_report(database, out or spec.folder)
+        table = (report.parent / "mae_table.md").read_text()
     print(f"\nstudy {spec.name!r} done in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
-    print((report.parent / "mae_table.md").read_text())
+    print(table)
     if outcome.diverged:
         print(
             f"{len(outcome.diverged)} sweep run(s) diverged: their learning rates are too high for this "
@@ -96,6 +102,13 @@ def _report(args: argparse.Namespace) -> int:
     source = Path(args.source)
     database = str(source / "results.db") if source.is_dir() else args.source
     try:
+        parent = None
+        if args.study is None and Path(database).is_file():
+            parent = is_architectures_database(ResultsDB(f"sqlite:///{Path(database).resolve()}"))
+        if parent is not None:
+            path = make_architectures_report(database, parent, args.out or Path(database).parent)
+            print(f"report: {path}")
+            return 0
         path = make_report(database, args.out, args.study)
     except (FileNotFoundError, ValueError) as exc:
         print(f"mlipopt report: error: {exc}", file=sys.stderr)

@@ -175,6 +175,21 @@ class Fidelity(Base):
     recorded: Mapped[str] = mapped_column(String(40))
 
 
+class ArchitectureCheck(Base):
+    """What an architectures study measures besides test errors (issue 14): a model's inference cost
+    (``kind="inference_cost"``, ``key`` the model label) or a run's equivariance (``kind="equivariance"``,
+    ``key`` the run id)."""
+
+    __tablename__ = "architecture_checks"
+
+    study: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    result: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text)  # the machine, for costs
+    recorded: Mapped[str] = mapped_column(String(40))
+
+
 def lease_duration() -> float:
     """Seconds a claim on a run holds without a heartbeat (``MLIPOPT_LEASE_SECONDS``, default 120)."""
     return float(os.environ.get("MLIPOPT_LEASE_SECONDS", 120))
@@ -512,6 +527,25 @@ class ResultsDB:
         with Session(self.engine) as session:
             rows = session.scalars(select(SpectrumRecord).where(SpectrumRecord.run_id.in_(run_ids)))
             return [(r.run_id, r.checkpoint, json.loads(r.result)) for r in rows]
+
+    def record_check(self, study: str, kind: str, key: str, result: Any, description: str = "") -> None:
+        def write(session: Session) -> None:
+            session.merge(ArchitectureCheck(
+                study=study, kind=kind, key=key, result=json.dumps(result), description=description,
+                recorded=_now(),
+            ))  # fmt: skip
+
+        self._write(write)
+
+    def checks(self, study: str, kind: str) -> dict[str, tuple[Any, str]]:
+        """key → (result, description) of the architecture checks of ``kind`` in ``study``."""
+        with Session(self.engine) as session:
+            rows = session.scalars(
+                select(ArchitectureCheck).where(
+                    ArchitectureCheck.study == study, ArchitectureCheck.kind == kind
+                )
+            )
+            return {r.key: (json.loads(r.result), r.description) for r in rows}
 
     def record_fidelity(
         self, run_id: str, protocol: str, temperature_K: float, result: dict[str, Any]

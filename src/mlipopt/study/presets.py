@@ -8,6 +8,9 @@ rates swept on seed 7 over 8 epochs (three-point grids, extended where the best 
 ``benchmark-3bpa`` / ``benchmark-ethanol`` — the four optimizers on the shared DFT data with default
 grids, three seeds and 100 epochs (issue 11's real-data benchmark; docs/benchmark.md).
 
+``architectures-3bpa`` — architectures as a study axis (issue 14): four models × AdamW/SOAP × nested
+training sets, learning curves, accuracy against inference cost, equivariance (docs/architectures.md).
+
 ``paper-nequip`` / ``paper-allegro`` — Harari et al. appendix B on the user's data (``base.data.train=...``):
 the NequIP-water or Allegro-CDP architecture (table 3), lr grid {3·10^-(p+1), 10^-p, 3·10^-p} (+5·10^-(p+1)
 for NequIP), weight decay {0, 1e-5, 1e-4, 1e-3}, λ_E:λ_F ∈ {1:1, 1:10, 1:100} at full forces, sweeps on
@@ -239,8 +242,46 @@ FINETUNE_3BPA: dict[str, Any] = {
     **FINETUNE_PROTOCOL,
 }
 
+#: Issue 14, reduced for a CPU. Four architectures on the shared 3BPA data (train_300K.xyz): nequip-small,
+#: allegro-small and the unconstrained cartesian-small trained from scratch, SevenNet-0 fine-tuned. Each
+#: runs with AdamW and SOAP (the best matrix optimizer of the 3BPA benchmark at s = 0.1) at full force
+#: labels, on nested training sets of 25, 50 and 100 frames (SevenNet-0: 25 and 50, 5 epochs; its
+#: energy+force step costs ~0.25 s per frame on a CPU). The other models get 40 epochs with cosine
+#: annealing, lr swept on seed 7 over a three-point grid, and 2 seeds. The same 50 validation and 100
+#: test frames serve every cell. Inference cost and equivariance are measured after training.
+ARCHITECTURES_3BPA: dict[str, Any] = {
+    "name": "architectures-3bpa",
+    "base": {
+        "data": {"train": "SHARED/3BPA/train_300K.xyz", "split": [100, 50, 100], "batch_size": 5},
+        "model": {"preset": "nequip-small"},
+        "scheduler": {"name": "cosine"},
+        "training": {"max_epochs": 40},
+    },
+    "models": {
+        "nequip-small": {"model": {"preset": "nequip-small"}},
+        "allegro-small": {"model": {"preset": "allegro-small"}},
+        "cartesian-small": {"model": {"preset": "cartesian-small"}},
+        "sevennet-0": {
+            "model": {"preset": "sevennet-0"},
+            "base": {"training": {"max_epochs": 5}},
+            "optimizers": {"adamw": {"lr": [3e-4]}, "soap": {"lr": [1e-3]}},
+            "train_sizes": [25, 50],
+        },
+    },
+    "train_sizes": [25, 50, 100],
+    "optimizers": {"adamw": {"lr": [1e-2, 3e-2, 1e-1]}, "soap": {"lr": [1e-2, 3e-2, 1e-1]}},
+    "force_fractions": [1.0],
+    "seeds": [7, 42],
+    "loss_ratios": [[1.0, 1.0]],
+    "sweep_epochs": 8,
+    "sweep_extensions": 0,
+    "step_cost": None,
+    "architecture_checks": {"cost_batch_sizes": [1, 2], "cost_repeats": 5, "cost_warmup": 1},
+}
+
 STUDY_PRESETS = {
     "demo": DEMO,
+    "architectures-3bpa": ARCHITECTURES_3BPA,
     "benchmark-3bpa": BENCHMARK_3BPA,
     "benchmark-ethanol": BENCHMARK_ETHANOL,
     "paper-nequip": PAPER_NEQUIP,

@@ -379,5 +379,10 @@ class StudyRunner:
 
 
 def run_study(spec: StudySpec, progress: Callable[[str], None] = print) -> StudyOutcome:
-    """Run (or continue) every stage of ``spec``; finished runs are skipped, unfinished ones resumed."""
+    """Run (or continue) every stage of ``spec``; finished runs are skipped, unfinished ones resumed. A
+    study with ``models``/``train_sizes`` axes runs one sub-study per cell (:mod:`mlipopt.study.axes`)."""
+    from . import axes
+
+    if axes.has_axes(spec):
+        return axes.run_cells(spec, progress, lambda sub: StudyRunner(sub, progress).run())
     return StudyRunner(spec, progress).run()

@@ -121,6 +121,29 @@ class SpectrumSpec:
 
 
 @dataclass
+class ModelAxisEntry:
+    """One model of the ``models`` axis: its ``model`` config section, and what differs for it — base config
+    overrides (e.g. fewer epochs for a large pretrained model), optimizer grids, training-set sizes."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    base: dict[str, Any] = field(default_factory=dict)
+    optimizers: dict[str, OptimizerGrid] | None = None
+    train_sizes: list[int] | None = None
+
+
+@dataclass
+class ArchitectureChecksSpec:
+    """What an architectures study measures besides errors (models/cost.py, fidelity/symmetry.py)."""
+
+    cost_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    cost_repeats: int = 10
+    cost_warmup: int = 3
+    equivariance_frames: int = 3  # test frames of each final run (first seed, largest N)
+    equivariance_rotations: int = 8
+    symmetrize_order: int = 3  # SO(3) quadrature order of the symmetrized non-equivariant models
+
+
+@dataclass
 class StudySpec:
     name: str = "study"
     base: dict[str, Any] = field(default_factory=dict)  # a `mlipopt train` config (without optimizer)
@@ -139,6 +162,10 @@ class StudySpec:
     refine: RefineSpec | None = None
     step_cost: StepCostSpec | None = field(default_factory=StepCostSpec)  # null: not measured
     spectrum: SpectrumSpec | None = None
+    # architectures and training-set sizes as axes (mlipopt.study.axes): one sub-study per (model, N)
+    models: dict[str, ModelAxisEntry] = field(default_factory=dict)
+    train_sizes: list[int] = field(default_factory=list)
+    architecture_checks: ArchitectureChecksSpec = field(default_factory=ArchitectureChecksSpec)
 
     @property
     def folder(self) -> Path:
@@ -153,6 +180,10 @@ class StudySpec:
 
     def short_epochs(self) -> int:
         return self.sweep_epochs or max(1, self.final_epochs() // 5)
+
+
+#: Config keys added after run ids were first written: left out of a run's identity while unset.
+UNSET_IDENTITY = [("data", "train_subset")]
 
 
 @dataclass
@@ -178,6 +209,9 @@ class RunSpec:
         identity.pop("run_dir", None)
         identity.get("training", {}).pop("progress", None)
         identity.pop("distributed", None)  # how many processes train it does not change the run
+        for section, key in UNSET_IDENTITY:  # keys added later count only when set: old ids stay valid
+            if identity.get(section, {}).get(key, "absent") is None:
+                identity[section].pop(key)
         identity["data_fingerprint"] = from_dict(RunConfig, self.config).data_fingerprint()
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
         return f"{self.optimizer}-s{self.force_fraction:g}-seed{self.seed}-{digest}"
@@ -194,8 +228,20 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         base_dir = path.resolve().parent
         raw.setdefault("name", path.stem)
     raw = apply_overrides(raw, overrides_from_cwd(list(overrides or []), prefix="base."))
+    models = raw.get("models")
+    if isinstance(models, list):  # shorthand: a list of presets
+        raw["models"] = {str(name): {"model": {"preset": name}} for name in models}
+    elif isinstance(models, dict):
+        raw["models"] = {k: {"model": {"preset": v}} if isinstance(v, str) else v for k, v in models.items()}
     spec = from_dict(StudySpec, raw)
     check_name(spec.name, "study.name")
+    for label, entry in spec.models.items():
+        check_name(label, "study.models")
+        if "preset" not in entry.model and "file" not in entry.model:
+            raise ConfigError(f"study.models.{label}: give its model section a preset (or a file)")
+    for n in [*spec.train_sizes, *(n for e in spec.models.values() for n in e.train_sizes or [])]:
+        if n < 1:
+            raise ConfigError(f"study.train_sizes: {n} is not a frame count ≥ 1")
     if not spec.optimizers:
         raise ConfigError("study: list at least one optimizer under `optimizers`")
     for name, grid in spec.optimizers.items():

@@ -63,6 +63,7 @@ class DataConfig:
     # validation force labels: "masked" (the same fraction s as training — Harari et al. appendix B) or "all"
     val_force_labels: str = "masked"
     energy_references: str = "fit"  # "fit" (least squares on train) or an isolated-atoms file
+    train_subset: int | None = None  # train on the first N frames of the training split (learning curves)
     batch_size: int = 5
     eval_batch_size: int = 32
     extra_tests: dict[str, ExtraTestConfig] = field(default_factory=dict)  # name -> further test set
@@ -276,6 +277,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "data.max_test_frames": GE1,
     "data.force_fraction": (0.0, True, 1.0, True),
     "data.batch_size": GE1,
+    "data.train_subset": GE1,
     "data.eval_batch_size": GE1,
     "data.extra_tests.*.max_frames": GE1,
     "data.extra_tests.*.stride": GE1,

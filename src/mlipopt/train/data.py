@@ -73,6 +73,13 @@ def split_frames(config: RunConfig) -> tuple[Frames, dict[str, Frames]]:
         raise ConfigError(f"data.split: {exc} (in {pool.source})") from None
     frames = {name: pool.subset(idx) for name, idx in zip(("train", "val", "test"), parts)}
     frames.update(given)
+    if d.train_subset is not None:  # nested training sets of a learning curve; val and test stay fixed
+        if d.train_subset > len(frames["train"]):
+            raise ConfigError(
+                f"data.train_subset={d.train_subset} exceeds the training split's {len(frames['train'])} "
+                f"frames (data.split={d.split})"
+            )
+        frames["train"] = frames["train"].subset(list(range(d.train_subset)))
     if len(frames["train"]) == 0:
         raise ConfigError(f"the training split is empty ({len(pool)} frames, data.split={d.split})")
     return pool, frames

@@ -1,0 +1,118 @@
+"""Inference cost of a model, measured the same way for every family (issue 14; Leimeroth, Rohrer et al.).
+
+µs per atom per step of energy + forces on three fixed structures:
+- a 3BPA molecule (27 atoms);
+- a 96-atom water box (32 molecules, 1 g/cm³, periodic);
+- a 256-atom diamond crystal.
+
+Each is timed at batch 1 and batched (several copies in one call). Warm-up calls are discarded and the
+median and interquartile range of the timed calls are reported. The weights do not matter, only the
+architecture: the model is built by its family for H, C, N, O, the elements of the three structures.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.build import bulk, molecule
+
+from .family import build_model, family
+from .presets import PRESETS
+
+ELEMENTS = ["H", "C", "N", "O"]
+
+
+def water_box(molecules: int = 32, seed: int = 0) -> Atoms:
+    """``molecules`` randomly oriented waters on a grid in a periodic cube of density 1 g/cm³."""
+    rng = np.random.default_rng(seed)
+    side = (molecules * 18.015 / 0.6022) ** (1 / 3)  # Å: 1 g/cm³
+    per_edge = int(np.ceil(molecules ** (1 / 3)))
+    box = Atoms(cell=[side] * 3, pbc=True)
+    sites = [(i, j, k) for i in range(per_edge) for j in range(per_edge) for k in range(per_edge)][:molecules]
+    for site in sites:
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        water.translate(side / per_edge * (np.array(site) + 0.5) - water.get_center_of_mass())
+        box += water
+    return box
+
+
+def structures() -> dict[str, Atoms]:
+    """The fixed structures every model is timed on."""
+    from ..data.xtb import initial_structure
+
+    return {
+        "3bpa": initial_structure("3bpa"),
+        "water-96": water_box(32),
+        "diamond-256": bulk("C", "diamond", a=3.567, cubic=True).repeat((4, 4, 2)),
+    }
+
+
+def machine() -> str:
+    """What the numbers were measured on."""
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        f"torch {torch.__version__}, {platform.system()}"
+    )
+
+
+def timed_calls(call: Any, warmup: int, repeats: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def inference_cost(
+    model_section: dict[str, Any],
+    batch_sizes: tuple[int, ...] = (1, 8),
+    warmup: int = 3,
+    repeats: int = 10,
+    device: str = "cpu",
+) -> list[dict[str, Any]]:
+    """µs/atom/step (median, q25, q75) of the model a run's ``model`` config section describes, per
+    structure and batch size."""
+    preset = model_section.get("preset", "nequip-small")
+    dtype = model_section.get("dtype", "float32")
+    options = dict(model_section.get("options", {}))
+    torch.manual_seed(0)
+    model = build_model(preset, ELEMENTS, dtype, **options).to(device).eval()
+    config = _config(preset, dtype, options)
+    backend = family(preset).backend(config, config.type_names, config.r_max)
+    rows = []
+    for name, atoms in structures().items():
+        graph = backend.graph(atoms)
+        for batch in batch_sizes:
+            data = backend.to(backend.collate([graph] * batch), torch.device(device))
+
+            def call(data: Any = data) -> None:
+                energy, forces = backend.predict(model, data, True)
+                (forces if forces is not None else energy).sum().item()  # wait for the device
+
+            times = timed_calls(call, warmup, repeats)
+            per_atom = [1e6 * t / (batch * len(atoms)) for t in times]
+            q = statistics.quantiles(per_atom, n=4) if len(per_atom) > 1 else [per_atom[0]] * 3
+            rows.append({
+                "structure": name, "n_atoms": len(atoms), "batch": batch,
+                "median_us": statistics.median(per_atom), "q25_us": q[0], "q75_us": q[2], "repeats": repeats,
+            })  # fmt: skip
+    return rows
+
+
+def _config(preset: str, dtype: str, options: dict[str, Any]) -> Any:
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        preset=preset, family=None, file=None, dtype=dtype, type_names=list(ELEMENTS),
+        r_max=float(PRESETS[preset]["r_max"]), avg_num_neighbors=20.0, options=options,
+    )  # fmt: skip

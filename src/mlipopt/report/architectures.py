@@ -1,0 +1,311 @@
+"""The report of an architectures study (issue 14): learning curves, accuracy against cost, equivariance.
+
+* Learning curves: test force error against training-set size N, log–log, per model and optimizer. Each
+  curve gets a fitted power law err = a·N^b; the slope b comes with its standard error, from a
+  least-squares fit over every seed's point.
+* Accuracy against cost: test error at the largest N against the measured inference cost (µs/atom/step,
+  the 3BPA molecule at batch 1). The Pareto front marks the points no other point beats on both axes.
+* Inference cost of every model on every structure, and the equivariance of the trained models, raw and
+  symmetrized.
+* One ordinary study report per cell (model, N), linked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..figures import save_figure
+from ..study.axes import SEPARATOR
+from ..study.db import ResultsDB
+from .aggregate import mean_std
+from .trust import cell_checks
+
+
+def fit_power_law(sizes: list[float], errors: list[float]) -> tuple[float, float, float]:
+    """(slope b, its standard error, prefactor a) of err = a·N^b by least squares in log–log; the standard
+    error is nan with fewer than three points or one size."""
+    x, y = np.log(np.asarray(sizes, dtype=float)), np.log(np.asarray(errors, dtype=float))
+    if len(set(x.tolist())) < 2:
+        raise ValueError("a learning curve needs at least two training-set sizes")
+    design = np.stack([np.ones_like(x), x], axis=1)
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = len(x) - 2
+    stderr = float("nan")
+    if dof > 0:
+        sigma2 = float(np.sum((y - design @ coef) ** 2) / dof)
+        stderr = float(np.sqrt(sigma2 * np.linalg.inv(design.T @ design)[1, 1]))
+    return float(coef[1]), stderr, float(np.exp(coef[0]))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both coordinates (both minimised), by increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+@dataclass
+class ArchitectureCell:
+    model: str
+    size: int | None
+    optimizer: str
+    force_fraction: float
+    f_mae: list[float] = field(default_factory=list)
+    e_mae: list[float] = field(default_factory=list)
+    seconds_per_epoch: list[float] = field(default_factory=list)
+    checks: str = ""
+
+
+def sub_studies(db: ResultsDB, parent: str) -> dict[str, tuple[str, int | None]]:
+    """Sub-study name → (model label, N) of an architectures study."""
+    out = {}
+    for name in db.studies():
+        parts = name.split(SEPARATOR)
+        if parts[0] != parent or len(parts) < 2:
+            continue
+        size = re.fullmatch(r"N(\d+)", parts[-1])
+        out[name] = (parts[1], int(size.group(1)) if size and len(parts) == 3 else None)
+    return out
+
+
+def collect(db: ResultsDB, parent: str) -> list[ArchitectureCell]:
+    cells: dict[tuple, ArchitectureCell] = {}
+    for study, (model, size) in sub_studies(db, parent).items():
+        finals = db.runs(study, stage="final", status="done")
+        checks = cell_checks(db, finals)
+        for run in finals:
+            key = (model, size, run.optimizer, run.force_fraction)
+            cell = cells.setdefault(key, ArchitectureCell(model, size, run.optimizer, run.force_fraction))
+            if run.test_f_mae is not None:
+                cell.f_mae.append(run.test_f_mae)
+            if run.test_e_mae is not None:
+                cell.e_mae.append(run.test_e_mae)
+            if run.train_time_s and run.epochs:
+                cell.seconds_per_epoch.append(run.train_time_s / run.epochs)
+            cell.checks = checks.get((run.optimizer, run.force_fraction), "")
+    return sorted(cells.values(), key=lambda c: (c.model, -c.force_fraction, c.optimizer, c.size or 0))
+
+
+def _error(cell: ArchitectureCell) -> list[float]:
+    return cell.f_mae or cell.e_mae
+
+
+def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
+    """The figure and the slope table (Markdown lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fractions = sorted({c.force_fraction for c in cells}, reverse=True)
+    models = sorted({c.model for c in cells})
+    optimizers = sorted({c.optimizer for c in cells}, key=lambda o: (o != "adamw", o))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
+    styles = {o: s for o, s in zip(optimizers, ["-", "--", ":", "-."] * 3)}
+    fig, axes = plt.subplots(1, len(fractions), figsize=(5.2 * len(fractions), 4.2), squeeze=False)
+    rows = [
+        "| force labels | model | optimizer | slope b (err ∝ N^b) | error at largest N |",
+        "|---|---|---|---|---|",
+    ]
+    for ax, s in zip(axes[0], fractions):
+        unit = "force MAE [meV/Å]"
+        for m in models:
+            for o in optimizers:
+                curve = sorted((c for c in cells if (c.model, c.optimizer, c.force_fraction) == (m, o, s)),
+                               key=lambda c: c.size or 0)  # fmt: skip
+                curve = [c for c in curve if c.size and _error(c)]
+                if not curve:
+                    continue
+                if not curve[0].f_mae:
+                    unit = "energy MAE [meV/atom]"
+                sizes = [c.size for c in curve]
+                means = [float(np.mean(_error(c))) for c in curve]
+                stds = [float(np.std(_error(c))) for c in curve]
+                label = f"{m} · {o}"
+                if len(sizes) >= 2:
+                    xs = [c.size for c in curve for _ in _error(c)]
+                    ys = [e for c in curve for e in _error(c)]
+                    slope, err, prefactor = fit_power_law(xs, ys)
+                    grid = np.geomspace(min(sizes), max(sizes), 20)
+                    ax.plot(
+                        grid, prefactor * grid**slope, styles[o], color=colours[m], alpha=0.5, linewidth=1
+                    )
+                    label += f" (b = {slope:.2f} ± {err:.2f})"
+                    rows.append(
+                        f"| {100 * s:g} % | {m} | {o} | {slope:.2f} ± {err:.2f} | "
+                        f"{mean_std(_error(curve[-1]), 1)} (N = {sizes[-1]}) |"
+                    )
+                ax.errorbar(sizes, means, yerr=stds, fmt="o", color=colours[m], capsize=2, markersize=4,
+                            label=label, linestyle="none")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("training frames N")
+        ax.set_ylabel(f"test {unit}")
+        ax.set_title(f"{100 * s:g} % force labels")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+    return rows
+
+
+def pareto_figure(cells: list[ArchitectureCell], costs: dict[str, float], path: Path) -> list[str]:
+    """Test error at the largest N against inference cost, Pareto front marked; the front as Markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = max(c.force_fraction for c in cells)
+    largest: dict[str, int] = defaultdict(int)
+    for c in cells:
+        largest[c.model] = max(largest[c.model], c.size or 0)
+    chosen = [c for c in cells if c.force_fraction == s and (c.size or 0) == largest[c.model] and _error(c)]
+    chosen = [c for c in chosen if c.model in costs]
+    if not chosen:
+        return []
+    points = [(costs[c.model], float(np.mean(_error(c)))) for c in chosen]
+    front = pareto_front(points)
+    fig, ax = plt.subplots(figsize=(6, 4.4))
+    for c, (x, y) in zip(chosen, points):
+        ax.plot([x], [y], "o", color="tab:blue" if c.optimizer == "adamw" else "tab:orange")
+        ax.annotate(
+            f"{c.model}\n{c.optimizer}", (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points"
+        )
+    ax.plot(
+        [points[i][0] for i in front], [points[i][1] for i in front], "k--", linewidth=1, label="Pareto front"
+    )
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("inference cost [µs/atom/step] (3BPA, batch 1)")
+    ax.set_ylabel(f"test {'force MAE [meV/Å]' if chosen[0].f_mae else 'energy MAE [meV/atom]'}")
+    ax.set_title(f"accuracy against cost at the largest N, {100 * s:g} % force labels")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return [f"Pareto front: {', '.join(f'{chosen[i].model} · {chosen[i].optimizer}' for i in front)}."]
+
+
+def make_architectures_report(database: str, parent: str, out_dir: str | Path) -> Path:
+    """Write ``index.md`` of the architectures study ``parent`` (and each cell's own report)."""
+    from .build import make_report
+
+    url = database if "://" in database else f"sqlite:///{Path(database).resolve()}"
+    db = ResultsDB(url)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cells = collect(db, parent)
+    if not cells:
+        raise ValueError(f"architectures study {parent!r} has no finished final runs yet")
+    lines = [
+        f"# Architectures study `{parent}`",
+        "",
+        f"Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{url}`.",
+        "",
+        "## Test errors (mean ± std over seeds)",
+        "",
+        "| model | N | force labels | optimizer | seeds | E MAE [meV/atom] | F MAE [meV/Å] "
+        "| training s/epoch | checks |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cells:
+        f = mean_std(c.f_mae, 1) if c.f_mae else "—"
+        seconds = f"{np.mean(c.seconds_per_epoch):.1f}" if c.seconds_per_epoch else "—"
+        lines.append(
+            f"| {c.model} | {c.size or 'all'} | {100 * c.force_fraction:g} % | {c.optimizer} | "
+            f"{len(c.e_mae)} | {mean_std(c.e_mae, 2)} | {f} | {seconds} | "
+            f"{'⚠ ' + c.checks if c.checks else 'ok'} |"
+        )
+    lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
+    lines += learning_curves(cells, out / "learning_curves.png") + [""]
+    cost_rows = db.checks(parent, "inference_cost")
+    costs = {
+        model: next(r["median_us"] for r in rows if r["structure"] == "3bpa" and r["batch"] == 1)
+        for model, (rows, _) in cost_rows.items()
+    }
+    front = pareto_figure(cells, costs, out / "accuracy_cost.png")
+    if front:
+        lines += [
+            "## Accuracy against cost",
+            "",
+            "![accuracy against cost](accuracy_cost.png)",
+            "",
+            *front,
+            "",
+        ]
+    if cost_rows:
+        machine = next(iter(cost_rows.values()))[1]
+        lines += [
+            "## Inference cost (energy + forces; median, interquartile range)",
+            "",
+            f"Measured on {machine}.",
+            "",
+            "| model | structure | atoms | batch | µs/atom/step |",
+            "|---|---|---|---|---|",
+        ]
+        for model, (rows, _) in sorted(cost_rows.items()):
+            for r in rows:
+                lines.append(
+                    f"| {model} | {r['structure']} | {r['n_atoms']} | {r['batch']} | {r['median_us']:.1f} "
+                    f"({r['q25_us']:.1f}–{r['q75_us']:.1f}) |"
+                )
+        lines.append("")
+    lines += equivariance_section(db, parent)
+    lines += ["## Cells", ""]
+    for study, (model, size) in sorted(sub_studies(db, parent).items()):
+        folder = out / "cells" / model / (f"N{size}" if size else "all")
+        try:
+            make_report(url, folder, study=study)
+        except ValueError:
+            continue  # a cell without finished final runs
+        lines.append(f"- [{model}, N = {size or 'all'}]({folder.relative_to(out)}/index.md)")
+    path = out / "index.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def equivariance_section(db: ResultsDB, parent: str) -> list[str]:
+    results = db.checks(parent, "equivariance")
+    if not results:
+        return []
+    runs = {r.id: r for r in db.runs()}
+    lines = [
+        "## Equivariance of the trained models (largest N, first seed)",
+        "",
+        "Energy spread over random rotations (std, meV/atom) and force error |Rᵀ F(Rx) − F(x)| (meV/Å), "
+        "on test frames; symmetrized: averaged over an SO(3) quadrature at inference. Loop work: ∮ F·dx "
+        "of one atom around a 0.05 Å circle (zero for conservative forces).",
+        "",
+        "| model | optimizer | force labels | E spread raw | F error raw | E spread symmetrized | "
+        "F error symmetrized | loop work [eV] |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run_id, (r, _) in sorted(results.items(), key=lambda kv: (kv[1][0]["model"], kv[0])):
+        run = runs.get(run_id)
+        sym = r.get("symmetrized")
+        sym_e, sym_f = (f"{sym['energy_std']:.2e}", f"{sym['force_error']:.2e}") if sym else ("—", "—")
+        lines.append(
+            f"| {r['model']} | {run.optimizer if run else '?'} | {100 * run.force_fraction:g} % | "
+            f"{r['raw']['energy_std']:.2e} | {r['raw']['force_error']:.2e} | "
+            f"{sym_e} | {sym_f} | "
+            f"{r['loop_work_eV']:.1e} |"
+        )
+    return lines + [""]
+
+
+def is_architectures_database(db: ResultsDB) -> str | None:
+    """The parent name when every study of ``db`` is a cell of one architectures study."""
+    parents = {name.split(SEPARATOR)[0] for name in db.studies()}
+    if len(parents) == 1 and all(SEPARATOR in name for name in db.studies()):
+        return parents.pop()
+    return None
+
+
+__all__ = ["fit_power_law", "make_architectures_report", "pareto_front"]

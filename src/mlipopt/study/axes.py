@@ -1,0 +1,160 @@
+"""Architectures and training-set sizes as study axes (issue 14).
+
+A study with ``models`` and/or ``train_sizes`` runs one ordinary sub-study per cell (model, N), in one
+results database. Each sub-study has the usual stages: sweep, seeds, selection and checks. A sub-study
+is named ``<study>__<model>__N<N>``, writes to ``<study folder>/<model>/N<N>``, and trains on the first N
+frames of the training split (``data.train_subset``), so that:
+- the training sets of a learning curve are nested;
+- validation and test stay the same for every N.
+
+After the cells, the study measures what a comparison of architectures needs besides errors:
+- each model's inference cost (:mod:`mlipopt.models.cost`);
+- for the final runs at the largest N (first seed): the equivariance errors, raw and, for models without
+  built-in symmetry, symmetrized;
+- the loop work of the forces (:mod:`mlipopt.fidelity.symmetry`).
+
+These are stored under the parent study's name. :mod:`mlipopt.report.architectures` draws the learning
+curves, the accuracy-against-cost plot with its Pareto front, and the equivariance table.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from ..models import family
+from .db import ResultsDB
+from .spec import ModelAxisEntry, StudySpec
+
+SEPARATOR = "__"
+
+
+@dataclasses.dataclass
+class Cell:
+    model: str  # label of the models axis ("base" without one)
+    size: int | None  # training frames (None: the base split)
+    spec: StudySpec
+
+
+def has_axes(spec: StudySpec) -> bool:
+    return bool(spec.models or spec.train_sizes)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        out[key] = (
+            _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def cells(spec: StudySpec) -> list[Cell]:
+    """The sub-studies of ``spec``, in order: model by model, N ascending."""
+    models = spec.models or {"base": ModelAxisEntry(model=dict(spec.base.get("model", {})))}
+    out = []
+    for label, entry in models.items():
+        sizes = sorted(entry.train_sizes or spec.train_sizes) or [None]
+        for size in sizes:
+            base = _merge(spec.base, entry.base)
+            base["model"] = _merge({"dtype": spec.base.get("model", {}).get("dtype", "float32")}, entry.model)
+            if size is not None:
+                base.setdefault("data", {})["train_subset"] = size
+            name = SEPARATOR.join([spec.name, label] + ([f"N{size}"] if size is not None else []))
+            sub = dataclasses.replace(
+                spec,
+                name=name,
+                base=base,
+                optimizers=copy.deepcopy(entry.optimizers or spec.optimizers),
+                study_dir=str(spec.folder / label / (f"N{size}" if size is not None else "all")),
+                database=spec.database_url,
+                models={},
+                train_sizes=[],
+            )
+            out.append(Cell(label, size, sub))
+    return out
+
+
+def parent_of(study: str) -> str:
+    return study.split(SEPARATOR)[0]
+
+
+def run_cells(spec: StudySpec, progress: Callable[[str], None], run_one: Callable[[StudySpec], Any]) -> Any:
+    """Run every cell's sub-study (``run_one``), then the architecture checks; returns the merged outcome."""
+    from .runner import StudyOutcome
+
+    outcome = StudyOutcome(database_url=spec.database_url)
+    todo = cells(spec)
+    for k, cell in enumerate(todo, 1):
+        size = f", N = {cell.size}" if cell.size is not None else ""
+        progress(f"=== cell {k}/{len(todo)}: model {cell.model}{size} ===")
+        result = run_one(cell.spec)
+        outcome.failed += result.failed
+        outcome.diverged += result.diverged
+    measure_checks(spec, todo, progress)
+    return outcome
+
+
+def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], None]) -> None:
+    """Inference cost per model and equivariance per final run (largest N, first seed); skipped when
+    already in the database, so a resumed study measures only what is missing."""
+    from ..models.cost import inference_cost, machine
+
+    db, settings = ResultsDB(spec.database_url), spec.architecture_checks
+    costs = db.checks(spec.name, "inference_cost")
+    for label in dict.fromkeys(c.model for c in todo):
+        if label in costs:
+            continue
+        section = next(c.spec.base["model"] for c in todo if c.model == label)
+        if section.get("file"):
+            continue  # a model file: its architecture is not a preset to rebuild
+        progress(f"inference cost: {label}")
+        rows = inference_cost(
+            section, tuple(settings.cost_batch_sizes), settings.cost_warmup, settings.cost_repeats
+        )
+        db.record_check(spec.name, "inference_cost", label, rows, machine())
+    done = db.checks(spec.name, "equivariance")
+    for label in dict.fromkeys(c.model for c in todo):
+        largest = [c for c in todo if c.model == label][-1]
+        runs = [r for r in db.runs(largest.spec.name, stage="final", status="done")]
+        first_seed = min((r.seed for r in runs), default=None)
+        for run in [r for r in runs if r.seed == first_seed]:
+            if run.id in done:
+                continue
+            progress(f"equivariance: {label} {run.optimizer} s = {run.force_fraction:g}")
+            db.record_check(
+                spec.name, "equivariance", run.id, equivariance_of_run(run.run_dir, settings, label)
+            )
+
+
+def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, Any]:
+    """Equivariance errors of a trained run on its first test frames, raw and (for models without built-in
+    symmetry) symmetrized, and the loop work of its forces."""
+    import numpy as np
+
+    from ..calculator import load, load_model
+    from ..fidelity.symmetry import SymmetrizedCalculator, equivariance_errors, loop_work
+    from ..train.data import split_frames
+
+    _, config = load_model(run_dir)
+    _, splits = split_frames(config)  # the run's own test split, read or generated as in training
+    frames = [a.copy() for a in splits["test"].atoms[: settings.equivariance_frames]]
+    calc = load(run_dir)
+    unconstrained = family(config.model).name == "cartesian"
+    out: dict[str, Any] = {"model": label, "unconstrained": unconstrained, "frames": len(frames)}
+
+    def mean_errors(calculator: Any) -> dict[str, float]:
+        rows = [
+            equivariance_errors(calculator, a, settings.equivariance_rotations, seed=k)
+            for k, a in enumerate(frames)
+        ]
+        return {key: float(np.mean([r[key] for r in rows])) for key in ("energy_std", "force_error")}
+
+    out["raw"] = mean_errors(calc)
+    if unconstrained:
+        out["symmetrized"] = mean_errors(SymmetrizedCalculator(calc, settings.symmetrize_order))
+        out["symmetrize_order"] = settings.symmetrize_order
+    out["loop_work_eV"] = float(loop_work(calc, frames[0], index=0))
+    return out

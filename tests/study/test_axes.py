@@ -1,0 +1,93 @@
+"""Architectures and training-set sizes as study axes: learning curves, Pareto front, report (issue 14)."""
+
+import numpy as np
+import pytest
+
+from mlipopt.report.architectures import fit_power_law, make_architectures_report, pareto_front
+from mlipopt.study import ResultsDB, load_study, run_study
+from mlipopt.study.axes import cells
+
+from .helpers import tiny_study
+
+
+def test_a_planted_power_law_is_recovered_with_its_uncertainty():
+    sizes = np.repeat([25, 50, 100, 200, 400], 3)
+    exact = 3.0 * sizes**-0.6
+    slope, err, prefactor = fit_power_law(sizes, exact)
+    assert slope == pytest.approx(-0.6, abs=1e-12) and prefactor == pytest.approx(3.0, rel=1e-10)
+    assert err < 1e-10
+    rng = np.random.default_rng(0)
+    slopes, errs = [], []
+    for _ in range(200):  # 5 % log-normal noise: the reported error is the spread of the fitted slopes
+        s, e, _ = fit_power_law(sizes, exact * np.exp(0.05 * rng.standard_normal(len(sizes))))
+        slopes.append(s)
+        errs.append(e)
+    assert np.mean(slopes) == pytest.approx(-0.6, abs=0.01)
+    assert np.std(slopes) == pytest.approx(np.mean(errs), rel=0.25)
+    with pytest.raises(ValueError, match="two training-set sizes"):
+        fit_power_law([10, 10], [1.0, 2.0])
+
+
+def test_pareto_front_keeps_exactly_the_undominated_points():
+    points = [(1.0, 5.0), (2.0, 3.0), (3.0, 4.0), (4.0, 1.0), (2.5, 3.0), (0.5, 9.0)]
+    assert pareto_front(points) == [5, 0, 1, 3]  # (3, 4) and (2.5, 3) are beaten by (2, 3)
+
+
+def _study(tmp_path):
+    return tiny_study(
+        tmp_path,
+        models=["nequip-tiny", "cartesian-tiny"],
+        train_sizes=[4, 8],
+        optimizers={"adamw": {"lr": [5e-3]}},
+        force_fractions=[1.0],
+        seeds=[1, 2],
+        loss_ratios=[[1.0, 1.0]],
+        step_cost=None,
+        architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 2, "cost_warmup": 1,
+                             "equivariance_frames": 1, "equivariance_rotations": 2, "symmetrize_order": 1},
+    )  # fmt: skip
+
+
+def test_cells_are_nested_training_sets_of_each_model(tmp_path):
+    spec = load_study(_study(tmp_path))
+    grid = cells(spec)
+    assert [(c.model, c.size) for c in grid] == [
+        ("nequip-tiny", 4), ("nequip-tiny", 8), ("cartesian-tiny", 4), ("cartesian-tiny", 8)
+    ]  # fmt: skip
+    assert grid[0].spec.name == "tiny__nequip-tiny__N4" and grid[0].spec.database == spec.database_url
+    assert grid[3].spec.base["model"]["preset"] == "cartesian-tiny"
+    assert grid[3].spec.base["data"]["train_subset"] == 8
+
+
+def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equivariance(tmp_path):
+    spec = load_study(_study(tmp_path))
+    outcome = run_study(spec, progress=lambda _: None)
+    assert outcome.failed == []
+    db = ResultsDB(spec.database_url)
+    finals = [r for r in db.runs() if r.stage == "final" and r.status == "done"]
+    assert len(finals) == 2 * 2 * 2  # models × sizes × seeds
+    small = [r for r in finals if r.study == "tiny__cartesian-tiny__N4"]
+    assert all(len(__import__("json").loads(r.final)["frames"] and [0]) for r in small)
+    assert {r.study for r in finals} == {
+        f"tiny__{m}__N{n}" for m in ("nequip-tiny", "cartesian-tiny") for n in (4, 8)
+    }
+    costs = db.checks("tiny", "inference_cost")
+    assert set(costs) == {"nequip-tiny", "cartesian-tiny"}
+    assert {r["structure"] for r in costs["cartesian-tiny"][0]} == {"3bpa", "water-96", "diamond-256"}
+    equivariance = db.checks("tiny", "equivariance")
+    assert len(equivariance) == 2  # largest N, first seed, per model
+    by_model = {r["model"]: r for r, _ in equivariance.values()}
+    assert "symmetrized" in by_model["cartesian-tiny"] and "symmetrized" not in by_model["nequip-tiny"]
+    assert (
+        by_model["nequip-tiny"]["raw"]["energy_std"] < 1e-2 < by_model["cartesian-tiny"]["raw"]["energy_std"]
+    )
+
+    index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report").read_text()
+    for part in ("## Learning curves", "learning_curves.png", "## Accuracy against cost", "Pareto front:",
+                 "## Inference cost", "## Equivariance", "cells/cartesian-tiny/N8/index.md"):  # fmt: skip
+        assert part in index, part
+    assert index.count("| 100 % | nequip-tiny | adamw |") == 1  # one slope row per curve
+    assert (tmp_path / "report" / "cells" / "nequip-tiny" / "N4" / "index.md").is_file()
+    # a rerun finds everything done: no run trained twice, no check measured again
+    assert run_study(spec, progress=lambda _: None).failed == []
+    assert len([r for r in ResultsDB(spec.database_url).runs() if r.stage == "final"]) == 8
