@@ -81,20 +81,22 @@ def parent_of(study: str) -> str:
     return study.split(SEPARATOR)[0]
 
 
-def run_cells(spec: StudySpec, progress: Callable[[str], None], run_one: Callable[[StudySpec], Any]) -> Any:
-    """Run every cell's sub-study (``run_one``), then the architecture checks; returns the merged outcome."""
-    from .runner import StudyOutcome
-
-    outcome = StudyOutcome(database_url=spec.database_url)
+def run_cells(
+    spec: StudySpec, progress: Callable[[str], None], run_one: Callable[[StudySpec], Any]
+) -> tuple[list[str], list[str]]:
+    """Run every cell's sub-study (``run_one`` returns its outcome), then the architecture checks;
+    returns the failed and the diverged run ids of all cells."""
+    failed: list[str] = []
+    diverged: list[str] = []
     todo = cells(spec)
     for k, cell in enumerate(todo, 1):
         size = f", N = {cell.size}" if cell.size is not None else ""
         progress(f"=== cell {k}/{len(todo)}: model {cell.model}{size} ===")
         result = run_one(cell.spec)
-        outcome.failed += result.failed
-        outcome.diverged += result.diverged
+        failed += result.failed
+        diverged += result.diverged
     measure_checks(spec, todo, progress)
-    return outcome
+    return failed, diverged
 
 
 def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], None]) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from ..data import read_frames
 from ..data.xtb import dataset_files
 from ..train.diagnostics import FLAGS, verdicts
+from . import axes
 from .db import ResultsDB, run_flags
 from .executors import make_executor
 from .spec import RunSpec, StudySpec, default_ratio, neighbour_rate, run_config, sweep_points
@@ -381,8 +382,7 @@ class StudyRunner:
 def run_study(spec: StudySpec, progress: Callable[[str], None] = print) -> StudyOutcome:
     """Run (or continue) every stage of ``spec``; finished runs are skipped, unfinished ones resumed. A
     study with ``models``/``train_sizes`` axes runs one sub-study per cell (:mod:`mlipopt.study.axes`)."""
-    from . import axes
-
     if axes.has_axes(spec):
-        return axes.run_cells(spec, progress, lambda sub: StudyRunner(sub, progress).run())
+        failed, diverged = axes.run_cells(spec, progress, lambda sub: StudyRunner(sub, progress).run())
+        return StudyOutcome(failed=failed, diverged=diverged, database_url=spec.database_url)
     return StudyRunner(spec, progress).run()
