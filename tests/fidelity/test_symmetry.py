@@ -9,6 +9,7 @@ from mlipopt.fidelity.symmetry import (
     SymmetrizedCalculator,
     equivariance_errors,
     loop_work,
+    nve_energy_drift,
     random_rotations,
     rotated,
     so3_quadrature,
@@ -63,3 +64,14 @@ def test_loop_work_is_zero_for_conservative_forces_and_not_for_a_direct_head():
     atoms = molecule("CH3CH2OH")
     assert abs(loop_work(_calculator(), atoms, index=2)) < 1e-12
     assert abs(loop_work(_calculator(direct=True), atoms, index=2)) > 1e-8
+
+
+def test_nve_drift_falls_as_dt_squared_for_conservative_forces_only():
+    atoms = molecule("CH3CH2OH")
+    deviation = {}
+    for direct in (False, True):
+        runs = [nve_energy_drift(_calculator(direct), atoms, dt, int(25 / dt)) for dt in (0.5, 0.25)]
+        deviation[direct] = [r["max_deviation_meV_per_atom"] for r in runs]
+    assert 3.0 < deviation[False][0] / deviation[False][1] < 5.0  # velocity Verlet: error ∝ Δt²
+    assert 0.8 < deviation[True][0] / deviation[True][1] < 1.25  # the head's work does not vanish
+    assert deviation[True][1] > 1e3 * deviation[False][1]
