@@ -136,3 +136,32 @@ def test_an_xtb_reference_for_a_model_trained_on_other_data_is_warned(tmp_path):
     warning = reference_mismatch([run], "xtb")
     assert "train_300K.xyz" in warning and "another level of theory" in warning
     assert reference_mismatch([run], "emt") is None
+
+
+class _Stretched(EMT):
+    """EMT evaluated on positions scaled by ``factor``: its minimum is EMT's shrunk by 1/factor."""
+
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        scaled = atoms.copy()
+        scaled.positions *= self.factor
+        super().calculate(scaled, properties, ["positions", "numbers", "cell", "pbc"])
+        self.results["forces"] = self.results["forces"] * self.factor
+        self.atoms = atoms.copy()
+
+
+def test_geometry_optimisation_against_the_reference():
+    from ase.build import molecule
+
+    from mlipopt.fidelity.protocols import geometry_errors
+
+    start = molecule("CH3CH2OH")
+    same = geometry_errors(EMT(), EMT(), start)
+    assert same["geometry_rmsd_A"] < 1e-6 and abs(same["geometry_energy_meV_atom"]) < 1e-6
+    assert same["geometry_converged"] == 1.0
+    off = geometry_errors(_Stretched(1.03), EMT(), start)
+    assert off["geometry_rmsd_A"] > 1e-2  # a 3 % smaller molecule
+    assert off["geometry_energy_meV_atom"] > 0.1 and off["geometry_ref_fmax_eV_A"] > 0.05

@@ -2,9 +2,11 @@
 
 ``molecule``: NVT at a (hot) temperature from a frame of the run's data; stability by bond-length
 deviation (> 0.5 Å, Fu et al. 2022); structure by the all-pair distance distribution against the
-reference calculator's trajectory (∫|Δp(r)| dr). ``liquid``: NVT; stability by windowed-RDF drift;
-RDF error and diffusion coefficient against the reference. ``crystal``: NVT stability and RDF error,
-plus elastic constants and phonon frequencies against the reference calculator.
+reference calculator's trajectory (∫|Δp(r)| dr); geometry optimisation (BFGS) against the reference's
+minimum (RMSD, energy above the reference minimum on the reference surface). ``liquid``: NVT;
+stability by windowed-RDF drift; RDF error and diffusion coefficient against the reference.
+``crystal``: NVT stability and RDF error, plus elastic constants and phonon frequencies against the
+reference calculator.
 """
 
 from __future__ import annotations
@@ -168,6 +170,8 @@ def evaluate(
     if protocol == "liquid" and all(r.stable for r in runs):
         diffusion, msd = _diffusion(runs, reference_frames, settings)
         extra.update(diffusion)
+    if protocol == "molecule" and reference_calc is not None:
+        extra.update(geometry_errors(calculator, reference_calc, start))
     phonons: dict[str, Any] = {}
     if protocol == "crystal" and reference_calc is not None:
         elastic, phonons = _crystal(calculator, reference_calc, start)
@@ -193,6 +197,42 @@ def evaluate(
         phonons=phonons,
         temperature_K=settings.temperature_K,
     )
+
+
+def relax(atoms: Atoms, calculator: Calculator, fmax: float = 0.01, steps: int = 500) -> tuple[Atoms, bool]:
+    """A BFGS minimum of ``atoms`` under ``calculator`` (ASE), and whether it converged to ``fmax`` eV/Å."""
+    from ase.optimize import BFGS
+
+    system = atoms.copy()
+    system.calc = calculator
+    converged = bool(BFGS(system, logfile=None).run(fmax=fmax, steps=steps))
+    return system, converged
+
+
+def geometry_errors(
+    calculator: Calculator, reference_calc: Calculator, start: Atoms, fmax: float = 0.01
+) -> dict:
+    """Geometry optimisation against the reference: both relax ``start`` (BFGS to ``fmax``). Returned:
+    - the RMSD of the model's minimum from the reference's, after the best rotation and translation (Å);
+    - how far the model's minimum lies above the reference minimum on the reference surface
+      (meV/atom);
+    - the largest reference force left at the model's minimum (eV/Å)."""
+    from ase.build import minimize_rotation_and_translation
+
+    model_min, model_ok = relax(start, calculator, fmax)
+    ref_min, ref_ok = relax(start, reference_calc, fmax)
+    aligned = model_min.copy()
+    minimize_rotation_and_translation(ref_min, aligned)
+    rmsd = float(np.sqrt(np.mean(np.sum((aligned.positions - ref_min.positions) ** 2, axis=1))))
+    probe = model_min.copy()
+    probe.calc = reference_calc
+    e_gap = 1e3 * (probe.get_potential_energy() - ref_min.get_potential_energy()) / len(start)
+    return {
+        "geometry_rmsd_A": rmsd,
+        "geometry_energy_meV_atom": float(e_gap),
+        "geometry_ref_fmax_eV_A": float(np.abs(probe.get_forces()).max()),
+        "geometry_converged": float(model_ok and ref_ok),
+    }
 
 
 def _msd(frames: list[Atoms], dt_ps: float) -> tuple[np.ndarray, np.ndarray]:
