@@ -34,10 +34,20 @@ def test_selection_among_flagged_runs_only_warns(tmp_path):
     lines = []
     runner = StudyRunner(spec, progress=lines.append)
     runs = [run_config(spec, "adamw", 0.0, 7, lr, 0.0, (1.0, 1.0), 1, "sweep") for lr in (1e-3, 3e-3)]
-    _fake_results(runner, runs, [50.0, 10.0], [["energy_drift"], ["early_best", "no_progress"]])
+    _fake_results(runner, runs, [50.0, 10.0], [["constant_energy"], ["early_best", "no_progress"]])
     best, note = runner._select(runs, "adamw at s=0")
-    assert best.lr == 3e-3 and "every run flagged" in note and "energy drift" in note
+    assert best.lr == 3e-3 and "every run flagged" in note and "did not train" in note
     assert any(line.strip().startswith("WARNING") for line in lines)
+
+
+def test_an_energy_drift_does_not_hand_the_selection_to_a_far_worse_run(tmp_path):
+    """Seen in architectures-3bpa: the drifting rates scored 4e2, the one clean rate 5e5 (diverging)."""
+    spec = load_study(tiny_study(tmp_path))
+    runner = StudyRunner(spec, progress=lambda _: None)
+    runs = [run_config(spec, "soap", 1.0, 7, lr, 0.0, (1.0, 1.0), 1, "sweep") for lr in (1e-2, 3e-2, 1e-1)]
+    _fake_results(runner, runs, [406.9, 457.1, 496750.6], [["energy_drift"], ["energy_drift"], []])
+    best, note = runner._select(runs, "soap at s=1")
+    assert best.lr == 1e-2 and note == "selected lr 0.01 shows energy drift"
 
 
 def test_a_best_rate_on_the_grid_edge_extends_the_grid(tmp_path):
@@ -98,3 +108,22 @@ def test_an_old_database_gains_the_new_columns(tmp_path):
     reopened.mark_running(run.run_id)
     reopened.record_result(run.run_id, {"best_val_metric": 1.0, "flags": ["energy_drift"], "test": {}}, [])
     assert reopened.runs("tiny")[0].flags == "energy_drift"
+
+
+def test_final_runs_of_an_earlier_selection_are_superseded_not_mixed_into_the_table(tmp_path):
+    from mlipopt.report.aggregate import final_runs
+
+    def study(lr):
+        raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [lr]}}, force_fractions=[1.0], seeds=[1],
+                         loss_ratios=[[1.0, 1.0]], step_cost=None)  # fmt: skip
+        spec = load_study(raw)
+        run_study(spec, progress=lambda _: None)
+        return ResultsDB(spec.database_url)
+
+    study(1e-3)
+    db = study(5e-3)  # the selection changed: the 1e-3 final run no longer belongs to the table
+    assert [r.lr for r in final_runs(db, "tiny")] == [5e-3]
+    assert [r.lr for r in db.runs("tiny") if r.stage == "superseded"] == [1e-3]
+    db = study(1e-3)  # and back: the old run counts again, not retrained
+    assert [r.lr for r in final_runs(db, "tiny")] == [1e-3]
+    assert [r.attempts for r in final_runs(db, "tiny")] == [1]

@@ -289,10 +289,12 @@ def equivariance_section(db: ResultsDB, parent: str) -> list[str]:
     ]
     for run_id, (r, _) in sorted(results.items(), key=lambda kv: (kv[1][0]["model"], kv[0])):
         run = runs.get(run_id)
+        if run is None or run.stage != "final":
+            continue  # a run of an earlier selection (superseded)
         sym = r.get("symmetrized")
         sym_e, sym_f = (f"{sym['energy_std']:.2e}", f"{sym['force_error']:.2e}") if sym else ("—", "—")
         lines.append(
-            f"| {r['model']} | {run.optimizer if run else '?'} | {100 * run.force_fraction:g} % | "
+            f"| {r['model']} | {run.optimizer} | {100 * run.force_fraction:g} % | "
             f"{r['raw']['energy_std']:.2e} | {r['raw']['force_error']:.2e} | "
             f"{sym_e} | {sym_f} | "
             f"{r['loop_work_eV']:.1e} |"

@@ -286,6 +286,24 @@ class ResultsDB:
         with Session(self.engine) as session, session.begin():
             write(session)
 
+    def retire_finals(self, study: str, keep: set[str]) -> int:
+        """Mark final runs of ``study`` outside ``keep`` as ``superseded`` (kept, out of every report): a
+        selection that changed (a fixed rule, a longer sweep) must not leave the old rate's runs mixed
+        into the table. Registering such a run as final again restores it. Returns how many."""
+        changed = 0
+
+        def write(session: Session) -> None:
+            nonlocal changed
+            changed = 0  # a retried transaction counts afresh
+            stale = session.scalars(select(Run).where(Run.study == study, Run.stage == "final"))
+            for run in stale:
+                if run.id not in keep:
+                    run.stage = "superseded"
+                    changed += 1
+
+        self._write(write)
+        return changed
+
     def register(self, study: str, runs: list[Any]) -> None:
         """Insert runs not yet known (by id); known runs keep their status and results. Another process
         registering the same runs at the same moment makes one attempt fail on the unique id: retried."""

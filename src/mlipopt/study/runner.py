@@ -136,15 +136,22 @@ class StudyRunner:
             self.progress(f"  [{n:>3}/{total}] {what}: FAILED — {result['error']}")
 
     def _select(self, runs: list[RunSpec], what: str) -> tuple[RunSpec | None, str | None]:
-        """The run with the best validation metric, among runs whose diagnostics are clean when there
-        are any (mlipopt.train.diagnostics); returns it and a note when flagged runs were involved."""
+        """The run with the best validation metric among those that trained (no "did not train" flag:
+        early best, no progress, energy-only at the constant floor; mlipopt.train.diagnostics); returns
+        it and a note when flagged runs were involved.
+
+        An energy drift alone does not exclude a run: the metric (10 × E-MAE + F-MAE) already charges
+        its energy error, and excluding it could select a run that trained far worse (an architectures
+        study picked a diverging rate, metric 5e5, over a drifting one at 4e2). The drift is noted.
+        """
         done = {r.id: r for r in self.db.runs(self.spec.name, status="done")}
         ranked = [r for r in runs if r.run_id in done and done[r.run_id].best_val_metric is not None]
         if not ranked:
             return None, None
         score = lambda r: done[r.run_id].best_val_metric  # noqa: E731
         flagged = {r.run_id: run_flags(done[r.run_id]) for r in ranked}
-        sound = [r for r in ranked if not flagged[r.run_id]]
+        untrained = {k for k, f in flagged.items() if "did not train" in verdicts(f)}
+        sound = [r for r in ranked if r.run_id not in untrained]
         best_overall = min(ranked, key=score)
         if not sound:
             labels = sorted({v for f in flagged.values() for v in verdicts(f)})
@@ -152,12 +159,18 @@ class StudyRunner:
             self.progress(f"  WARNING {what}: {note}")
             return best_overall, note
         best = min(sound, key=score)
+        notes = []
         if best is not best_overall:
             labels = ", ".join(verdicts(flagged[best_overall.run_id]))
-            note = f"lr {best_overall.lr:g} had a better metric but is flagged ({labels}); not selected"
+            notes.append(
+                f"lr {best_overall.lr:g} had a better metric but is flagged ({labels}); not selected"
+            )
+        if flagged[best.run_id]:
+            notes.append(f"selected lr {best.lr:g} shows {', '.join(verdicts(flagged[best.run_id]))}")
+        note = "; ".join(notes) or None
+        if note:
             self.progress(f"  {what}: {note}")
-            return best, note
-        return best, None
+        return best, note
 
     def _record(self, stage: str, key: tuple[str, float], chosen: RunSpec | None, runs: list[RunSpec],
                 extensions: int, note: str | None) -> None:  # fmt: skip
@@ -277,6 +290,9 @@ class StudyRunner:
                     run_config(spec, opt, s, seed, lr, wd, out.best_ratio[opt], full, "final")
                     for seed in spec.seeds
                 ]
+        retired = self.db.retire_finals(spec.name, {r.run_id for r in finals})
+        if retired:
+            self.progress(f"{retired} final run(s) of an earlier selection superseded (kept, not reported)")
         if spec.step_cost is not None and finals:
             self.step_cost_stage(finals)
         self.execute(finals, "final runs")
