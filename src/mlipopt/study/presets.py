@@ -260,7 +260,11 @@ ARCHITECTURES_3BPA: dict[str, Any] = {
     "models": {
         "nequip-small": {"model": {"preset": "nequip-small"}},
         "allegro-small": {"model": {"preset": "allegro-small"}},
-        "cartesian-small": {"model": {"preset": "cartesian-small"}},
+        # a first run selected 0.01, the lower edge, at N = 25 and 50: its grid sits lower
+        "cartesian-small": {
+            "model": {"preset": "cartesian-small"},
+            "optimizers": {"adamw": {"lr": [3e-3, 1e-2, 3e-2]}, "soap": {"lr": [3e-3, 1e-2, 3e-2]}},
+        },
         "sevennet-0": {
             "model": {"preset": "sevennet-0"},
             "base": {"training": {"max_epochs": 5}},
