@@ -112,6 +112,8 @@ def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
     optimizers = sorted({c.optimizer for c in cells}, key=lambda o: (o != "adamw", o))
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     styles = {o: s for o, s in zip(optimizers, ["-", "--", ":", "-."] * 3)}
+    markers = {o: m for o, m in zip(optimizers, ["o", "s", "^", "D"] * 3)}
+    all_sizes = sorted({c.size for c in cells if c.size})
     fig, axes = plt.subplots(1, len(fractions), figsize=(5.2 * len(fractions), 4.2), squeeze=False)
     rows = [
         "| force labels | model | optimizer | slope b (err ∝ N^b) | error at largest N |",
@@ -145,10 +147,12 @@ def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
                         f"| {100 * s:g} % | {m} | {o} | {slope:.2f} ± {err:.2f} | "
                         f"{mean_std(_error(curve[-1]), 1)} (N = {sizes[-1]}) |"
                     )
-                ax.errorbar(sizes, means, yerr=stds, fmt="o", color=colours[m], capsize=2, markersize=4,
-                            label=label, linestyle="none")  # fmt: skip
+                ax.errorbar(sizes, means, yerr=stds, fmt=markers[o], color=colours[m], capsize=2,
+                            markersize=4, label=label, linestyle="none")  # fmt: skip
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(all_sizes, [str(n) for n in all_sizes])
+        ax.minorticks_off()
         ax.set_xlabel("training frames N")
         ax.set_ylabel(f"test {unit}")
         ax.set_title(f"{100 * s:g} % force labels")
