@@ -179,14 +179,17 @@ def pareto_figure(cells: list[ArchitectureCell], costs: dict[str, float], path: 
     points = [(costs[c.model], float(np.mean(_error(c)))) for c in chosen]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(6, 4.4))
-    for c, (x, y) in zip(chosen, points):
-        ax.plot([x], [y], "o", color="tab:blue" if c.optimizer == "adamw" else "tab:orange")
-        ax.annotate(
-            f"{c.model}\n{c.optimizer}", (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points"
-        )
-    ax.plot(
-        [points[i][0] for i in front], [points[i][1] for i in front], "k--", linewidth=1, label="Pareto front"
-    )
+    optimizers = sorted({c.optimizer for c in chosen}, key=lambda o: (o != "adamw", o))
+    colours = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optimizers)}
+    for o in optimizers:
+        mine = [(x, y) for c, (x, y) in zip(chosen, points) if c.optimizer == o]
+        ax.plot([x for x, _ in mine], [y for _, y in mine], "o", color=colours[o], label=o)
+    for model in sorted({c.model for c in chosen}):  # one label per model, at its best point
+        x, y = min((p for c, p in zip(chosen, points) if c.model == model), key=lambda p: p[1])
+        size = max(c.size or 0 for c in chosen if c.model == model)
+        ax.annotate(f"{model} (N = {size})", (x, y), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    xs, ys = [points[i][0] for i in front], [points[i][1] for i in front]
+    ax.plot(xs, ys, "k--", linewidth=1, label="Pareto front")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("inference cost [µs/atom/step] (3BPA, batch 1)")
