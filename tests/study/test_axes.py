@@ -43,7 +43,7 @@ def _study(tmp_path):
         seeds=[1, 2],
         loss_ratios=[[1.0, 1.0]],
         step_cost=None,
-        architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 2, "cost_warmup": 1,
+        architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 2, "cost_warmup": 1, "cost_blocks": 2,
                              "equivariance_frames": 1, "equivariance_rotations": 2, "symmetrize_order": 1},
     )  # fmt: skip
 
@@ -74,6 +74,8 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
     costs = db.checks("tiny", "inference_cost")
     assert set(costs) == {"nequip-tiny", "cartesian-tiny"}
     assert {r["structure"] for r in costs["cartesian-tiny"][0]} == {"3bpa", "water-96", "diamond-256"}
+    for row in costs["cartesian-tiny"][0]:  # the quoted spread: the range of two independent blocks
+        assert row["blocks"] == 2 and row["low_us"] <= row["high_us"] and row["median_us"] > 0
     equivariance = db.checks("tiny", "equivariance")
     assert len(equivariance) == 2  # largest N, first seed, per model
     by_model = {r["model"]: r for r, _ in equivariance.values()}

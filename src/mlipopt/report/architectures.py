@@ -250,7 +250,7 @@ def make_architectures_report(database: str, parent: str, out_dir: str | Path) -
     if cost_rows:
         machine = next(iter(cost_rows.values()))[1]
         lines += [
-            "## Inference cost (energy + forces; median, interquartile range)",
+            "## Inference cost (energy + forces; median, range of independent block medians)",
             "",
             f"Measured on {machine}.",
             "",
@@ -261,7 +261,7 @@ def make_architectures_report(database: str, parent: str, out_dir: str | Path) -
             for r in rows:
                 lines.append(
                     f"| {model} | {r['structure']} | {r['n_atoms']} | {r['batch']} | {r['median_us']:.1f} "
-                    f"({r['q25_us']:.1f}–{r['q75_us']:.1f}) |"
+                    f"({r.get('low_us', r['q25_us']):.1f}–{r.get('high_us', r['q75_us']):.1f}) |"
                 )
         lines.append("")
     lines += equivariance_section(db, parent)

@@ -114,7 +114,11 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
             continue  # a model file: its architecture is not a preset to rebuild
         progress(f"inference cost: {label}")
         rows = inference_cost(
-            section, tuple(settings.cost_batch_sizes), settings.cost_warmup, settings.cost_repeats
+            section,
+            tuple(settings.cost_batch_sizes),
+            settings.cost_warmup,
+            settings.cost_repeats,
+            blocks=settings.cost_blocks,
         )
         db.record_check(spec.name, "inference_cost", label, rows, machine())
     done = db.checks(spec.name, "equivariance")

@@ -280,7 +280,12 @@ ARCHITECTURES_3BPA: dict[str, Any] = {
     "sweep_epochs": 8,
     "sweep_extensions": 0,
     "step_cost": None,
-    "architecture_checks": {"cost_batch_sizes": [1, 2], "cost_repeats": 5, "cost_warmup": 1},
+    "architecture_checks": {
+        "cost_batch_sizes": [1, 2],
+        "cost_repeats": 5,
+        "cost_warmup": 1,
+        "cost_blocks": 2,
+    },
 }
 
 STUDY_PRESETS = {

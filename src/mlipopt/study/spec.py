@@ -138,6 +138,7 @@ class ArchitectureChecksSpec:
     cost_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
     cost_repeats: int = 10
     cost_warmup: int = 3
+    cost_blocks: int = 3  # independent timing blocks; their medians' range is the quoted spread
     equivariance_frames: int = 3  # test frames of each final run (first seed, largest N)
     equivariance_rotations: int = 8
     symmetrize_order: int = 3  # SO(3) quadrature order of the symmetrized non-equivariant models
