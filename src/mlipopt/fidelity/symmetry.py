@@ -19,8 +19,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+
+from ..rotations import haar_rotations
 
 
 def euler_zyz(alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
@@ -63,11 +66,7 @@ def so3_quadrature(order: int) -> tuple[np.ndarray, np.ndarray]:
 
 def random_rotations(count: int, seed: int = 0) -> np.ndarray:
     """``count`` rotations uniform on SO(3) (Haar), reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    q, r = np.linalg.qr(rng.standard_normal((count, 3, 3)))
-    q = q * np.sign(np.diagonal(r, axis1=-2, axis2=-1))[:, None, :]
-    q[np.linalg.det(q) < 0, :, 0] *= -1
-    return q
+    return haar_rotations(count, generator=torch.Generator().manual_seed(seed)).numpy()
 
 
 def rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:

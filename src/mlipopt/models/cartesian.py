@@ -25,7 +25,8 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from torch import nn
 
-from .family import DataStats, ModelFamily
+from ..rotations import haar_rotations as random_rotations
+from .family import DataStats, ModelFamily, default_dtype
 from .presets import PRESETS
 
 OPTIONS = ("hidden", "num_basis", "layers", "direct_forces", "augment_rotations")
@@ -44,16 +45,6 @@ def neighbour_list(atoms: ase.Atoms, cutoff: float) -> tuple[np.ndarray, np.ndar
             cell=np.diag(span + 2 * cutoff + 1.0), pbc=False,
         )  # fmt: skip
     return build("ijS", atoms, cutoff)
-
-
-def random_rotations(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``n`` rotations uniform on SO(3) (QR of Gaussian matrices with the sign fixed; torch's RNG, so a
-    resumed run draws the same ones)."""
-    q, r = torch.linalg.qr(torch.randn(n, 3, 3, dtype=dtype, device=device))
-    q = q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
-    flip = torch.det(q) < 0
-    q[flip, :, 0] = -q[flip, :, 0]
-    return q
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -216,13 +207,8 @@ class CartesianFamily(ModelFamily):
         unknown = sorted(set(config) - set(OPTIONS))
         if unknown:
             raise TypeError(f"unknown argument(s) {', '.join(unknown)}")
-        dtype = getattr(torch, model.dtype)
-        before = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
+        with default_dtype(getattr(torch, model.dtype)):
             built = CartesianMLP(len(type_names), r_max, neighbours, shifts, scale, **config)
-        finally:
-            torch.set_default_dtype(before)
         built.type_names = list(type_names)  # for the energy shifts by element
         return built
 

@@ -24,8 +24,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
-from .family import build_model, family
-from .presets import PRESETS
+from .family import build_model, family, model_namespace
 
 ELEMENTS = ["H", "C", "N", "O"]
 
@@ -95,7 +94,7 @@ def inference_cost(
     preset = model_section.get("preset", "nequip-small")
     dtype = model_section.get("dtype", "float32")
     options = dict(model_section.get("options", {}))
-    config = _config(preset, dtype, options)
+    config = model_namespace(preset, ELEMENTS, dtype, **options)
     backend = family(preset).backend(config, config.type_names, config.r_max)
     graphs = {name: (atoms, backend.graph(atoms)) for name, atoms in structures().items()}
     samples: dict[tuple[str, int], list[list[float]]] = {}
@@ -123,12 +122,3 @@ def inference_cost(
             "low_us": min(medians), "high_us": max(medians), "repeats": repeats, "blocks": blocks,
         })  # fmt: skip
     return rows
-
-
-def _config(preset: str, dtype: str, options: dict[str, Any]) -> Any:
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
-        preset=preset, family=None, file=None, dtype=dtype, type_names=list(ELEMENTS),
-        r_max=float(PRESETS[preset]["r_max"]), avg_num_neighbors=20.0, options=options,
-    )  # fmt: skip

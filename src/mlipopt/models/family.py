@@ -167,11 +167,23 @@ def build_model(
     """A model of ``preset`` outside training (inspection, benchmarks), with ``overrides`` of preset keys:
     from scratch with energy shifts 0 and scales 1, or the shipped pretrained model — built by the
     preset's family exactly as a saved run's architecture is rebuilt."""
+    config = model_namespace(preset, type_names, model_dtype, avg_num_neighbors, **overrides)
+    return family(preset).rebuild(config, seed)
+
+
+def model_namespace(
+    preset: str,
+    type_names: Sequence[str],
+    model_dtype: str = "float32",
+    avg_num_neighbors: float = 20.0,
+    **overrides: Any,
+) -> SimpleNamespace:
+    """A resolved model config (what a run's ``model`` section becomes) of ``preset`` outside training,
+    for a family's ``rebuild`` and ``backend``."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-    config = SimpleNamespace(
+    return SimpleNamespace(
         preset=preset, family=None, file=None, dtype=model_dtype, type_names=list(type_names),
         r_max=float(overrides.pop("r_max", PRESETS[preset]["r_max"])),
         avg_num_neighbors=avg_num_neighbors, options=overrides,
     )  # fmt: skip
-    return family(preset).rebuild(config, seed)

@@ -182,10 +182,6 @@ class BlockOptimizer(torch.optim.Optimizer):
         self._ranks = ranks if ranks is not None and ranks.active else None
         self._synced_failures = [g["basis_failures"] for g in self.param_groups]
 
-    @property
-    def sharded(self) -> bool:
-        return self._ranks is not None
-
     def _owned_buckets(self, plan: GroupPlan) -> Any:
         return plan.buckets if self._ranks is None else _sharding.owned_buckets(plan, self._ranks)
 

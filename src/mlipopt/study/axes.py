@@ -140,14 +140,14 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
     symmetry) symmetrized, and the loop work of its forces."""
     import numpy as np
 
-    from ..calculator import load, load_model
+    from ..calculator import load_model
     from ..fidelity.symmetry import SymmetrizedCalculator, equivariance_errors, loop_work
     from ..train.data import split_frames
 
-    _, config = load_model(run_dir)
+    model, config = load_model(run_dir)  # once: its family makes the calculator
+    calc = family(config.model).calculator(model, config.model.type_names, config.model.r_max, "cpu")
     _, splits = split_frames(config)  # the run's own test split, read or generated as in training
     frames = [a.copy() for a in splits["test"].atoms[: settings.equivariance_frames]]
-    calc = load(run_dir)
     unconstrained = family(config.model).name == "cartesian"
     out: dict[str, Any] = {"model": label, "unconstrained": unconstrained, "frames": len(frames)}
 

@@ -148,14 +148,6 @@ class Ranks:
         if self.active:
             dist.barrier()
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when ``flag`` is true on any rank."""
-        if not self.active:
-            return flag
-        value = torch.tensor([int(flag)], dtype=torch.int64)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
-
 
 def current() -> Ranks:
     """The ranks of the initialised default process group, or a single process."""
