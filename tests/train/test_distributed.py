@@ -219,3 +219,32 @@ def test_resuming_on_another_world_size_is_refused_unless_allowed(tmp_path):
         train(more, log=lambda _: None)
     allowed = load_config(config, ["training.max_epochs=2", "distributed.allow_world_size_change=true"])
     assert train(allowed, log=lambda _: None)["epochs"] == 2
+
+
+def test_srun_and_torchrun_variables_give_the_process_its_place(monkeypatch):
+    import os
+
+    from mlipopt.train.distributed import _environment, launched_rank
+
+    launcher = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "MASTER_"))}
+    for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        launcher.pop(key, None)
+    monkeypatch.setattr(os, "environ", launcher)  # a private copy: nothing leaks into other tests
+    assert _environment() is None and launched_rank() == 0
+    launcher.update(SLURM_NTASKS="8", SLURM_PROCID="5", SLURM_LOCALID="1")
+    assert _environment() is None  # srun without MASTER_ADDR: not a data-parallel launch
+    launcher["MASTER_ADDR"] = "node1"
+    assert _environment() == (5, 8, 1) and launched_rank() == 5
+    assert (launcher["RANK"], launcher["WORLD_SIZE"], launcher["MASTER_PORT"]) == ("5", "8", "29500")
+    launcher.update(WORLD_SIZE="1", RANK="0")  # torchrun's variables win; one process is no group
+    assert _environment() is None
+
+
+def test_soap_refuses_a_null_tolerance_outside_zero_to_one():
+    from mlipopt.optim import SOAP
+
+    p = torch.nn.Parameter(torch.zeros(3, 3))
+    for bad in (-1e-8, 1.0):
+        with pytest.raises(ValueError, match="null_tolerance"):
+            SOAP([p], null_tolerance=bad)
+    SOAP([p], null_tolerance=1e-8)
