@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import torch
 from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
 
 from mlipopt.fidelity.symmetry import (
     SymmetrizedCalculator,
     equivariance_errors,
     loop_work,
     nve_energy_drift,
+    orientation_dependence,
     random_rotations,
     rotated,
     so3_quadrature,
@@ -75,3 +77,48 @@ def test_nve_drift_falls_as_dt_squared_for_conservative_forces_only():
     assert 3.0 < deviation[False][0] / deviation[False][1] < 5.0  # velocity Verlet: error ∝ Δt²
     assert 0.8 < deviation[True][0] / deviation[True][1] < 1.25  # the head's work does not vanish
     assert deviation[True][1] > 1e3 * deviation[False][1]
+
+
+def test_the_symmetrized_stress_is_the_strain_derivative_of_the_symmetrized_energy():
+    from ase.build import bulk
+    from ase.calculators.fd import calculate_numerical_stress
+
+    crystal = bulk("C", "diamond", a=3.57)
+    crystal.rattle(0.05, seed=3)
+    symmetrized = SymmetrizedCalculator(_calculator(), 1)
+    crystal.calc = symmetrized
+    stress = crystal.get_stress()
+    numeric = calculate_numerical_stress(crystal, eps=1e-5)
+    assert np.abs(stress).max() > 1e-4
+    assert np.abs(stress - numeric).max() < 1e-7 * max(1.0, np.abs(stress).max())
+    assert "stress" not in SymmetrizedCalculator(_calculator(direct=True), 1).implemented_properties
+
+
+class _Anisotropic(Calculator):
+    """EMT plus ½k Σ_i (z_i − z̄)²: translation invariant, not rotation invariant (it flattens in z)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        from ase.calculators.emt import EMT
+
+        super().calculate(atoms, properties, system_changes)
+        inner = self.atoms.copy()
+        inner.calc = EMT()
+        dz = self.atoms.positions[:, 2] - self.atoms.positions[:, 2].mean()
+        forces = inner.get_forces()
+        forces[:, 2] -= dz  # k = 1 eV/Å²; Σ dz = 0 keeps the mean term out of the gradient
+        self.results = {"energy": inner.get_potential_energy() + 0.5 * float(dz @ dz), "forces": forces}
+
+
+def test_rigid_modes_are_free_for_an_invariant_model_and_stiff_for_an_anisotropic_one():
+    from ase.calculators.emt import EMT
+
+    atoms = molecule("CH3CH2OH")
+    invariant = orientation_dependence(EMT(), atoms, seed=1)
+    assert invariant["converged"] == 1.0
+    assert invariant["minimum_rmsd_A"] < 1e-4 and invariant["minimum_energy_meV_atom"] < 1e-4
+    assert invariant["rigid_mode_cm1"] < 10.0 < invariant["lowest_vibration_cm1"]
+    anisotropic = orientation_dependence(_Anisotropic(), atoms, seed=1)
+    assert anisotropic["rigid_mode_cm1"] > 50.0  # rotations out of the xy plane are restored
+    assert anisotropic["minimum_rmsd_A"] > 0.1  # turned, it relaxes to another minimum

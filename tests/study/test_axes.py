@@ -44,7 +44,8 @@ def _study(tmp_path):
         loss_ratios=[[1.0, 1.0]],
         step_cost=None,
         architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 2, "cost_warmup": 1, "cost_blocks": 2,
-                             "equivariance_frames": 1, "equivariance_rotations": 2, "symmetrize_order": 1},
+                             "cost_min_sample_s": 0.0, "equivariance_frames": 1, "equivariance_rotations": 2,
+                             "symmetrize_order": 1, "symmetrized_test_frames": 1000},
     )  # fmt: skip
 
 
@@ -83,10 +84,18 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
     assert (
         by_model["nequip-tiny"]["raw"]["energy_std"] < 1e-2 < by_model["cartesian-tiny"]["raw"]["energy_std"]
     )
+    # the symmetrized model is scored on the run's test split; raw, the score is the run's own test error
+    run_id = next(k for k, (r, _) in equivariance.items() if r["model"] == "cartesian-tiny")
+    stored = __import__("json").loads(next(r for r in finals if r.id == run_id).final)["test"]
+    scored = by_model["cartesian-tiny"]
+    assert scored["test_raw"]["f_mae"] == pytest.approx(stored["f_mae"], rel=1e-4)
+    assert scored["test_raw"]["e_mae"] == pytest.approx(stored["e_mae"], rel=1e-3, abs=1e-3)
+    assert np.isfinite(scored["test_symmetrized"]["f_mae"]) and "test_raw" not in by_model["nequip-tiny"]
 
     index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report").read_text()
     for part in ("## Learning curves", "learning_curves.png", "## Accuracy against cost", "Pareto front:",
-                 "## Inference cost", "## Equivariance", "cells/cartesian-tiny/N8/index.md"):  # fmt: skip
+                 "## Inference cost", "## Equivariance", "cells/cartesian-tiny/N8/index.md",
+                 "Accuracy of the symmetrized models", "Geometry optimisation and vibrations"):  # fmt: skip
         assert part in index, part
     assert index.count("| 100 % | nequip-tiny | adamw |") == 1  # one slope row per curve
     assert (tmp_path / "report" / "cells" / "nequip-tiny" / "N4" / "index.md").is_file()

@@ -9,6 +9,9 @@
   model's dependence on orientation is band-limited to ``order``, and approximately otherwise.
 * :func:`equivariance_errors` — how far a calculator is from rotation invariance (energy) and
   equivariance (forces), over random rotations.
+* :func:`test_errors` — energy and force MAE of any calculator (a symmetrized one too) on labelled frames.
+* :func:`orientation_dependence` — geometry optimisation and vibrations of a molecule, relaxed as given
+  and turned: the minima's RMSD and energy gap, and the rigid-body modes' frequencies.
 * :func:`loop_work` — ∮ F·dx around a closed loop of one atom. It is zero for conservative forces up to
   round-off, since the periodic trapezoid rule is spectrally exact, and non-zero for a direct force
   head.
@@ -78,12 +81,11 @@ def rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:
 
 
 class SymmetrizedCalculator(Calculator):
-    """Energy and forces of ``calculator`` averaged over rotations.
+    """Energy, forces and (where the wrapped calculator has it) stress of ``calculator`` averaged over
+    rotations: σ(x) = Σ_k w_k R_kᵀ σ(R_k x) R_k.
 
     ``rotations`` is an int (the order of :func:`so3_quadrature`, default 3: 64 evaluations) or an array
     (K, 3, 3), with ``weights`` (default uniform)."""
-
-    implemented_properties = ["energy", "free_energy", "forces"]
 
     def __init__(self, calculator: Calculator, rotations: int | np.ndarray = 3, weights: Any = None) -> None:
         super().__init__()
@@ -93,16 +95,26 @@ class SymmetrizedCalculator(Calculator):
         self.rotations = np.asarray(rotations, dtype=np.float64)
         k = len(self.rotations)
         self.weights = np.full(k, 1.0 / k) if weights is None else np.asarray(weights, dtype=np.float64)
+        inner = list(getattr(calculator, "implemented_properties", []))
+        self.implemented_properties = ["energy", "free_energy", "forces"] + (
+            ["stress"] if "stress" in inner else []
+        )
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
-        energy, forces = 0.0, np.zeros((len(self.atoms), 3))
+        energy, forces, stress = 0.0, np.zeros((len(self.atoms), 3)), np.zeros((3, 3))
         for rotation, weight in zip(self.rotations, self.weights):
             image = rotated(self.atoms, rotation)
             image.calc = self.inner
             energy += weight * image.get_potential_energy()
             forces += weight * image.get_forces() @ rotation  # R^T F(Rx), for row vectors
+            if "stress" in properties:
+                stress += weight * rotation.T @ image.get_stress(voigt=False) @ rotation
         self.results = {"energy": energy, "free_energy": energy, "forces": forces}
+        if "stress" in properties:
+            from ase.stress import full_3x3_to_voigt_6_stress
+
+            self.results["stress"] = full_3x3_to_voigt_6_stress(stress)
 
 
 def equivariance_errors(calculator: Calculator, atoms: Atoms, rotations: int = 16, seed: int = 0) -> dict:
@@ -123,6 +135,67 @@ def equivariance_errors(calculator: Calculator, atoms: Atoms, rotations: int = 1
         "energy_range": float(np.ptp(energies_meV)),
         "force_error": float(1e3 * np.mean(force_errors)),
         "rotations": rotations,
+    }
+
+
+def test_errors(calculator: Calculator, frames: Any) -> dict[str, float]:
+    """Energy MAE (meV/atom) and force MAE (meV/Å, over the components of frames with force labels) of
+    ``calculator`` on labelled ``frames`` (:class:`mlipopt.data.io.Frames`): how a calculator wrapper,
+    e.g. a symmetrized model, scores against the same labels the training metrics use."""
+    e_abs, f_abs, components = [], 0.0, 0
+    for atoms, energy, forces in zip(frames.atoms, frames.energy, frames.forces):
+        image = atoms.copy()
+        image.calc = calculator
+        e_abs.append(abs(image.get_potential_energy() - float(energy)) / len(atoms))
+        if forces is not None:
+            f_abs += float(np.abs(image.get_forces() - np.asarray(forces)).sum())
+            components += np.asarray(forces).size
+    return {
+        "e_mae": float(1e3 * np.mean(e_abs)),
+        "f_mae": float(1e3 * f_abs / components) if components else float("nan"),
+        "frames": len(frames),
+    }
+
+
+def orientation_dependence(
+    calculator: Calculator, atoms: Atoms, seed: int = 0, fmax: float = 1e-3, steps: int = 500
+) -> dict[str, float]:
+    """Geometry optimisation and vibrations, and whether they depend on how the structure is turned.
+
+    ``atoms`` is relaxed (BFGS to ``fmax`` eV/Å) as given and turned by a random rotation. Returned:
+    - ``minimum_rmsd_A``: the RMSD between the two minima after the best rotation and translation, zero
+      for a rotation-invariant model;
+    - ``minimum_energy_meV_atom``: the difference of the two minimum energies;
+    - ``rigid_mode_cm1``: the largest of the six smallest |harmonic frequencies| at the first minimum
+      (ASE finite differences) — the rigid translations and rotations of a free molecule, zero for a model
+      invariant under both, up to finite differences and the residual force (≈ 5 cm⁻¹ for ASE's EMT at
+      ``fmax`` = 1e-3 eV/Å, 12 cm⁻¹ at 1e-2). An unconstrained model turns its rotations into spurious
+      vibrations;
+    - ``converged``: 1.0 when both relaxations reached ``fmax``.
+    """
+    import tempfile
+
+    from ase.build import minimize_rotation_and_translation
+    from ase.vibrations import Vibrations
+
+    from .protocols import relax
+
+    first, ok_first = relax(atoms, calculator, fmax, steps)
+    second, ok_second = relax(rotated(atoms, random_rotations(1, seed)[0]), calculator, fmax, steps)
+    aligned = second.copy()
+    minimize_rotation_and_translation(first, aligned)
+    rmsd = float(np.sqrt(np.mean(np.sum((aligned.positions - first.positions) ** 2, axis=1))))
+    gap = 1e3 * (second.get_potential_energy() - first.get_potential_energy()) / len(atoms)
+    with tempfile.TemporaryDirectory() as cache:
+        vibrations = Vibrations(first, name=f"{cache}/vib")
+        vibrations.run()
+        frequencies = np.sort(np.abs(vibrations.get_frequencies()))  # cm⁻¹; imaginary ones by modulus
+    return {
+        "minimum_rmsd_A": rmsd,
+        "minimum_energy_meV_atom": float(abs(gap)),
+        "rigid_mode_cm1": float(frequencies[:6].max()),
+        "lowest_vibration_cm1": float(frequencies[6]),
+        "converged": float(ok_first and ok_second),
     }
 
 

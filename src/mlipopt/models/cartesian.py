@@ -5,8 +5,10 @@ lab frame, a radial Bessel basis with a smooth cutoff and the neighbour's featur
 (Bigi, Ceriotti et al., arXiv 2601.16195, argue such models can be more accurate and faster at scale and
 that symmetry can be restored at inference, :mod:`mlipopt.fidelity.symmetry`). Forces are −∇E
 (conservative, default) or a direct per-atom head (``direct_forces: true``: cheaper, not conservative).
-``augment_rotations: true`` rotates every training frame by a random rotation each step (the rotation
-is applied to the edge vectors, which is the same as rotating the frame and its force labels).
+``attention_heads: H`` replaces the neighbour sum by multi-head attention (see :class:`CartesianMLP`), the
+transformer-like variant matrix optimizers were designed for. ``augment_rotations: true`` rotates every
+training frame by a random rotation each step (the rotation is applied to the edge vectors, which is the
+same as rotating the frame and its force labels).
 
 Every weight is a plain ``nn.Linear`` matrix, so structure discovery puts them on the matrix role and
 Muon/SOAP precondition them as whole matrices; the species embedding is an ``nn.Embedding`` (Adam role).
@@ -29,7 +31,9 @@ from ..rotations import haar_rotations as random_rotations
 from .family import DataStats, ModelFamily, default_dtype
 from .presets import PRESETS
 
-OPTIONS = ("hidden", "num_basis", "layers", "direct_forces", "augment_rotations")
+OPTIONS = ("hidden", "num_basis", "layers", "attention_heads", "direct_forces", "augment_rotations")
+#: attention logits are bounded to ±LOGIT_BOUND (a soft clip), so exp() cannot overflow
+LOGIT_BOUND = 5.0
 
 
 def neighbour_list(atoms: ase.Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -55,8 +59,17 @@ def _mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 
 class CartesianMLP(nn.Module):
-    """E = Σ_i (scale · ε(h_i) + shift[Z_i]); h_i from ``layers`` rounds of messages
-    m_ij = MLP([u_ij, B(r_ij), h_j]) · f_cut(r_ij) / avg_num_neighbors, u_ij the lab-frame unit vector."""
+    """E = Σ_i (scale · ε(h_i) + shift[Z_i]); h_i from ``layers`` rounds of messages, u_ij the lab-frame
+    unit vector, B the radial basis, f_c the cutoff:
+
+    - ``attention_heads = 0``: h_i += U([h_i, Σ_j m_ij · f_c(r_ij) / avg_num_neighbors]),
+      m_ij = MLP([u_ij, B(r_ij), h_j]).
+    - ``attention_heads = H``: per head, keys and values (k_ij, v_ij) = MLP([u_ij, B(r_ij), h_j]), the
+      query q_i = W h_i, the logit ℓ_ij = b·tanh(q_i·k_ij / (b√d)) (b = LOGIT_BOUND) and the weight
+      a_ij = f_c(r_ij) e^{ℓ_ij} / (1 + Σ_k f_c(r_ik) e^{ℓ_ik}). The 1 is an empty slot: with the cutoff
+      in both numerator and sum, a neighbour leaving the cutoff sphere fades out smoothly, also when it is
+      an atom's only one, so forces stay continuous.
+    """
 
     def __init__(
         self,
@@ -68,6 +81,7 @@ class CartesianMLP(nn.Module):
         hidden: int = 64,
         num_basis: int = 8,
         layers: int = 2,
+        attention_heads: int = 0,
         direct_forces: bool = False,
         augment_rotations: bool = False,
     ) -> None:
@@ -75,8 +89,15 @@ class CartesianMLP(nn.Module):
         self.r_max, self.num_basis = float(r_max), int(num_basis)
         self.direct_forces, self.augment_rotations = bool(direct_forces), bool(augment_rotations)
         self.avg_num_neighbors = float(avg_num_neighbors)
+        if attention_heads < 0 or (attention_heads and hidden % attention_heads):
+            raise ValueError(f"attention_heads must be 0 or divide hidden = {hidden}, got {attention_heads}")
+        self.attention_heads = int(attention_heads)
         self.embed = nn.Embedding(n_types, hidden)
-        self.messages = nn.ModuleList(_mlp([3 + num_basis + hidden, hidden, hidden]) for _ in range(layers))
+        width = 2 * hidden if attention_heads else hidden  # keys and values, or messages
+        self.messages = nn.ModuleList(_mlp([3 + num_basis + hidden, hidden, width]) for _ in range(layers))
+        self.queries = nn.ModuleList(
+            nn.Linear(hidden, hidden, bias=False) for _ in range(layers if attention_heads else 0)
+        )
         self.updates = nn.ModuleList(_mlp([2 * hidden, hidden]) for _ in range(layers))
         self.readout = _mlp([hidden, hidden, 1])
         self.force_head = _mlp([hidden, hidden, 3]) if direct_forces else None
@@ -96,6 +117,23 @@ class CartesianMLP(nn.Module):
         )
         return basis, envelope * (x < 1)
 
+    def attend(
+        self, queries: torch.Tensor, keys_values: torch.Tensor, i: torch.Tensor, cutoff: torch.Tensor
+    ) -> torch.Tensor:
+        """Σ_j a_ij v_ij per head, concatenated (the class docstring gives a_ij)."""
+        n, hidden = queries.shape
+        heads = self.attention_heads
+        d = hidden // heads
+        keys, values = keys_values.chunk(2, dim=-1)
+        logits = (queries[i].view(-1, heads, d) * keys.view(-1, heads, d)).sum(-1) / math.sqrt(d)
+        weights = torch.exp(LOGIT_BOUND * torch.tanh(logits / LOGIT_BOUND)) * cutoff.unsqueeze(-1)
+        norm = 1.0 + torch.zeros(n, heads, dtype=weights.dtype, device=weights.device).index_add(
+            0, i, weights
+        )
+        alpha = (weights / norm[i]).unsqueeze(-1)
+        pooled = torch.zeros(n, heads, d, dtype=values.dtype, device=values.device)
+        return pooled.index_add(0, i, alpha * values.view(-1, heads, d)).view(n, hidden)
+
     def forward(self, data: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Energies per frame (and direct forces when the head exists), from ``data`` of the backend."""
         i, j = data["edge_index"]
@@ -108,9 +146,14 @@ class CartesianMLP(nn.Module):
         basis, cutoff = self.radial(r)
         unit = vectors / r.unsqueeze(-1)
         h = self.embed(data["types"])
-        for message, update in zip(self.messages, self.updates):
-            m = message(torch.cat([unit, basis, h[j]], dim=-1)) * cutoff.unsqueeze(-1)
-            pooled = torch.zeros_like(h).index_add_(0, i, m) / self.avg_num_neighbors
+        for layer, (message, update) in enumerate(zip(self.messages, self.updates)):
+            m = message(torch.cat([unit, basis, h[j]], dim=-1))
+            if self.attention_heads:
+                pooled = self.attend(self.queries[layer](h), m, i, cutoff)
+            else:
+                pooled = (
+                    torch.zeros_like(h).index_add_(0, i, m * cutoff.unsqueeze(-1)) / self.avg_num_neighbors
+                )
             h = h + update(torch.cat([h, pooled], dim=-1))
         atomic = self.scale * self.readout(h).squeeze(-1) + self.shifts[data["types"]]
         energy = torch.zeros(int(data["n_frames"]), dtype=atomic.dtype, device=atomic.device)
@@ -174,23 +217,49 @@ class CartesianBackend:
 
 
 class CartesianCalculator(Calculator):
-    """An ASE calculator (energy, forces; no stress) over a :class:`CartesianBackend`."""
-
-    implemented_properties = ["energy", "free_energy", "forces"]
+    """An ASE calculator over a :class:`CartesianBackend`: energy and forces, and for a conservative model
+    on a periodic cell the stress σ = (1/V) ∂E/∂ε, by autograd through a symmetric strain ε applied to
+    positions and cell. A direct force head has no energy whose strain derivative is consistent with its
+    forces, so it offers no stress (ASE then raises ``PropertyNotImplementedError``)."""
 
     def __init__(self, model: torch.nn.Module, backend: CartesianBackend, device: Any = "cpu") -> None:
         super().__init__()
         self.model, self.backend, self.device = model.eval(), backend, torch.device(device)
+        self.implemented_properties = ["energy", "free_energy", "forces"]
+        if not model.direct_forces:
+            self.implemented_properties.append("stress")
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         data = self.backend.to(self.backend.collate([self.backend.graph(self.atoms)]), self.device)
+        if "stress" in properties:
+            self.results = self._with_stress(data)
+            return
         energy, forces = self.backend.predict(self.model, data, True)
         value = float(energy.detach().sum())
         self.results = {
             "energy": value,
             "free_energy": value,
             "forces": forces.detach().double().cpu().numpy(),
+        }
+
+    def _with_stress(self, data: dict[str, Any]) -> dict[str, Any]:
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        if self.atoms.cell.rank < 3:
+            raise ValueError("stress needs a periodic cell with three cell vectors")
+        pos = data["pos"].detach().requires_grad_(True)
+        strain = torch.zeros(3, 3, dtype=pos.dtype, device=pos.device, requires_grad=True)
+        deform = torch.eye(3, dtype=pos.dtype, device=pos.device) + 0.5 * (strain + strain.T)
+        energy, _ = self.model({**data, "pos": pos @ deform, "shift": data["shift"] @ deform})
+        gradient, virial = torch.autograd.grad(energy.sum(), [pos, strain])
+        value = float(energy.detach().sum())
+        stress = virial.detach().double().cpu().numpy() / self.atoms.get_volume()
+        return {
+            "energy": value,
+            "free_energy": value,
+            "forces": -gradient.detach().double().cpu().numpy(),
+            "stress": full_3x3_to_voigt_6_stress(stress),
         }
 
 

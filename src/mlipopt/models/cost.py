@@ -5,18 +5,22 @@
 - a 96-atom water box (32 molecules, 1 g/cm³, periodic);
 - a 256-atom diamond crystal.
 
-Each is timed at batch 1 and batched (several copies in one call). Warm-up calls are discarded. The
-median is reported with two spreads: the interquartile range of the timed calls, and the range of the
-medians of independent blocks (the one to quote, see :func:`inference_cost`). The weights do not
-matter, only the architecture: the model is built by its family for H, C, N, O, the elements of the three
-structures.
+Each is timed at batch 1 and batched (several copies in one call). Warm-up calls are discarded. Models are
+timed interleaved, in independent blocks, each in a fresh process. The median is reported with two
+spreads: the interquartile range of the timed samples, and the range of the medians of the blocks (the
+one to quote, see :func:`inference_costs`). The weights do not matter, only the architecture: the model is
+built by its family for H, C, N, O, the elements of the three structures.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -63,62 +67,129 @@ def machine() -> str:
     )
 
 
-def timed_calls(call: Any, warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
+def timed_samples(call: Any, warmup: int, repeats: int, min_sample_s: float) -> list[float]:
+    """Seconds per call in ``repeats`` samples, each averaging enough calls to last ``min_sample_s``
+    (as :mod:`timeit`'s autorange does), so a 1 ms call is not timed at the timer's and scheduler's grain."""
+    start = time.perf_counter()
+    for _ in range(max(warmup, 1)):
         call()
+    per_call = (time.perf_counter() - start) / max(warmup, 1)
+    number = max(1, int(np.ceil(min_sample_s / max(per_call, 1e-9))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
+        for _ in range(number):
+            call()
+        times.append((time.perf_counter() - start) / number)
     return times
 
 
-def inference_cost(
-    model_section: dict[str, Any],
+def inference_costs(
+    model_sections: dict[str, dict[str, Any]],
     batch_sizes: tuple[int, ...] = (1, 8),
-    warmup: int = 3,
-    repeats: int = 10,
+    warmup: int = 2,
+    repeats: int = 5,
     device: str = "cpu",
-    blocks: int = 3,
-) -> list[dict[str, Any]]:
-    """µs/atom/step of the model a run's ``model`` config section describes, per structure and batch size.
+    blocks: int = 6,
+    min_sample_s: float = 0.01,
+    isolate: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """µs/atom/step of every model in ``model_sections`` (label → a run's ``model`` config section), per
+    structure and batch size, measured interleaved in independent blocks.
 
-    The measurement is made in ``blocks`` independent blocks, each with a freshly built model and batch,
-    so the blocks are spread over time. Returned per structure and batch:
-    - the median and interquartile range of all timed calls;
-    - the range of the block medians (``low_us``–``high_us``), the spread to quote. Calls within one
-      block agree to a few percent; separate measurements differ more (up to 18 % in
-      benchmarks/inference_cost.py).
+    Each block builds every model afresh and times it on every structure, the models' order rotating
+    from block to block. With ``isolate`` (default) each block runs in a fresh Python process with the
+    caller's torch thread count. Why: in one long-lived process the cost of the same call creeps up as
+    models are built and freed (allocator state; +5 % over 30 s measured), so the blocks of one
+    measurement are not independent of those of the next, and a second measurement fell outside the
+    first's spread in 6 of 18 cases (benchmarks/README.md). Fresh processes make the blocks exchangeable.
+
+    Returned per label, per structure and batch:
+    - ``median_us``, the median of all samples, with ``q25_us``–``q75_us``, their interquartile range;
+    - ``low_us``–``high_us``, the range of the block medians: the spread to quote, the one a second
+      measurement is compared with (benchmarks/inference_cost.py).
     """
-    preset = model_section.get("preset", "nequip-small")
-    dtype = model_section.get("dtype", "float32")
-    options = dict(model_section.get("options", {}))
-    config = model_namespace(preset, ELEMENTS, dtype, **options)
-    backend = family(preset).backend(config, config.type_names, config.r_max)
-    graphs = {name: (atoms, backend.graph(atoms)) for name, atoms in structures().items()}
-    samples: dict[tuple[str, int], list[list[float]]] = {}
-    for _ in range(blocks):
-        torch.manual_seed(0)
+    labels = list(model_sections)
+    samples: dict[str, dict[tuple[str, int], list[list[float]]]] = {label: {} for label in labels}
+    for block in range(blocks):
+        order = labels[block % len(labels) :] + labels[: block % len(labels)]
+        if progress is not None:
+            progress(f"inference cost: block {block + 1}/{blocks} ({', '.join(order)})")
+        job = {
+            "sections": {label: model_sections[label] for label in order}, "batch_sizes": list(batch_sizes),
+            "warmup": warmup, "repeats": repeats, "device": device, "min_sample_s": min_sample_s,
+            "seed": block, "threads": torch.get_num_threads(),
+        }  # fmt: skip
+        rows = _block_in_process(job) if isolate else time_block(**job)
+        for label, name, batch, times in rows:
+            samples[label].setdefault((name, int(batch)), []).append(times)
+    sizes = {name: len(atoms) for name, atoms in structures().items()}
+    return {label: _summary(samples[label], sizes, repeats, blocks) for label in labels}
+
+
+def time_block(
+    sections: dict[str, dict[str, Any]], batch_sizes: list[int], warmup: int, repeats: int, device: str,
+    min_sample_s: float, seed: int, threads: int,
+) -> list[tuple[str, str, int, list[float]]]:  # fmt: skip
+    """One block: each model of ``sections``, in their order, built afresh (weights from ``seed``) and
+    timed on every structure and batch size. Rows (label, structure, batch, µs/atom/step per sample)."""
+    torch.set_num_threads(threads)
+    rows = []
+    for label, section in sections.items():
+        preset = section.get("preset", "nequip-small")
+        dtype = section.get("dtype", "float32")
+        options = dict(section.get("options", {}))
+        config = model_namespace(preset, ELEMENTS, dtype, **options)
+        backend = family(preset).backend(config, config.type_names, config.r_max)
+        torch.manual_seed(seed)
         model = build_model(preset, ELEMENTS, dtype, **options).to(device).eval()
-        for name, (atoms, graph) in graphs.items():
+        for name, atoms in structures().items():
+            graph = backend.graph(atoms)
             for batch in batch_sizes:
                 data = backend.to(backend.collate([graph] * batch), torch.device(device))
 
-                def call(data: Any = data, model: torch.nn.Module = model) -> None:
+                def call(data: Any = data, model: torch.nn.Module = model, backend: Any = backend) -> None:
                     energy, forces = backend.predict(model, data, True)
                     (forces if forces is not None else energy).sum().item()  # wait for the device
 
-                times = timed_calls(call, warmup, repeats)
-                samples.setdefault((name, batch), []).append([1e6 * t / (batch * len(atoms)) for t in times])
+                times = timed_samples(call, warmup, repeats, min_sample_s)
+                rows.append((label, name, batch, [1e6 * t / (batch * len(atoms)) for t in times]))
+        del model
+    return rows
+
+
+def _block_in_process(job: dict[str, Any]) -> list[tuple[str, str, int, list[float]]]:
+    """:func:`time_block` in a fresh Python process (``python -m mlipopt.models.cost`` reads the job as
+    JSON on stdin and writes the rows as JSON on stdout)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "mlipopt.models.cost"], input=json.dumps(job), capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"an inference-cost block failed in its own process:\n{done.stderr[-3000:]}")
+    return [tuple(row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+def _summary(
+    samples: dict[tuple[str, int], list[list[float]]], sizes: dict[str, int], repeats: int, blocks: int
+) -> list[dict[str, Any]]:
     rows = []
     for (name, batch), per_block in samples.items():
         every = [t for block in per_block for t in block]
         q = statistics.quantiles(every, n=4) if len(every) > 1 else [every[0]] * 3
         medians = [statistics.median(block) for block in per_block]
         rows.append({
-            "structure": name, "n_atoms": len(graphs[name][0]), "batch": batch,
+            "structure": name, "n_atoms": sizes[name], "batch": batch,
             "median_us": statistics.median(every), "q25_us": q[0], "q75_us": q[2],
             "low_us": min(medians), "high_us": max(medians), "repeats": repeats, "blocks": blocks,
         })  # fmt: skip
     return rows
+
+
+def inference_cost(model_section: dict[str, Any], **options: Any) -> list[dict[str, Any]]:
+    """:func:`inference_costs` of one model."""
+    return inference_costs({"model": model_section}, **options)["model"]
+
+
+if __name__ == "__main__":  # one isolated block: see _block_in_process
+    print(json.dumps(time_block(**json.loads(sys.stdin.read()))))

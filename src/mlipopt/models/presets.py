@@ -83,6 +83,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     # unconstrained (not equivariant) message passing on Cartesian neighbour vectors (models/cartesian.py)
     "cartesian-small": dict(family="cartesian", r_max=5.0, hidden=64, num_basis=8, layers=2),
     "cartesian-tiny": dict(family="cartesian", r_max=4.0, hidden=16, num_basis=6, layers=1),
+    # the same with multi-head attention over neighbours instead of their sum
+    "cartesian-attention-small": dict(
+        family="cartesian", r_max=5.0, hidden=64, num_basis=8, layers=2, attention_heads=4
+    ),
+    "cartesian-attention-tiny": dict(
+        family="cartesian", r_max=4.0, hidden=16, num_basis=6, layers=1, attention_heads=2
+    ),
     # MACE (its own environment: `pip install 'mlipopt[mace]'`), ScaleShiftMACE trained from scratch
     "mace-small": dict(
         family="mace",

@@ -102,25 +102,28 @@ def run_cells(
 def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], None]) -> None:
     """Inference cost per model and equivariance per final run (largest N, first seed); skipped when
     already in the database, so a resumed study measures only what is missing."""
-    from ..models.cost import inference_cost, machine
+    from ..models.cost import inference_costs, machine
 
     db, settings = ResultsDB(spec.database_url), spec.architecture_checks
     costs = db.checks(spec.name, "inference_cost")
+    sections = {}
     for label in dict.fromkeys(c.model for c in todo):
-        if label in costs:
-            continue
         section = next(c.spec.base["model"] for c in todo if c.model == label)
-        if section.get("file"):
-            continue  # a model file: its architecture is not a preset to rebuild
-        progress(f"inference cost: {label}")
-        rows = inference_cost(
-            section,
+        if label not in costs and not section.get("file"):  # a model file is not a preset to rebuild
+            sections[label] = section
+    if sections:
+        progress(f"inference cost: {', '.join(sections)} (interleaved, {settings.cost_blocks} blocks)")
+        measured = inference_costs(
+            sections,
             tuple(settings.cost_batch_sizes),
             settings.cost_warmup,
             settings.cost_repeats,
             blocks=settings.cost_blocks,
+            min_sample_s=settings.cost_min_sample_s,
+            progress=progress,
         )
-        db.record_check(spec.name, "inference_cost", label, rows, machine())
+        for label, rows in measured.items():
+            db.record_check(spec.name, "inference_cost", label, rows, machine())
     done = db.checks(spec.name, "equivariance")
     for label in dict.fromkeys(c.model for c in todo):
         largest = [c for c in todo if c.model == label][-1]
@@ -137,11 +140,20 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
 
 def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, Any]:
     """Equivariance errors of a trained run on its first test frames, raw and (for models without built-in
-    symmetry) symmetrized, and the loop work of its forces."""
+    symmetry) symmetrized, and the loop work of its forces. A model without built-in symmetry also gets
+    its test errors raw and symmetrized on the first ``symmetrized_test_frames`` test frames: whether the
+    inference-time fix costs or gains accuracy. For a molecule (``geometry``), the first test frame is
+    relaxed turned two ways and vibrated (:func:`orientation_dependence`), raw and symmetrized."""
     import numpy as np
 
     from ..calculator import load_model
-    from ..fidelity.symmetry import SymmetrizedCalculator, equivariance_errors, loop_work
+    from ..fidelity.symmetry import (
+        SymmetrizedCalculator,
+        equivariance_errors,
+        loop_work,
+        orientation_dependence,
+        test_errors,
+    )
     from ..train.data import split_frames
 
     model, config = load_model(run_dir)  # once: its family makes the calculator
@@ -160,7 +172,15 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
 
     out["raw"] = mean_errors(calc)
     if unconstrained:
-        out["symmetrized"] = mean_errors(SymmetrizedCalculator(calc, settings.symmetrize_order))
+        symmetrized = SymmetrizedCalculator(calc, settings.symmetrize_order)
+        out["symmetrized"] = mean_errors(symmetrized)
         out["symmetrize_order"] = settings.symmetrize_order
+        scored = splits["test"].subset(range(min(settings.symmetrized_test_frames, len(splits["test"]))))
+        out["test_raw"] = test_errors(calc, scored)  # the same frames, so the two compare directly
+        out["test_symmetrized"] = test_errors(symmetrized, scored)
+    if settings.geometry and not frames[0].pbc.any():  # a molecule: relax it turned two ways, vibrate
+        out["geometry_raw"] = orientation_dependence(calc, frames[0])
+        if unconstrained:
+            out["geometry_symmetrized"] = orientation_dependence(symmetrized, frames[0])
     out["loop_work_eV"] = float(loop_work(calc, frames[0], index=0))
     return out

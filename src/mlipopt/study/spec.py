@@ -136,12 +136,15 @@ class ArchitectureChecksSpec:
     """What an architectures study measures besides errors (models/cost.py, fidelity/symmetry.py)."""
 
     cost_batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    cost_repeats: int = 10
-    cost_warmup: int = 3
-    cost_blocks: int = 3  # independent timing blocks; their medians' range is the quoted spread
+    cost_repeats: int = 5  # timed samples per block
+    cost_warmup: int = 2
+    cost_blocks: int = 6  # interleaved rounds over the models; their medians' range is the quoted spread
+    cost_min_sample_s: float = 0.01  # each sample averages enough calls to last this long
     equivariance_frames: int = 3  # test frames of each final run (first seed, largest N)
     equivariance_rotations: int = 8
     symmetrize_order: int = 3  # SO(3) quadrature order of the symmetrized non-equivariant models
+    symmetrized_test_frames: int = 50  # test frames scored raw and symmetrized (non-equivariant models)
+    geometry: bool = True  # molecules: relax the first test frame turned two ways, and its vibrations
 
 
 @dataclass
