@@ -100,10 +100,10 @@ def inference_costs(
 
     Each block builds every model afresh and times it on every structure, the models' order rotating
     from block to block. With ``isolate`` (default) each block runs in a fresh Python process with the
-    caller's torch thread count. Why: in one long-lived process the cost of the same call creeps up as
-    models are built and freed (allocator state; +5 % over 30 s measured), so the blocks of one
-    measurement are not independent of those of the next, and a second measurement fell outside the
-    first's spread in 6 of 18 cases (benchmarks/README.md). Fresh processes make the blocks exchangeable.
+    caller's torch thread count. Why: in one long-lived process the same call grows slower as models are
+    built and freed (2–3 % over 30 s; two 3-minute measurements up to 14.5 % apart), so the blocks of one
+    measurement do not represent the next: a second measurement fell outside the first's spread in 6 of
+    18 cases, against 2 of 18 with fresh processes (benchmarks/README.md).
 
     Returned per label, per structure and batch:
     - ``median_us``, the median of all samples, with ``q25_us``–``q75_us``, their interquartile range;
