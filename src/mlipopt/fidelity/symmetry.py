@@ -9,7 +9,8 @@
   model's dependence on orientation is band-limited to ``order``, and approximately otherwise.
 * :func:`equivariance_errors` — how far a calculator is from rotation invariance (energy) and
   equivariance (forces), over random rotations.
-* :func:`test_errors` — energy and force MAE of any calculator (a symmetrized one too) on labelled frames.
+* :func:`calculator_errors` — energy and force MAE of any calculator (a symmetrized one too) on labelled
+  frames.
 * :func:`orientation_dependence` — geometry optimisation and vibrations of a molecule, relaxed as given
   and turned: the minima's RMSD and energy gap, and the rigid-body modes' frequencies.
 * :func:`loop_work` — ∮ F·dx around a closed loop of one atom. It is zero for conservative forces up to
@@ -138,7 +139,7 @@ def equivariance_errors(calculator: Calculator, atoms: Atoms, rotations: int = 1
     }
 
 
-def test_errors(calculator: Calculator, frames: Any) -> dict[str, float]:
+def calculator_errors(calculator: Calculator, frames: Any) -> dict[str, float]:
     """Energy MAE (meV/atom) and force MAE (meV/Å, over the components of frames with force labels) of
     ``calculator`` on labelled ``frames`` (:class:`mlipopt.data.io.Frames`): how a calculator wrapper,
     e.g. a symmetrized model, scores against the same labels the training metrics use."""

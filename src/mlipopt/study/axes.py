@@ -149,10 +149,10 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
     from ..calculator import load_model
     from ..fidelity.symmetry import (
         SymmetrizedCalculator,
+        calculator_errors,
         equivariance_errors,
         loop_work,
         orientation_dependence,
-        test_errors,
     )
     from ..train.data import split_frames
 
@@ -176,11 +176,12 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
         out["symmetrized"] = mean_errors(symmetrized)
         out["symmetrize_order"] = settings.symmetrize_order
         scored = splits["test"].subset(range(min(settings.symmetrized_test_frames, len(splits["test"]))))
-        out["test_raw"] = test_errors(calc, scored)  # the same frames, so the two compare directly
-        out["test_symmetrized"] = test_errors(symmetrized, scored)
+        out["test_raw"] = calculator_errors(calc, scored)  # the same frames, so the two compare directly
+        out["test_symmetrized"] = calculator_errors(symmetrized, scored)
     if settings.geometry and not frames[0].pbc.any():  # a molecule: relax it turned two ways, vibrate
-        out["geometry_raw"] = orientation_dependence(calc, frames[0])
+        steps = settings.geometry_steps
+        out["geometry_raw"] = orientation_dependence(calc, frames[0], steps=steps)
         if unconstrained:
-            out["geometry_symmetrized"] = orientation_dependence(symmetrized, frames[0])
+            out["geometry_symmetrized"] = orientation_dependence(symmetrized, frames[0], steps=steps)
     out["loop_work_eV"] = float(loop_work(calc, frames[0], index=0))
     return out

@@ -297,6 +297,9 @@ ARCHITECTURES_3BPA: dict[str, Any] = {
         "cost_warmup": 1,
         "cost_blocks": 4,
         "cost_min_sample_s": 0.005,
+        "symmetrize_order": 2,  # 27 rotations: the symmetrized relaxations and vibrations fit the budget
+        "symmetrized_test_frames": 30,
+        "geometry_steps": 200,
     },
 }
 

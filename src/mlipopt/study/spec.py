@@ -145,6 +145,7 @@ class ArchitectureChecksSpec:
     symmetrize_order: int = 3  # SO(3) quadrature order of the symmetrized non-equivariant models
     symmetrized_test_frames: int = 50  # test frames scored raw and symmetrized (non-equivariant models)
     geometry: bool = True  # molecules: relax the first test frame turned two ways, and its vibrations
+    geometry_steps: int = 500  # BFGS steps per relaxation (to 1e-3 eV/Å)
 
 
 @dataclass
