@@ -135,6 +135,7 @@ def time_block(
     """One block: each model of ``sections``, in their order, built afresh (weights from ``seed``) and
     timed on every structure and batch size. Rows (label, structure, batch, µs/atom/step per sample)."""
     torch.set_num_threads(threads)
+    fixed = structures()
     rows = []
     for label, section in sections.items():
         preset = section.get("preset", "nequip-small")
@@ -144,7 +145,7 @@ def time_block(
         backend = family(preset).backend(config, config.type_names, config.r_max)
         torch.manual_seed(seed)
         model = build_model(preset, ELEMENTS, dtype, **options).to(device).eval()
-        for name, atoms in structures().items():
+        for name, atoms in fixed.items():
             graph = backend.graph(atoms)
             for batch in batch_sizes:
                 data = backend.to(backend.collate([graph] * batch), torch.device(device))
@@ -184,11 +185,6 @@ def _summary(
             "low_us": min(medians), "high_us": max(medians), "repeats": repeats, "blocks": blocks,
         })  # fmt: skip
     return rows
-
-
-def inference_cost(model_section: dict[str, Any], **options: Any) -> list[dict[str, Any]]:
-    """:func:`inference_costs` of one model."""
-    return inference_costs({"model": model_section}, **options)["model"]
 
 
 if __name__ == "__main__":  # one isolated block: see _block_in_process

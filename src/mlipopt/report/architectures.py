@@ -295,10 +295,12 @@ def equivariance_section(db: ResultsDB, parent: str) -> list[str]:
         "F error symmetrized | loop work [eV] |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for run_id, (r, _) in sorted(results.items(), key=lambda kv: (kv[1][0]["model"], kv[0])):
-        run = runs.get(run_id)
-        if run is None or run.stage != "final":
-            continue  # a run of an earlier selection (superseded)
+    # by model, runs of an earlier selection (superseded) left out
+    ordered = sorted(results.items(), key=lambda kv: (kv[1][0]["model"], kv[0]))
+    finals = [
+        (r, runs[run_id]) for run_id, (r, _) in ordered if run_id in runs and runs[run_id].stage == "final"
+    ]
+    for r, run in finals:
         sym = r.get("symmetrized")
         sym_e, sym_f = (f"{sym['energy_std']:.2e}", f"{sym['force_error']:.2e}") if sym else ("—", "—")
         lines.append(
@@ -307,20 +309,18 @@ def equivariance_section(db: ResultsDB, parent: str) -> list[str]:
             f"{sym_e} | {sym_f} | "
             f"{r['loop_work_eV']:.1e} |"
         )
-    return lines + [""] + symmetrized_accuracy_lines(results, runs) + geometry_lines(results, runs)
+    return lines + [""] + symmetrized_accuracy_lines(finals) + geometry_lines(finals)
 
 
-def geometry_lines(results: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+def geometry_lines(finals: list[tuple[dict[str, Any], Any]]) -> list[str]:
     """Minima and rigid-body vibrations of the first test frame relaxed turned two ways, per model."""
     rows = []
-    for run_id, (r, _) in sorted(results.items(), key=lambda kv: (kv[1][0]["model"], kv[0])):
-        if run_id not in runs or runs[run_id].stage != "final":
-            continue
+    for r, run in finals:
         for variant in ("raw", "symmetrized"):
             g = r.get(f"geometry_{variant}")
             if g:
                 rows.append(
-                    f"| {r['model']} | {runs[run_id].optimizer} | {variant} | {g['minimum_rmsd_A']:.1e} | "
+                    f"| {r['model']} | {run.optimizer} | {variant} | {g['minimum_rmsd_A']:.1e} | "
                     f"{g['minimum_energy_meV_atom']:.1e} | {g['rigid_mode_cm1']:.1f} | "
                     f"{g['lowest_vibration_cm1']:.1f} | {'yes' if g['converged'] else '**no**'} |"
                 )
@@ -341,13 +341,9 @@ def geometry_lines(results: dict[str, Any], runs: dict[str, Any]) -> list[str]:
     ]
 
 
-def symmetrized_accuracy_lines(results: dict[str, Any], runs: dict[str, Any]) -> list[str]:
+def symmetrized_accuracy_lines(finals: list[tuple[dict[str, Any], Any]]) -> list[str]:
     """Test errors of the models without built-in symmetry, raw and symmetrized, on the same frames."""
-    ordered = sorted(results.items(), key=lambda kv: (kv[1][0]["model"], kv[0]))
-    scored = [
-        (r, runs[run_id]) for run_id, (r, _) in ordered
-        if "test_symmetrized" in r and run_id in runs and runs[run_id].stage == "final"
-    ]  # fmt: skip
+    scored = [(r, run) for r, run in finals if "test_symmetrized" in r]
     if not scored:
         return []
     lines = [
