@@ -1,9 +1,10 @@
 """Inference cost (µs/atom/step, energy + forces) of the model presets, measured twice in one run. The
-second median should fall inside the first's reported spread, the range of its block medians (issue 14's
-"timed twice agrees within its reported spread"). Each measurement times all models interleaved in
-independent blocks, each block in a fresh process (mlipopt.models.cost.inference_costs), as an
-architectures study does. The table also shows whether the second median falls inside the first's
-interquartile range of samples. A timing check belongs here, not in the test suite.
+second median should fall inside the first's reported spread, the 5th–95th percentiles of its samples
+(issue 14's "timed twice agrees within its reported spread"). Each measurement times all models
+interleaved in independent blocks, each block in a fresh process (mlipopt.models.cost.inference_costs),
+as an architectures study does. The table also shows whether the second median falls inside the
+first's interquartile range of samples and inside the range of its block medians (the spread quoted
+before). A timing check belongs here, not in the test suite.
 
     python benchmarks/inference_cost.py                                    # ~7 min on 2 cores
     python benchmarks/inference_cost.py --presets nequip-small,sevennet-0 --batches 1
@@ -43,28 +44,36 @@ def main() -> None:
     start = time.perf_counter()
     first = inference_costs(sections, **options)
     second = inference_costs(sections, **options)
-    print("| model | structure | batch | first: median µs/atom/step | IQR of samples "
-          "| range of block medians | second: median | inside IQR | inside block range |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
-    inside = in_iqr = total = 0
+    print("| model | structure | batch | first: median µs/atom/step | 5–95 % of samples | IQR of samples "
+          "| range of block medians | second: median | inside 5–95 % | inside IQR "
+          "| inside block range |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    inside = in_iqr = in_blocks = total = 0
     worst = 0.0
     for preset in sections:
         for a, b in zip(first[preset], second[preset]):
             iqr = a["q25_us"] <= b["median_us"] <= a["q75_us"]
-            ok = a["low_us"] <= b["median_us"] <= a["high_us"]
+            blocks = a["low_us"] <= b["median_us"] <= a["high_us"]
+            ok = a["p05_us"] <= b["median_us"] <= a["p95_us"]
             inside += ok
             in_iqr += iqr
+            in_blocks += blocks
             total += 1
             worst = max(worst, abs(b["median_us"] / a["median_us"] - 1))
             print(
-                f"| {preset} | {a['structure']} | {a['batch']} | {a['median_us']:.1f} | {a['q25_us']:.1f}–"
-                f"{a['q75_us']:.1f} | {a['low_us']:.1f}–{a['high_us']:.1f} | {b['median_us']:.1f} | "
-                f"{'yes' if iqr else 'no'} | {'yes' if ok else 'no'} |",
+                f"| {preset} | {a['structure']} | {a['batch']} | {a['median_us']:.1f} | {a['p05_us']:.1f}–"
+                f"{a['p95_us']:.1f} | {a['q25_us']:.1f}–{a['q75_us']:.1f} | {a['low_us']:.1f}–"
+                f"{a['high_us']:.1f} | {b['median_us']:.1f} | {_yes(ok)} | {_yes(iqr)} | {_yes(blocks)} |",
                 flush=True,
             )
-    print(f"\n{inside} of {total} second medians inside the first's range of block medians "
-          f"({in_iqr} inside its interquartile range of samples); the medians differ by at most "
+    print(f"\n{inside} of {total} second medians inside the first's 5th–95th percentiles of samples "
+          f"({in_iqr} inside its interquartile range, {in_blocks} inside its range of block medians); "
+          f"the medians differ by at most "
           f"{100 * worst:.1f} %; {time.perf_counter() - start:.0f} s")  # fmt: skip
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
 
 
 if __name__ == "__main__":

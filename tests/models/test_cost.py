@@ -31,7 +31,7 @@ def test_models_are_timed_in_rounds_with_a_rotating_order(monkeypatch):
             assert r["blocks"] == 3 and r["repeats"] == 3
             # the median of equal blocks lies between the smallest and the largest block median
             assert r["low_us"] <= r["median_us"] <= r["high_us"]
-            assert r["q25_us"] <= r["median_us"] <= r["q75_us"]
+            assert r["p05_us"] <= r["q25_us"] <= r["median_us"] <= r["q75_us"] <= r["p95_us"]
 
 
 def test_a_sample_averages_enough_calls_to_last_the_minimum_time():
@@ -60,3 +60,15 @@ def test_isolated_blocks_run_in_fresh_processes_and_a_failing_block_says_why():
     assert len(rows) == 3 * 2 and all(r["blocks"] == 2 and r["low_us"] > 0 for r in rows)
     with pytest.raises(RuntimeError, match="own process"):
         cost.inference_costs({"bad": {"preset": "cartesian-tiny", "options": {"hidden": -1}}}, blocks=1)
+
+
+def test_the_quoted_spread_holds_both_speeds_of_a_call_that_switches_between_blocks():
+    # planted: 6 blocks of 5 samples, two blocks at a slow speed (300 µs), four at a fast one (200 µs)
+    fast, slow = [200.0, 201.0, 202.0, 203.0, 204.0], [300.0, 301.0, 302.0, 303.0, 304.0]
+    blocks = [fast, slow, fast, fast, slow, fast]
+    (row,) = cost._summary({("diamond-256", 8): blocks}, {"diamond-256": 256}, repeats=5, blocks=6)
+    assert row["median_us"] == 203.0  # 30 samples: the 15th and 16th are both 203
+    assert (row["low_us"], row["high_us"]) == (202.0, 302.0)
+    # the pooled 5th-95th percentiles reach into both speeds, beyond either block's median
+    assert 200.0 <= row["p05_us"] < 202.0 and 302.0 < row["p95_us"] <= 304.0
+    assert row["q25_us"] == pytest.approx(201.0) and row["q75_us"] == pytest.approx(301.0)

@@ -45,7 +45,7 @@ def _study(tmp_path):
         step_cost=None,
         architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 2, "cost_warmup": 1, "cost_blocks": 2,
                              "cost_min_sample_s": 0.0, "equivariance_frames": 1, "equivariance_rotations": 2,
-                             "symmetrize_order": 1, "symmetrized_test_frames": 1000},
+                             "symmetrize_order": 1, "symmetrized_test_frames": 1000, "nve_steps": 20},
     )  # fmt: skip
 
 
@@ -75,8 +75,9 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
     costs = db.checks("tiny", "inference_cost")
     assert set(costs) == {"nequip-tiny", "cartesian-tiny"}
     assert {r["structure"] for r in costs["cartesian-tiny"][0]} == {"3bpa", "water-96", "diamond-256"}
-    for row in costs["cartesian-tiny"][0]:  # the quoted spread: the range of two independent blocks
+    for row in costs["cartesian-tiny"][0]:  # quoted: 5th-95th percentiles of two blocks' samples
         assert row["blocks"] == 2 and row["low_us"] <= row["high_us"] and row["median_us"] > 0
+        assert row["p05_us"] <= row["median_us"] <= row["p95_us"]
     equivariance = db.checks("tiny", "equivariance")
     assert len(equivariance) == 2  # largest N, first seed, per model
     by_model = {r["model"]: r for r, _ in equivariance.values()}
@@ -91,11 +92,14 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
     assert scored["test_raw"]["f_mae"] == pytest.approx(stored["f_mae"], rel=1e-4)
     assert scored["test_raw"]["e_mae"] == pytest.approx(stored["e_mae"], rel=1e-3, abs=1e-3)
     assert np.isfinite(scored["test_symmetrized"]["f_mae"]) and "test_raw" not in by_model["nequip-tiny"]
+    for r in by_model.values():  # a short NVE run of every trained model
+        assert r["nve"]["steps"] == 20 and np.isfinite(r["nve"]["max_deviation_meV_per_atom"])
 
     index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report").read_text()
     for part in ("## Learning curves", "learning_curves.png", "## Accuracy against cost", "Pareto front:",
                  "## Inference cost", "## Equivariance", "cells/cartesian-tiny/N8/index.md",
-                 "Accuracy of the symmetrized models", "Geometry optimisation and vibrations"):  # fmt: skip
+                 "Accuracy of the symmetrized models", "Geometry optimisation and vibrations",
+                 "NVE molecular dynamics"):  # fmt: skip
         assert part in index, part
     assert index.count("| 100 % | nequip-tiny | adamw |") == 1  # one slope row per curve
     assert (tmp_path / "report" / "cells" / "nequip-tiny" / "N4" / "index.md").is_file()

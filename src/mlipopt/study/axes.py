@@ -11,7 +11,7 @@ After the cells, the study measures what a comparison of architectures needs bes
 - each model's inference cost (:mod:`mlipopt.models.cost`);
 - for the final runs at the largest N (first seed): the equivariance errors, raw and, for models without
   built-in symmetry, symmetrized;
-- the loop work of the forces (:mod:`mlipopt.fidelity.symmetry`).
+- the loop work of the forces and the energy drift of a short NVE run (:mod:`mlipopt.fidelity.symmetry`).
 
 These are stored under the parent study's name. :mod:`mlipopt.report.architectures` draws the learning
 curves, the accuracy-against-cost plot with its Pareto front, and the equivariance table.
@@ -143,7 +143,9 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
     symmetry) symmetrized, and the loop work of its forces. A model without built-in symmetry also gets
     its test errors raw and symmetrized on the first ``symmetrized_test_frames`` test frames: whether the
     inference-time fix costs or gains accuracy. For a molecule (``geometry``), the first test frame is
-    relaxed turned two ways and vibrated (:func:`orientation_dependence`), raw and symmetrized."""
+    relaxed turned two ways and vibrated (:func:`orientation_dependence`), raw and symmetrized. NVE MD
+    from the first test frame (300 K) gives the drift of the total energy: a stability check that an
+    error table cannot give (a direct force head, or a model that lets atoms collapse, drifts)."""
     import numpy as np
 
     from ..calculator import load_model
@@ -152,6 +154,7 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
         calculator_errors,
         equivariance_errors,
         loop_work,
+        nve_energy_drift,
         orientation_dependence,
     )
     from ..train.data import split_frames
@@ -184,4 +187,8 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
         if unconstrained:
             out["geometry_symmetrized"] = orientation_dependence(symmetrized, frames[0], steps=steps)
     out["loop_work_eV"] = float(loop_work(calc, frames[0], index=0))
+    if settings.nve_steps > 0:
+        out["nve"] = nve_energy_drift(
+            calc, frames[0], timestep_fs=settings.nve_timestep_fs, steps=settings.nve_steps
+        ) | {"steps": settings.nve_steps, "timestep_fs": settings.nve_timestep_fs}
     return out

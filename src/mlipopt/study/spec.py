@@ -146,6 +146,8 @@ class ArchitectureChecksSpec:
     symmetrized_test_frames: int = 50  # test frames scored raw and symmetrized (non-equivariant models)
     geometry: bool = True  # molecules: relax the first test frame turned two ways, and its vibrations
     geometry_steps: int = 500  # BFGS steps per relaxation (to 1e-3 eV/Å)
+    nve_steps: int = 400  # velocity-Verlet steps of NVE MD from the first test frame (0: none)
+    nve_timestep_fs: float = 0.5
 
 
 @dataclass
