@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
+from mlipopt.report.aggregate import mean_std
 from mlipopt.report.architectures import fit_power_law, make_architectures_report, pareto_front
 from mlipopt.study import ResultsDB, load_study, run_study
 from mlipopt.study.axes import cells
+from mlipopt.study.db import run_flags
+from mlipopt.train.diagnostics import verdicts
 
 from .helpers import tiny_study
 
@@ -103,6 +106,21 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
         assert part in index, part
     assert index.count("| 100 % | nequip-tiny | adamw |") == 1  # one slope row per curve
     assert (tmp_path / "report" / "cells" / "nequip-tiny" / "N4" / "index.md").is_file()
+
+    # a run that did not train (planted flag) leaves the means, the curve and its slope; the report says so
+    untrained = next(r for r in finals if r.study == "tiny__cartesian-tiny__N4" and r.seed == 2)
+    db._write(lambda session: setattr(session.get(type(untrained), untrained.id), "flags", "no_progress"))
+    curve = [r for r in finals if r.study.startswith("tiny__cartesian-tiny")]
+    kept = [r for r in curve if r.id != untrained.id and "did not train" not in verdicts(run_flags(r))]
+    slope, err, _ = fit_power_law([int(r.study[-1]) for r in kept], [r.test_f_mae for r in kept])
+    index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report2").read_text()
+    n4 = next(line for line in index.splitlines() if line.startswith("| cartesian-tiny | 4 | 100 % | adamw"))
+    kept4 = [r.test_f_mae for r in kept if r.study.endswith("N4")]
+    assert f"| {len(kept4)} (+{2 - len(kept4)} left out) |" in n4
+    assert f"| {mean_std(kept4, 1) if kept4 else '—'} |" in n4  # the mean of the runs that trained
+    assert f"| 100 % | cartesian-tiny | adamw | {slope:.2f} ± {err:.2f} |" in index
+    assert f"{len(curve) - len(kept)} run(s) that did not train left out" in index
+    db._write(lambda session: setattr(session.get(type(untrained), untrained.id), "flags", ""))
     # a rerun finds everything done: no run trained twice, no check measured again
     assert run_study(spec, progress=lambda _: None).failed == []
     assert len([r for r in ResultsDB(spec.database_url).runs() if r.stage == "final"]) == 8

@@ -3,6 +3,9 @@
 * Learning curves: test force error against training-set size N, log–log, per model and optimizer. Each
   curve gets a fitted power law err = a·N^b; the slope b comes with its standard error, from a
   least-squares fit over every seed's point.
+* A run that did not train (its validation curve says so: :mod:`mlipopt.train.diagnostics`) is left out
+  of every mean, curve, fit and front, and each place that leaves one out says how many: an untrained
+  model's error is not a point of a learning curve.
 * Accuracy against cost: test error at the largest N against the measured inference cost (µs/atom/step,
   the 3BPA molecule at batch 1). The Pareto front marks the points no other point beats on both axes.
 * Inference cost of every model on every structure, and the equivariance of the trained models, raw and
@@ -24,8 +27,9 @@ import numpy as np
 from ..figures import save_figure
 from ..study.axes import SEPARATOR
 from ..study.db import ResultsDB
+from ..train.diagnostics import VERDICT, verdicts
 from .aggregate import mean_std
-from .trust import cell_checks
+from .trust import cell_checks, flags_of
 
 
 def fit_power_law(sizes: list[float], errors: list[float]) -> tuple[float, float, float]:
@@ -55,6 +59,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+UNTRAINED = VERDICT["no_progress"]  # "did not train"
+
+
 @dataclass
 class ArchitectureCell:
     model: str
@@ -65,6 +72,7 @@ class ArchitectureCell:
     e_mae: list[float] = field(default_factory=list)
     seconds_per_epoch: list[float] = field(default_factory=list)
     checks: str = ""
+    left_out: int = 0  # runs that did not train: not in the errors above
 
 
 def sub_studies(db: ResultsDB, parent: str) -> dict[str, tuple[str, int | None]]:
@@ -87,13 +95,16 @@ def collect(db: ResultsDB, parent: str) -> list[ArchitectureCell]:
         for run in finals:
             key = (model, size, run.optimizer, run.force_fraction)
             cell = cells.setdefault(key, ArchitectureCell(model, size, run.optimizer, run.force_fraction))
+            cell.checks = checks.get((run.optimizer, run.force_fraction), "")
+            if UNTRAINED in verdicts(flags_of(db, run)):
+                cell.left_out += 1
+                continue
             if run.test_f_mae is not None:
                 cell.f_mae.append(run.test_f_mae)
             if run.test_e_mae is not None:
                 cell.e_mae.append(run.test_e_mae)
             if run.train_time_s and run.epochs:
                 cell.seconds_per_epoch.append(run.train_time_s / run.epochs)
-            cell.checks = checks.get((run.optimizer, run.force_fraction), "")
     return sorted(cells.values(), key=lambda c: (c.model, -c.force_fraction, c.optimizer, c.size or 0))
 
 
@@ -144,9 +155,11 @@ def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
                         grid, prefactor * grid**slope, styles[o], color=colours[m], alpha=0.5, linewidth=1
                     )
                     label += f" (b = {slope:.2f} ± {err:.2f})"
+                    left_out = sum(c.left_out for c in curve)
+                    note = f"; {left_out} run(s) that did not train left out" if left_out else ""
                     rows.append(
                         f"| {100 * s:g} % | {m} | {o} | {slope:.2f} ± {err:.2f} | "
-                        f"{mean_std(_error(curve[-1]), 1)} (N = {sizes[-1]}) |"
+                        f"{mean_std(_error(curve[-1]), 1)} (N = {sizes[-1]}{note}) |"
                     )
                 ax.errorbar(sizes, means, yerr=stds, fmt=markers[o], color=colours[m], capsize=2,
                             markersize=4, label=label, linestyle="none")  # fmt: skip
@@ -225,12 +238,21 @@ def make_architectures_report(database: str, parent: str, out_dir: str | Path) -
     ]
     for c in cells:
         f = mean_std(c.f_mae, 1) if c.f_mae else "—"
+        e = mean_std(c.e_mae, 2) if c.e_mae else "—"
         seconds = f"{np.mean(c.seconds_per_epoch):.1f}" if c.seconds_per_epoch else "—"
+        seeds = f"{len(c.e_mae)}" + (f" (+{c.left_out} left out)" if c.left_out else "")
         lines.append(
             f"| {c.model} | {c.size or 'all'} | {100 * c.force_fraction:g} % | {c.optimizer} | "
-            f"{len(c.e_mae)} | {mean_std(c.e_mae, 2)} | {f} | {seconds} | "
+            f"{seeds} | {e} | {f} | {seconds} | "
             f"{'⚠ ' + c.checks if c.checks else 'ok'} |"
         )
+    if any(c.left_out for c in cells):
+        lines += [
+            "",
+            f"⚠ {sum(c.left_out for c in cells)} final run(s) did not train (their validation curves say so; "
+            "each cell's report lists them): they are left out of the errors above, the learning curves, "
+            "their slopes and the Pareto front.",
+        ]
     lines += ["", "## Learning curves", "", "![learning curves](learning_curves.png)", ""]
     lines += learning_curves(cells, out / "learning_curves.png") + [""]
     cost_rows = db.checks(parent, "inference_cost")
