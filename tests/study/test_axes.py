@@ -1,5 +1,9 @@
 """Architectures and training-set sizes as study axes: learning curves, Pareto front, report (issue 14)."""
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +12,7 @@ from mlipopt.report.architectures import fit_power_law, make_architectures_repor
 from mlipopt.study import ResultsDB, load_study, run_study
 from mlipopt.study.axes import cells
 from mlipopt.study.db import run_flags
+from mlipopt.train.config import ConfigError
 from mlipopt.train.diagnostics import verdicts
 
 from .helpers import tiny_study
@@ -124,3 +129,95 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
     # a rerun finds everything done: no run trained twice, no check measured again
     assert run_study(spec, progress=lambda _: None).failed == []
     assert len([r for r in ResultsDB(spec.database_url).runs() if r.stage == "final"]) == 8
+
+
+def test_a_model_of_another_environment_trains_and_is_measured_in_that_python(tmp_path):
+    """``models.X.python``: the model's runs train in a subprocess of that interpreter (a family installed
+    in another environment, e.g. MACE's); its checks are measured there. Shown here with this very Python
+    against the same study run in-process: the path is proven, the results are the same."""
+    outcomes = {}
+    for where, python in (("here", None), ("there", sys.executable)):
+        entry = {"model": {"preset": "cartesian-tiny"}} | ({"python": python} if python else {})
+        raw = tiny_study(
+            tmp_path / where,
+            models={"m": entry},
+            train_sizes=[4],
+            optimizers={"adamw": {"lr": [5e-3]}},
+            force_fractions=[1.0],
+            seeds=[1],
+            loss_ratios=[[1.0, 1.0]],
+            step_cost={"repeats": 2, "warmup": 1},
+            architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 1, "cost_warmup": 1,
+                                 "cost_blocks": 1, "cost_min_sample_s": 0.0, "equivariance_frames": 1,
+                                 "equivariance_rotations": 2, "symmetrize_order": 1,
+                                 "symmetrized_test_frames": 2, "geometry": False, "nve_steps": 5},
+        )  # fmt: skip
+        spec = load_study(raw)
+        lines: list[str] = []
+        assert run_study(spec, progress=lines.append).failed == []
+        db = ResultsDB(spec.database_url)
+        final = next(r for r in db.runs() if r.stage == "final" and r.status == "done")
+        (checks,) = [r for r, _ in db.checks("tiny", "equivariance").values()]
+        outcomes[where] = (spec, lines, final, checks, db.checks("tiny", "inference_cost"))
+    spec, lines, there, checks, costs = outcomes["there"]
+    _, here_lines, here, here_checks, _ = outcomes["here"]
+    assert Path(spec.models["m"].python).samefile(sys.executable)
+    # a subprocess trained it (its output is in train.log); in-process, no train.log
+    assert (Path(there.run_dir) / "train.log").is_file() and not (Path(here.run_dir) / "train.log").exists()
+    assert there.test_f_mae == pytest.approx(here.test_f_mae, rel=1e-5)  # same config and seed
+    assert checks["raw"]["energy_std"] == pytest.approx(here_checks["raw"]["energy_std"], rel=1e-4)
+    assert checks["nve"]["steps"] == 5 and set(costs) == {"m"}
+    # the step cost is measured in the study's own process: skipped, and said so
+    assert any("step cost: not measured" in line for line in lines)
+    assert not any("step cost: not measured" in line for line in here_lines)
+
+
+def test_a_model_python_that_is_missing_or_lacks_mlipopt_fails_the_study_at_once(tmp_path):
+    raw = tiny_study(tmp_path, models={"m": {"model": {"preset": "cartesian-tiny"}, "python": "no/python"}})
+    with pytest.raises(ConfigError, match=r"models.m.python: no/python is not an executable Python"):
+        load_study(raw)
+    bare = tmp_path / "bare-python"
+    bare.write_text("#!/bin/sh\necho 'ModuleNotFoundError: No module named mlipopt' >&2\nexit 1\n")
+    bare.chmod(0o755)
+    raw["models"]["m"]["python"] = str(bare)
+    with pytest.raises(ConfigError, match="cannot import mlipopt .*No module named mlipopt.*pip install"):
+        load_study(raw)
+
+
+MACE_PYTHON = os.environ.get("MLIPOPT_MACE_PYTHON")
+
+
+@pytest.mark.skipif(not MACE_PYTHON, reason="MLIPOPT_MACE_PYTHON (the MACE environment's python) not set")
+def test_a_mace_cell_trains_and_is_measured_in_its_own_environment_beside_a_nequip_cell(tmp_path):
+    """One architectures study over two environments: nequip here, MACE (e3nn 0.4.4) in its venv. .ci/run
+    builds that venv first and sets MLIPOPT_MACE_PYTHON, so CI runs this."""
+    raw = tiny_study(
+        tmp_path,
+        models={"nequip-tiny": "nequip-tiny",
+                "mace-tiny": {"model": {"preset": "mace-tiny"}, "python": MACE_PYTHON}},
+        train_sizes=[4, 8],
+        optimizers={"adamw": {"lr": [5e-3]}},
+        force_fractions=[1.0],
+        seeds=[1],
+        loss_ratios=[[1.0, 1.0]],
+        step_cost={"repeats": 2, "warmup": 1},
+        architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 1, "cost_warmup": 1, "cost_blocks": 2,
+                             "cost_min_sample_s": 0.0, "equivariance_frames": 1, "equivariance_rotations": 2,
+                             "geometry": False, "nve_steps": 5},
+    )  # fmt: skip
+    lines: list[str] = []
+    spec = load_study(raw)
+    assert run_study(spec, progress=lines.append).failed == []
+    assert any("step cost: not measured (the runs train in" in line for line in lines)
+    db = ResultsDB(spec.database_url)
+    finals = [r for r in db.runs() if r.stage == "final" and r.status == "done"]
+    assert sorted(r.study for r in finals) == sorted(
+        f"tiny__{m}__N{n}" for m in ("nequip-tiny", "mace-tiny") for n in (4, 8)
+    )
+    assert all(np.isfinite(r.test_f_mae) for r in finals)
+    costs = db.checks("tiny", "inference_cost")
+    assert {r["structure"] for r in costs["mace-tiny"][0]} == {"3bpa", "water-96", "diamond-256"}
+    mace = next(r for r, _ in db.checks("tiny", "equivariance").values() if r["model"] == "mace-tiny")
+    assert mace["unconstrained"] is False and mace["raw"]["energy_std"] < 1e-2  # MACE is equivariant
+    index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report").read_text()
+    assert "| 100 % | mace-tiny | adamw |" in index and "cells/mace-tiny/N8/index.md" in index

@@ -94,6 +94,7 @@ def inference_costs(
     min_sample_s: float = 0.01,
     isolate: bool = True,
     progress: Callable[[str], None] | None = None,
+    pythons: dict[str, str | None] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """µs/atom/step of every model in ``model_sections`` (label → a run's ``model`` config section), per
     structure and batch size, measured interleaved in independent blocks.
@@ -103,7 +104,9 @@ def inference_costs(
     caller's torch thread count. Why: in one long-lived process the same call grows slower as models are
     built and freed (2–3 % over 30 s; two 3-minute measurements up to 14.5 % apart), so the blocks of one
     measurement do not represent the next: a second measurement fell outside the first's spread in 6 of
-    18 cases, against 2 of 18 with fresh processes (benchmarks/README.md).
+    18 cases, against 2 of 18 with fresh processes (benchmarks/README.md). A model with an interpreter in
+    ``pythons`` (label → another environment's Python, where its family is installed) is timed in a
+    process of that Python.
 
     Returned per label, per structure and batch:
     - ``median_us``, the median of all samples, with ``q25_us``–``q75_us``, their interquartile range;
@@ -119,14 +122,18 @@ def inference_costs(
         order = labels[block % len(labels) :] + labels[: block % len(labels)]
         if progress is not None:
             progress(f"inference cost: block {block + 1}/{blocks} ({', '.join(order)})")
-        job = {
-            "sections": {label: model_sections[label] for label in order}, "batch_sizes": list(batch_sizes),
-            "warmup": warmup, "repeats": repeats, "device": device, "min_sample_s": min_sample_s,
-            "seed": block, "threads": torch.get_num_threads(),
-        }  # fmt: skip
-        rows = _block_in_process(job) if isolate else time_block(**job)
-        for label, name, batch, times in rows:
-            samples[label].setdefault((name, int(batch)), []).append(times)
+        groups: dict[str | None, list[str]] = {}  # by interpreter, in the block's order
+        for label in order:
+            groups.setdefault((pythons or {}).get(label), []).append(label)
+        for python, members in groups.items():
+            job = {
+                "sections": {label: model_sections[label] for label in members},
+                "batch_sizes": list(batch_sizes), "warmup": warmup, "repeats": repeats, "device": device,
+                "min_sample_s": min_sample_s, "seed": block, "threads": torch.get_num_threads(),
+            }  # fmt: skip
+            rows = _block_in_process(job, python) if isolate or python else time_block(**job)
+            for label, name, batch, times in rows:
+                samples[label].setdefault((name, int(batch)), []).append(times)
     sizes = {name: len(atoms) for name, atoms in structures().items()}
     return {label: _summary(samples[label], sizes, repeats, blocks) for label in labels}
 
@@ -163,12 +170,15 @@ def time_block(
     return rows
 
 
-def _block_in_process(job: dict[str, Any]) -> list[tuple[str, str, int, list[float]]]:
-    """:func:`time_block` in a fresh Python process (``python -m mlipopt.models.cost`` reads the job as
-    JSON on stdin and writes the rows as JSON on stdout)."""
+def _block_in_process(
+    job: dict[str, Any], python: str | None = None
+) -> list[tuple[str, str, int, list[float]]]:
+    """:func:`time_block` in a fresh process of ``python`` (default: this one's interpreter);
+    ``python -m mlipopt.models.cost`` reads the job as JSON on stdin, writes the rows as JSON on stdout."""
     done = subprocess.run(
-        [sys.executable, "-m", "mlipopt.models.cost"], input=json.dumps(job), capture_output=True, text=True
-    )
+        [python or sys.executable, "-m", "mlipopt.models.cost"], input=json.dumps(job), capture_output=True,
+        text=True,
+    )  # fmt: skip
     if done.returncode != 0:
         raise RuntimeError(f"an inference-cost block failed in its own process:\n{done.stderr[-3000:]}")
     return [tuple(row) for row in json.loads(done.stdout.strip().splitlines()[-1])]

@@ -68,6 +68,7 @@ def cells(spec: StudySpec) -> list[Cell]:
                 name=name,
                 base=base,
                 optimizers=copy.deepcopy(entry.optimizers or spec.optimizers),
+                executor=dataclasses.replace(spec.executor, python=entry.python or spec.executor.python),
                 study_dir=str(spec.folder / label / (f"N{size}" if size is not None else "all")),
                 database=spec.database_url,
                 models={},
@@ -106,11 +107,13 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
 
     db, settings = ResultsDB(spec.database_url), spec.architecture_checks
     costs = db.checks(spec.name, "inference_cost")
-    sections = {}
+    sections, pythons = {}, {}
     for label in dict.fromkeys(c.model for c in todo):
-        section = next(c.spec.base["model"] for c in todo if c.model == label)
+        cell = next(c for c in todo if c.model == label)
+        section = cell.spec.base["model"]
         if label not in costs and not section.get("file"):  # a model file is not a preset to rebuild
             sections[label] = section
+            pythons[label] = cell.spec.executor.python
     if sections:
         progress(f"inference cost: {', '.join(sections)} (interleaved, {settings.cost_blocks} blocks)")
         measured = inference_costs(
@@ -121,6 +124,7 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
             blocks=settings.cost_blocks,
             min_sample_s=settings.cost_min_sample_s,
             progress=progress,
+            pythons=pythons,
         )
         for label, rows in measured.items():
             db.record_check(spec.name, "inference_cost", label, rows, machine())
@@ -133,9 +137,27 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
             if run.id in done:
                 continue
             progress(f"equivariance: {label} {run.optimizer} s = {run.force_fraction:g}")
-            db.record_check(
-                spec.name, "equivariance", run.id, equivariance_of_run(run.run_dir, settings, label)
+            python = largest.spec.executor.python
+            measured = (
+                _equivariance_in_process(python, run.run_dir, settings, label)
+                if python
+                else equivariance_of_run(run.run_dir, settings, label)
             )
+            db.record_check(spec.name, "equivariance", run.id, measured)
+
+
+def _equivariance_in_process(python: str, run_dir: str, settings: Any, label: str) -> dict[str, Any]:
+    """:func:`equivariance_of_run` in another environment's Python (a model family installed there):
+    ``python -m mlipopt.study.axes`` reads the job as JSON on stdin and writes the result on stdout."""
+    import json
+    import subprocess
+
+    job = {"run_dir": run_dir, "settings": dataclasses.asdict(settings), "label": label}
+    done = subprocess.run([python, "-m", "mlipopt.study.axes"], input=json.dumps(job), capture_output=True,
+                          text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the checks of {label} failed in {python}:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, Any]:
@@ -192,3 +214,14 @@ def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, An
             calc, frames[0], timestep_fs=settings.nve_timestep_fs, steps=settings.nve_steps
         ) | {"steps": settings.nve_steps, "timestep_fs": settings.nve_timestep_fs}
     return out
+
+
+if __name__ == "__main__":  # the checks of one run in this environment: see _equivariance_in_process
+    import json
+    import sys
+
+    from .spec import ArchitectureChecksSpec
+
+    job = json.loads(sys.stdin.read())
+    result = equivariance_of_run(job["run_dir"], ArchitectureChecksSpec(**job["settings"]), job["label"])
+    print(json.dumps(result))

@@ -51,8 +51,8 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         return {"run_id": run_id, "status": "claimed"}  # another process trains it
     try:
         with heartbeat(db, run_id, owner):
-            if int(task.get("ranks", 1)) > 1:
-                final, history = train_data_parallel(task)
+            if int(task.get("ranks", 1)) > 1 or task.get("python"):
+                final, history = train_in_subprocess(task)
             else:
                 trainer = Trainer(load_config(task["config"]), log=lambda _: None)
                 trainer.resume()
@@ -66,31 +66,36 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         return {"run_id": run_id, "status": "failed", "error": message}
 
 
-def launch_command(ranks: int, launcher: str | None) -> list[str]:
+def launch_command(ranks: int, launcher: str | None, python: str | None = None) -> list[str]:
     """The command that starts one run's ranks; ``-m mlipopt.cli train CONFIG`` is appended. Default:
-    ``torchrun --standalone`` on this machine; e.g. ``srun python`` inside a Slurm allocation."""
+    ``torchrun --standalone`` on this machine; e.g. ``srun python`` inside a Slurm allocation. ``python``:
+    another environment's interpreter (a model family installed there), this one's by default."""
     if launcher:
         return shlex.split(launcher)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    python = python or sys.executable
+    if ranks == 1:
+        return [python]
+    return [python, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
 
 
-def train_data_parallel(task: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train one run on ``task["ranks"]`` processes (a launcher subprocess, resumed if interrupted);
-    returns its final metrics and per-epoch history as written by rank 0. Output goes to ``train.log``."""
+def train_in_subprocess(task: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train one run in a subprocess (resumed if interrupted): on ``task["ranks"]`` data-parallel
+    processes, and/or in another environment's Python (``task["python"]``); returns its final metrics and
+    per-epoch history as written by rank 0. Output goes to ``train.log``."""
     config = load_config(task["config"])  # checked here, so a bad config fails before any launch
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_path = run_dir / "launch.yaml"
     save_text(dump_config(config), config_path)
-    command = [*launch_command(int(task["ranks"]), task.get("launcher")), "-m", "mlipopt.cli", "train",
-               str(config_path)]  # fmt: skip
+    command = [*launch_command(int(task.get("ranks", 1)), task.get("launcher"), task.get("python")),
+               "-m", "mlipopt.cli", "train", str(config_path)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(int(task.get("threads", 1)))}
     with open(run_dir / "train.log", "ab") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     if done.returncode != 0:
         tail = (run_dir / "train.log").read_text(errors="replace").splitlines()[-5:]
         raise RuntimeError(
-            f"data-parallel training exited with status {done.returncode}: {' | '.join(tail)} "
+            f"training in a subprocess exited with status {done.returncode}: {' | '.join(tail)} "
             f"(full output: {run_dir / 'train.log'}; `{' '.join(command)}`)"
         )
     final = json.loads((run_dir / "final_metrics.json").read_text())
@@ -196,12 +201,13 @@ class LocalExecutor:
         self.threads = max(1, spec.threads_per_run)
         self.ranks = max(1, spec.ranks_per_run)
         self.launcher = spec.launcher
+        self.python = spec.python
         self.workers = spec.workers or max(1, available_cpus() // (self.threads * self.ranks))
 
     def map(self, tasks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         if not tasks:
             return
-        tasks = [{**t, **_placement(t, self.threads, self.ranks, self.launcher)} for t in tasks]
+        tasks = [{**t, **_placement(t, self.threads, self.ranks, self.launcher, self.python)} for t in tasks]
         if self.workers == 1:
             for task in tasks:  # in-process: simplest to debug, no start-up cost
                 yield execute_run(task)
@@ -238,7 +244,8 @@ class RayExecutor:
     def map(self, tasks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         threads, ranks = max(1, self.spec.threads_per_run), max(1, self.spec.ranks_per_run)
         remote = self.ray.remote(num_cpus=threads * ranks, num_gpus=self.spec.num_gpus)(execute_run)
-        pending = [remote.remote({**t, **_placement(t, threads, ranks, self.spec.launcher)}) for t in tasks]
+        where = (self.spec.launcher, self.spec.python)
+        pending = [remote.remote({**t, **_placement(t, threads, ranks, *where)}) for t in tasks]
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
             yield self.ray.get(done[0])
@@ -250,11 +257,14 @@ class RayExecutor:
         )
 
 
-def _placement(task: dict[str, Any], threads: int, ranks: int, launcher: str | None) -> dict[str, Any]:
-    """How a task runs: threads per process, and — training runs only — data-parallel processes."""
+def _placement(
+    task: dict[str, Any], threads: int, ranks: int, launcher: str | None, python: str | None = None
+) -> dict[str, Any]:
+    """How a task runs: threads per process, and — training runs only — data-parallel processes and the
+    interpreter (another environment's, for a model family installed there)."""
     if task.get("kind") in ("refine", "spectrum"):
         return {"threads": threads}
-    return {"threads": threads, "ranks": ranks, "launcher": launcher}
+    return {"threads": threads, "ranks": ranks, "launcher": launcher, "python": python}
 
 
 def make_executor(spec: ExecutorSpec) -> LocalExecutor | RayExecutor:

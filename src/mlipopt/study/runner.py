@@ -335,6 +335,9 @@ class StudyRunner:
         """A controlled step-time measurement per optimizer (same batch, interleaved), once per study."""
         if self.db.step_costs(self.spec.name):
             return
+        if self.spec.executor.python:  # measured in this process, where that model's family is not
+            self.progress(f"step cost: not measured (the runs train in {self.spec.executor.python})")
+            return
         self.progress("step cost: measuring every optimizer on one batch, interleaved")
         rows = measure_study_step_costs(self.spec, finals, self.progress)
         self.db.record_step_costs(self.spec.name, rows)

@@ -82,6 +82,7 @@ class ExecutorSpec:
     threads_per_run: int = 1  # torch threads of each process
     ranks_per_run: int = 1  # data-parallel processes per training run (torchrun, or `launcher`)
     launcher: str | None = None  # command prefix starting a run's ranks, e.g. "srun python"
+    python: str | None = None  # train each run in a subprocess of this interpreter (another environment)
     num_gpus: float = 0.0  # ray: GPUs per run
     address: str | None = None  # ray: cluster address (None: start or join a local instance)
 
@@ -129,6 +130,9 @@ class ModelAxisEntry:
     base: dict[str, Any] = field(default_factory=dict)
     optimizers: dict[str, OptimizerGrid] | None = None
     train_sizes: list[int] | None = None
+    # the Python whose mlipopt trains and measures this model, when its family lives in another
+    # environment (MACE pins e3nn 0.4.4, nequip needs 0.6): e.g. .venv-mace/bin/python
+    python: str | None = None
 
 
 @dataclass
@@ -246,6 +250,8 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
         check_name(label, "study.models")
         if "preset" not in entry.model and "file" not in entry.model:
             raise ConfigError(f"study.models.{label}: give its model section a preset (or a file)")
+        if entry.python is not None:
+            entry.python = interpreter(entry.python, base_dir, f"study.models.{label}.python")
     for n in [*spec.train_sizes, *(n for e in spec.models.values() for n in e.train_sizes or [])]:
         if n < 1:
             raise ConfigError(f"study.train_sizes: {n} is not a frame count ≥ 1")
@@ -274,11 +280,31 @@ def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None 
             "study.executor: workers must be ≥ 0, threads_per_run and ranks_per_run ≥ 1, num_gpus ≥ 0; got "
             f"{e.workers}, {e.threads_per_run}, {e.ranks_per_run}, {e.num_gpus}"
         )
+    if e.python is not None:
+        e.python = interpreter(e.python, base_dir, "study.executor.python")
     resolve_relative_paths(spec.base, base_dir)
     data = spec.base.setdefault("data", {})
     if spec.dataset is None and "train" not in data and "generate" not in data:
         raise ConfigError("study: give a dataset (built-in xTB) or base.data.train / base.data.generate")
     return spec
+
+
+def interpreter(path: str, base_dir: Path, where: str) -> str:
+    """``path`` (``~`` and ``$VARS`` expanded, relative to ``base_dir``) as an absolute path to a Python
+    that runs ``mlipopt``; a clear error when it is missing, so a study fails before any run starts."""
+    import os
+    import subprocess
+
+    candidate = Path(os.path.expandvars(os.path.expanduser(path)))
+    candidate = candidate if candidate.is_absolute() else base_dir / candidate
+    if not candidate.is_file() or not os.access(candidate, os.X_OK):
+        raise ConfigError(f"{where}: {path} is not an executable Python (looked for {candidate})")
+    probe = subprocess.run([str(candidate), "-c", "import mlipopt"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ConfigError(f"{where}: {candidate} cannot import mlipopt ({last}); install it there: "
+                          f"{candidate} -m pip install -e <project>")  # fmt: skip
+    return str(candidate)
 
 
 def run_config(
