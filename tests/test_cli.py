@@ -71,3 +71,18 @@ def test_preset_flag_takes_key_value_overrides():
     spec = _study_spec("seeds=[1,2]", "finetune-ethanol", ["base.training.max_epochs=2"])
     assert spec.name == "finetune-ethanol" and spec.seeds == [1, 2]
     assert spec.base["training"]["max_epochs"] == 2
+
+
+def test_a_yaml_refining_a_preset_adds_its_models_to_the_presets(tmp_path):
+    from mlipopt.cli import _study_spec
+    from mlipopt.study.presets import STUDY_PRESETS
+
+    extra = tmp_path / "more.yaml"
+    extra.write_text(
+        "seeds: [1]\nmodels:\n  extra: {model: {preset: cartesian-tiny}}\n"
+        "  nequip-small: {model: {preset: nequip-tiny}}\n"
+    )
+    spec = _study_spec(str(extra), "architectures-3bpa", [])
+    assert list(spec.models) == [*STUDY_PRESETS["architectures-3bpa"]["models"], "extra"]
+    assert spec.models["nequip-small"].model == {"preset": "nequip-tiny"}  # the same label: replaced
+    assert spec.seeds == [1] and spec.name == "architectures-3bpa"

@@ -57,8 +57,14 @@ def _study_spec(source: str | None, preset_name: str | None, overrides: list[str
         source, preset_name = None, source
     if preset_name:
         raw = preset(preset_name)
-        if source:  # a YAML file refines the preset
-            raw.update(read_yaml_mapping(Path(source), "study"))
+        if source:  # a YAML file refines the preset; its models are added to the preset's
+            refinement = read_yaml_mapping(Path(source), "study")
+            models = refinement.pop("models", None)
+            raw.update(refinement)
+            if isinstance(models, dict) and isinstance(raw.get("models"), dict):
+                raw["models"] = {**raw["models"], **models}  # the same label: the YAML's entry
+            elif models is not None:
+                raw["models"] = models
         return load_study(raw, overrides)
     if not source:
         raise SystemExit("mlipopt study: give a study YAML file or --preset NAME")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import mlipopt.models.cost as cost
@@ -45,7 +47,18 @@ def test_a_sample_averages_enough_calls_to_last_the_minimum_time():
     assert len(calls) > 2 + 4  # an almost free call is repeated within each sample
     calls.clear()
     assert len(cost.timed_samples(call, warmup=1, repeats=3, min_sample_s=0.0)) == 3
-    assert len(calls) == 1 + 3  # no minimum: one call per sample
+    assert len(calls) == cost.MIN_WARMUP + 3  # no minimum: one call per sample, after the warm-up floor
+
+
+def test_a_call_that_compiles_on_its_first_calls_is_timed_after_them():
+    # planted: the first two calls are slow (a JIT profiling and optimizing), later ones fast
+    durations = iter([0.05, 0.02] + [0.0] * 1000)
+
+    def call():
+        time.sleep(next(durations))
+
+    times = cost.timed_samples(call, warmup=1, repeats=3, min_sample_s=0.0)
+    assert max(times) < 0.01  # no sample holds a compiling call
 
 
 def test_isolated_blocks_run_in_fresh_processes_and_a_failing_block_says_why():

@@ -67,13 +67,21 @@ def machine() -> str:
     )
 
 
+#: Warm-up calls at least: TorchScript's profiling executor (e3nn 0.4.4's code-generated tensor products in
+#: MACE) specializes a graph over its first calls and optimizes it after them. With one warm-up call, the
+#: first samples of mace-small on 3BPA took 9089 and 1465 µs/atom/step, the settled ones 550–660; with
+#: three, 446–539.
+MIN_WARMUP = 3
+
+
 def timed_samples(call: Any, warmup: int, repeats: int, min_sample_s: float) -> list[float]:
     """Seconds per call in ``repeats`` samples, each averaging enough calls to last ``min_sample_s``
-    (as :mod:`timeit`'s autorange does), so a 1 ms call is not timed at the timer's and scheduler's grain."""
-    start = time.perf_counter()
-    for _ in range(max(warmup, 1)):
+    (as :mod:`timeit`'s autorange does), so a 1 ms call is not timed at the timer's and scheduler's grain;
+    after at least :data:`MIN_WARMUP` untimed calls."""
+    for _ in range(max(warmup, MIN_WARMUP)):
+        start = time.perf_counter()
         call()
-    per_call = (time.perf_counter() - start) / max(warmup, 1)
+        per_call = time.perf_counter() - start  # the last warm-up call: compilation is behind it
     number = max(1, int(np.ceil(min_sample_s / max(per_call, 1e-9))))
     times = []
     for _ in range(repeats):
