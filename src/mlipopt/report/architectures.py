@@ -283,9 +283,10 @@ def make_architectures_report(database: str, parent: str, out_dir: str | Path) -
         ]
         for model, (rows, _) in sorted(cost_rows.items()):
             for r in rows:
+                low, high = _spread(r)
                 lines.append(
                     f"| {model} | {r['structure']} | {r['n_atoms']} | {r['batch']} | {r['median_us']:.1f} "
-                    f"({_spread(r)[0]:.1f}–{_spread(r)[1]:.1f}) |"
+                    f"({low:.1f}–{high:.1f}) |"
                 )
         lines.append("")
     lines += equivariance_section(db, parent)

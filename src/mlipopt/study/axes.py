@@ -131,13 +131,13 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
     done = db.checks(spec.name, "equivariance")
     for label in dict.fromkeys(c.model for c in todo):
         largest = [c for c in todo if c.model == label][-1]
+        python = largest.spec.executor.python  # the model's own environment, if it has one
         runs = [r for r in db.runs(largest.spec.name, stage="final", status="done")]
         first_seed = min((r.seed for r in runs), default=None)
         for run in [r for r in runs if r.seed == first_seed]:
             if run.id in done:
                 continue
             progress(f"equivariance: {label} {run.optimizer} s = {run.force_fraction:g}")
-            python = largest.spec.executor.python
             measured = (
                 _equivariance_in_process(python, run.run_dir, settings, label)
                 if python
