@@ -72,10 +72,16 @@ def _study_spec(source: str | None, preset_name: str | None, overrides: list[str
 
 
 def _run_study_and_report(spec, out: str | None) -> int:
+    """Run the study, write its report and print its table and counts. Exit status 0 when every run
+    ended in a result (a divergence or a flag is a result); 1 when a run failed with an error, which a
+    re-run of the same command retries (the finished runs are kept)."""
     import time
 
+    from .report.accounting import study_account
+    from .study.axes import cells
+
     start = time.perf_counter()
-    outcome = run_study(spec)
+    run_study(spec)
     database = str(spec.folder / "results.db") if spec.database is None else spec.database
     if has_axes(spec):
         report = make_architectures_report(database, spec.name, out or spec.folder)
@@ -85,15 +91,21 @@ def _run_study_and_report(spec, out: str | None) -> int:
         table = (report.parent / "mae_table.md").read_text()
     print(f"\nstudy {spec.name!r} done in {(time.perf_counter() - start) / 60:.1f} min; report: {report}")
     print(table)
-    if outcome.diverged:
+    db = ResultsDB(spec.database_url)
+    names = [c.spec.name for c in cells(spec)] if has_axes(spec) else [spec.name]
+    failed = []
+    for name in names:
+        account = study_account(db, name)
+        if len(names) > 1:
+            print(f"{name}:")
+        print("\n".join(account.summary()))
+        failed += account.failed + account.unfinished
+    if failed:
+        first = (failed[0].error or "not trained").strip().splitlines()[0][:300]
         print(
-            f"{len(outcome.diverged)} sweep run(s) diverged: their learning rates are too high for this "
-            "model and data, and the selection left them out (the sweep landscape marks them ×)."
-        )
-    if outcome.failed:
-        print(
-            f"{len(outcome.failed)} run(s) failed; their errors are in the database (status 'failed'). "
-            "Rerun the same command to retry them.",
+            f"{len(failed)} run(s) ended with an error, not a result (first: {failed[0].id}: {first}). "
+            "Finished runs are kept: fix the cause (the full error is in the database and the run's "
+            "folder), then rerun the same command to train only what is missing.",
             file=sys.stderr,
         )
         return 1
@@ -201,7 +213,7 @@ def _demo(args: argparse.Namespace) -> int:
     raw["study_dir"] = args.out
     print(
         "mlipopt demo: 3BPA labelled by GFN2-xTB (built here, cached), nequip-small, AdamW / Muon / SOAP / "
-        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 2 seeds; about 20 minutes on 2 idle cores"
+        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 3 seeds; about 25 minutes on 2 idle cores"
     )
 
     return _run_study_and_report(load_study(raw, args.overrides), args.out)

@@ -34,7 +34,10 @@ def test_register_record_and_read_back(tmp_path):
     assert len(done) == 1 and done[0].test_f_mae == 30.0 and done[0].steps_per_epoch == 2
     assert [e.epoch for e in db.curve(runs[0].run_id)] == [1, 2, 3]
     db.mark_failed(runs[1].run_id, "TrainingDiverged: loss is nan")
-    assert db.status(runs[1].run_id) == "failed"
+    assert db.status(runs[1].run_id) == "diverged"  # a result of the rate: never claimed again
+    assert not db.claimable(runs[1].run_id)
+    db.mark_failed(runs[1].run_id, "OSError: disk full")
+    assert db.status(runs[1].run_id) == "failed" and db.claimable(runs[1].run_id)  # a fault: retried
     assert db.studies() == ["tiny"]
 
 

@@ -42,17 +42,98 @@ def test_stages_select_on_the_validation_metric_and_rerun_skips_finished_runs(tm
     assert all("0 to run" in line for line in lines if "runs (" in line)
 
 
-def test_a_failing_run_is_recorded_and_the_study_goes_on(tmp_path):
+def test_a_final_seed_that_diverges_twice_is_reported_as_diverged_and_the_study_succeeds(tmp_path, capsys):
+    """SGD at lr 1e9 diverges deterministically: the final runs diverge, each is re-run once at the next
+    lower rate (3e8), diverges again, and the cell is reported as diverged with its seeds counted; the
+    study writes its report and exits 0 (a divergence is a result, not an error)."""
+    from mlipopt.cli import _run_study_and_report
+
     raw = tiny_study(
         tmp_path, optimizers={"adamw": {"lr": [1e-3]}, "sgd": {"lr": [1e9]}}, loss_ratios=[[1, 1]]
     )
     raw["force_fractions"] = [1.0]
-    outcome = run_study(load_study(raw), progress=lambda _: None)
-    db = ResultsDB(load_study(raw).database_url)
-    failed = db.runs("tiny", status="failed")
-    assert failed and all(r.optimizer == "sgd" for r in failed)
-    assert "TrainingDiverged" in failed[0].error
-    assert len(db.runs("tiny", status="done")) == 2 and set(outcome.failed) == {r.id for r in failed}
+    spec = load_study(raw)
+    assert _run_study_and_report(spec, None) == 0
+    db = ResultsDB(spec.database_url)
+    diverged = db.runs("tiny", status="diverged")
+    assert {(r.lr, r.seed) for r in diverged} == {(1e9, 1), (1e9, 2), (3e8, 1), (3e8, 2)}
+    assert all("TrainingDiverged" in r.error for r in diverged)
+    retries = {r.retry_of for r in diverged if r.retry_of}
+    assert retries == {r.id for r in diverged if r.lr == 1e9}
+    assert db.runs("tiny", status="failed") == [] and len(db.runs("tiny", status="done")) == 2
+    table = (spec.folder / "mae_table.md").read_text()
+    assert "| 100 % | sgd | 0 of 2 | — | — | — | ⚠ diverged 2/2 |" in table
+    index = (spec.folder / "index.md").read_text()
+    out = capsys.readouterr().out
+    for line in ("- Final runs: 2 of 4 seeds in the table.",
+                 "  - sgd s = 100 % seed 1: diverged at lr 1e+09"):  # fmt: skip
+        assert line in index and line in out  # stdout and the report count alike
+
+    # a re-run trains nothing again: a divergence is deterministic, retrying the same rate cannot help
+    lines = []
+    run_study(load_study(raw), progress=lines.append)
+    assert all("0 to run" in line for line in lines if "runs (" in line)
+
+
+def test_a_final_seed_that_diverges_is_rerun_at_the_next_lower_rate_of_its_grid(tmp_path, monkeypatch):
+    """Seed 2 diverges at the selected rate (made to, here): its retry at the grid's next lower rate is
+    the run in the table, and the report says so beside it."""
+    from mlipopt.study import executors
+    from mlipopt.train import Trainer, TrainingDiverged
+
+    class DivergesAtTheSelectedRate(Trainer):
+        def fit(self):
+            c = self.config
+            if c.seed == 2 and c.optimizer.lr == 5e-3 and c.training.max_epochs == 2:
+                raise TrainingDiverged("loss is nan at epoch 2, batch 1; made to diverge")
+            return super().fit()
+
+    monkeypatch.setattr(executors, "Trainer", DivergesAtTheSelectedRate)
+    raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [1e-3, 5e-3]}}, loss_ratios=[[1, 1]])
+    raw["force_fractions"] = [1.0]
+    spec = load_study(raw)
+    db = ResultsDB(spec.database_url)
+    run_study(spec, progress=lambda _: None)
+    [selection] = db.selections("tiny", "sweep")
+    if selection.lr != 5e-3:
+        pytest.skip(f"the sweep selected lr {selection.lr:g}, not the rate made to diverge")
+    [diverged] = db.runs("tiny", status="diverged")
+    [retry] = [r for r in db.runs("tiny", status="done") if r.retry_of == diverged.id]
+    assert (diverged.seed, diverged.lr, retry.seed, retry.lr) == (2, 5e-3, 2, 1e-3)
+    from mlipopt.report import make_report
+
+    index = make_report(spec.database_url.removeprefix("sqlite:///")).read_text()
+    assert "| 100 % | adamw | 2 | " in index and "⚠ lower lr 1/2 |" in index
+    assert "re-run at lr 0.001, which is the run in the table" in index
+
+
+def test_a_run_that_fails_with_an_error_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
+    """A fault (not a divergence) is recorded as failed, the other runs go on, the command exits 1 with
+    advice that can work, and a re-run retries only the failed run."""
+    from mlipopt.cli import _run_study_and_report
+    from mlipopt.study import executors
+    from mlipopt.train import Trainer
+
+    class FailsOnce(Trainer):
+        def fit(self):
+            if self.config.seed == 2 and self.config.optimizer.name == "soap":
+                raise OSError(28, "No space left on device")
+            return super().fit()
+
+    monkeypatch.setattr(executors, "Trainer", FailsOnce)
+    raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [1e-3]}, "soap": {"lr": [5e-3]}},
+                     loss_ratios=[[1, 1]], force_fractions=[1.0])  # fmt: skip
+    spec = load_study(raw)
+    assert _run_study_and_report(spec, None) == 1
+    err = capsys.readouterr().err
+    assert "1 run(s) ended with an error" in err and "rerun the same command" in err
+    db = ResultsDB(spec.database_url)
+    [failed] = db.runs("tiny", status="failed")
+    assert failed.optimizer == "soap" and failed.seed == 2 and "No space left" in failed.error
+    assert len(db.runs("tiny", status="done")) == 3
+    monkeypatch.setattr(executors, "Trainer", Trainer)
+    assert _run_study_and_report(load_study(raw), None) == 0
+    assert len(db.runs("tiny", status="done")) == 4
 
 
 def test_a_sweep_run_that_diverges_is_left_out_of_the_selection_not_a_failure(tmp_path):
@@ -63,10 +144,10 @@ def test_a_sweep_run_that_diverges_is_left_out_of_the_selection_not_a_failure(tm
     lines = []
     outcome = run_study(load_study(raw), progress=lines.append)
     db = ResultsDB(load_study(raw).database_url)
-    [diverged] = db.runs("tiny", status="failed")
+    [diverged] = db.runs("tiny", status="diverged")
     assert diverged.stage == "sweep" and diverged.lr == 1e9 and outcome.diverged == [diverged.id]
     assert outcome.failed == [] and outcome.best_point[("adamw", 1.0)] == (1e-3, 0.0)
-    assert any("diverged (loss NaN)" in line for line in lines)
+    assert any("diverged (loss not finite) — left out of the selection" in line for line in lines)
     assert {r.lr for r in db.runs("tiny", stage="final", status="done")} == {1e-3}
 
 

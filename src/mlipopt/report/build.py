@@ -18,6 +18,7 @@ import numpy as np
 
 from ..figures import save_figure
 from ..study.db import ResultsDB
+from .accounting import StudyAccount, study_account
 from .aggregate import (
     Cell,
     curves,
@@ -44,10 +45,31 @@ from .trust import (
 BASELINE = "adamw"
 
 
-def _mark(values: dict[str, float]) -> dict[str, str]:
-    """'best' / 'second' by lowest value."""
-    order = sorted(values, key=values.get)
-    return {k: ("best" if i == 0 else "second" if i == 1 else "") for i, k in enumerate(order)}
+def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two (mean, std) over seeds overlap within one standard deviation each: no verdict between them."""
+    return a[0] - a[1] <= b[0] + b[1] and b[0] - b[1] <= a[0] + a[1]
+
+
+def rank_marks(stats: dict[str, tuple[float, float]]) -> dict[str, str]:
+    """'best' for the lowest mean and every cell tied with it (mean ± std overlapping), 'second' for the
+    lowest of the rest and its ties, '' otherwise: a ranking printed only where the seeds support it."""
+    order = sorted(stats, key=lambda k: stats[k][0])
+    marks = dict.fromkeys(order, "")
+    for label in ("best", "second"):
+        rest = [k for k in order if not marks[k]]
+        if not rest:
+            break
+        for k in rest:
+            if overlap(stats[k], stats[rest[0]]):
+                marks[k] = label
+    return marks
+
+
+def versus(cell: tuple[float, float], baseline: tuple[float, float]) -> str:
+    """'lower', 'higher' or 'tie' (overlapping mean ± std) of a cell's error against the baseline's."""
+    if overlap(cell, baseline):
+        return "tie"
+    return "lower" if cell[0] < baseline[0] else "higher"
 
 
 def _fmt(mean: float, std: float, n: int, digits: int, mark: str) -> str:
@@ -56,81 +78,117 @@ def _fmt(mean: float, std: float, n: int, digits: int, mark: str) -> str:
 
 
 def mae_table(
-    cells: dict[tuple[str, float], Cell], checks: dict[tuple[str, float], str] | None = None
+    cells: dict[tuple[str, float], Cell],
+    checks: dict[tuple[str, float], str] | None = None,
+    account: StudyAccount | None = None,
 ) -> tuple[str, str]:
-    """Markdown and CSV of the test MAEs (mean ± std over seeds); ``checks`` marks cells whose runs did
-    not train cleanly (:func:`mlipopt.report.trust.cell_checks`)."""
+    """Markdown and CSV of the test MAEs (mean ± std over seeds). ``checks`` marks cells whose runs did
+    not train cleanly (:func:`mlipopt.report.trust.cell_checks`); ``account`` adds the seeds that diverged
+    or failed (a cell with no trained seed gets a row of its own) and counts seeds against those asked.
+    Best and second are marked only outside the seeds' spread (ties share a mark), and the last
+    column compares the force error (the energy error without forces) with AdamW's at the same fraction."""
     checks = checks or {}
-    fractions = sorted({s for _, s in cells}, reverse=True)
+    asked = {key: len(account.cell(*key)) for key in account.cells()} if account else {}
+    notes = {key: account.cell_note(*key) for key in account.cells()} if account else {}
+    keys = set(cells) | set(asked)
+    fractions = sorted({s for _, s in keys}, reverse=True)
     lines = [
-        "| force labels | optimizer | seeds | E MAE [meV/atom] | F MAE [meV/Å] | checks |",
-        "|---|---|---|---|---|---|",
+        f"| force labels | optimizer | seeds | E MAE [meV/atom] | F MAE [meV/Å] | vs {BASELINE} | checks |",
+        "|---|---|---|---|---|---|---|",
     ]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(
-        ["optimizer", "force_fraction", "n_seeds", "e_mae_mean", "e_mae_std", "f_mae_mean", "f_mae_std",
-         "e_rmse_mean", "f_rmse_mean", "lr", "weight_decay", "energy_weight", "force_weight", "checks"]
+        ["optimizer", "force_fraction", "n_seeds", "n_seeds_asked", "e_mae_mean", "e_mae_std", "f_mae_mean",
+         "f_mae_std", "e_rmse_mean", "f_rmse_mean", "lr", "weight_decay", "energy_weight", "force_weight",
+         f"vs_{BASELINE}", "checks"]
     )  # fmt: skip
     for s in fractions:
         group = {opt: c for (opt, frac), c in cells.items() if frac == s}
-        e_marks = _mark({k: Cell.stats(c.e_mae)[0] for k, c in group.items()})
-        f_marks = _mark({k: Cell.stats(c.f_mae)[0] for k, c in group.items() if c.f_mae})
-        for opt, c in sorted(group.items(), key=lambda kv: Cell.stats(kv[1].f_mae or kv[1].e_mae)[0]):
-            e, f = Cell.stats(c.e_mae), Cell.stats(c.f_mae) if c.f_mae else (float("nan"), 0.0)
-            check = checks.get((opt, s), "")
+        e_stats = {k: Cell.stats(c.e_mae) for k, c in group.items()}
+        f_stats = {k: Cell.stats(c.f_mae) for k, c in group.items() if c.f_mae}
+        e_marks, f_marks = rank_marks(e_stats), rank_marks(f_stats)
+        key_stats = f_stats if len(f_stats) == len(group) else e_stats  # what the verdict compares
+        base = key_stats.get(BASELINE)
+        for opt, c in sorted(group.items(), key=lambda kv: key_stats[kv[0]][0]):
+            n = len(c.seeds)
+            e, f = e_stats[opt], f_stats.get(opt, (float("nan"), 0.0))
+            check = ", ".join(x for x in (checks.get((opt, s), ""), notes.get((opt, s), "")) if x)
+            verdict = "—" if base is None or opt == BASELINE else versus(key_stats[opt], base)
+            seeds = f"{n}" if asked.get((opt, s), n) == n else f"{n} of {asked[(opt, s)]}"
+            f_text = _fmt(*f, n, 1, f_marks.get(opt, "")) if opt in f_stats else "—"
             lines.append(
-                f"| {100 * s:g} % | {opt} | {len(c.seeds)} | {_fmt(*e, len(c.seeds), 2, e_marks[opt])} | "
-                f"{_fmt(*f, len(c.seeds), 1, f_marks.get(opt, ''))} | {'⚠ ' + check if check else 'ok'} |"
+                f"| {100 * s:g} % | {opt} | {seeds} | {_fmt(*e, n, 2, e_marks[opt])} | {f_text} | "
+                f"{verdict} | {'⚠ ' + check if check else 'ok'} |"
             )
             writer.writerow(
-                [opt, s, len(c.seeds), *e, *f, Cell.stats(c.e_rmse)[0],
-                 Cell.stats(c.f_rmse)[0] if c.f_rmse else "", c.lr, c.weight_decay, *c.loss_ratio, check]
+                [opt, s, n, asked.get((opt, s), n), *e, *(f if opt in f_stats else ("", "")),
+                 Cell.stats(c.e_rmse)[0], Cell.stats(c.f_rmse)[0] if c.f_rmse else "", c.lr, c.weight_decay,
+                 *c.loss_ratio, verdict, check]
             )  # fmt: skip
+        for opt in sorted(o for (o, frac) in asked if frac == s and o not in group):
+            note = notes.get((opt, s), "")
+            lines.append(f"| {100 * s:g} % | {opt} | 0 of {asked[(opt, s)]} | — | — | — | ⚠ {note} |")
+            writer.writerow([opt, s, 0, asked[(opt, s)], *[""] * 11, note])
     return "\n".join(lines), buffer.getvalue()
 
 
+TABLE_LEGEND = (
+    "Best **bold**, second <u>underlined</u>: a mark is shared by every cell whose mean ± std overlaps "
+    f"the marked one's (a tie: the seeds do not separate them). `vs {BASELINE}`: lower, higher or tie "
+    f"against {BASELINE} at the same force fraction, by the same rule, on the force error (the energy "
+    "error where no force is labelled)."
+)
+
+
 def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
-    """Figure 1: MAE / MAE(AdamW @ highest force fraction) for energies and forces."""
+    """Figure 1: each optimizer's MAE over AdamW's at the same force fraction, for energies and forces
+    (normalising by AdamW at full forces would paint every sparse-label column by the data it lost,
+    not by the optimizer). Colours are symmetric on a log scale: ×r worse looks as strong as ÷r better."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import TwoSlopeNorm
+    from matplotlib.colors import LogNorm
 
     optimizers = sorted({o for o, _ in cells}, key=lambda o: (o != BASELINE, o))
     fractions = sorted({s for _, s in cells}, reverse=True)
-    reference_opt = BASELINE if (BASELINE, fractions[0]) in cells else optimizers[0]
-    ref = cells[(reference_opt, fractions[0])]
+    reference = BASELINE if any(o == BASELINE for o, _ in cells) else optimizers[0]
     fig, axes = plt.subplots(1, 2, figsize=(3 + 1.3 * len(fractions) * 2, 0.6 * len(optimizers) + 1.8))
     for ax, (label, attr) in zip(axes, (("energy", "e_mae"), ("forces", "f_mae"))):
-        base = Cell.stats(getattr(ref, attr))[0]
         data = np.full((len(optimizers), len(fractions)), np.nan)
-        for i, o in enumerate(optimizers):
-            for j, s in enumerate(fractions):
+        for j, s in enumerate(fractions):
+            ref = getattr(cells[(reference, s)], attr) if (reference, s) in cells else []
+            base = Cell.stats(ref)[0] if ref else float("nan")
+            for i, o in enumerate(optimizers):
                 values = getattr(cells[(o, s)], attr) if (o, s) in cells else []
-                if values:
+                if values and np.isfinite(base) and base > 0:
                     data[i, j] = Cell.stats(values)[0] / base
-        finite = data[np.isfinite(data)]
-        # symmetric in the ratio (×r worse and ÷r better look equally strong), so that neither side of 1
-        # saturates and both carry ticks
-        r = max(
-            float(finite.max()) if finite.size else 2.0, 1.0 / float(finite.min()) if finite.size else 2.0
+        finite = data[np.isfinite(data) & (data > 0)]
+        r = float(np.exp(np.abs(np.log(finite)).max())) if finite.size else 1.0
+        r = max(r, 1.1)  # a non-degenerate colour range even when every ratio is 1
+        image = ax.imshow(
+            np.ma.masked_invalid(data), cmap="RdYlGn_r", norm=LogNorm(1.0 / r, r), aspect="auto"
         )
-        r = max(r, 1.05)
-        image = ax.imshow(data, cmap="RdYlGn_r", norm=TwoSlopeNorm(1.0, 1.0 / r, r), aspect="auto")
         for i in range(len(optimizers)):
             for j in range(len(fractions)):
-                if np.isfinite(data[i, j]):
-                    ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=9)
+                text = f"{data[i, j]:.2f}" if np.isfinite(data[i, j]) else "—"
+                ax.text(j, i, text, ha="center", va="center", fontsize=9)
         ax.set_xticks(range(len(fractions)), [f"{100 * s:g} %" for s in fractions])
         ax.set_yticks(range(len(optimizers)), optimizers)
         ax.set_xlabel("force-labelled frames")
-        ax.set_title(f"{label} MAE / {reference_opt} @ {100 * fractions[0]:g} %")
+        ax.set_title(f"{label} MAE / {reference} at the same fraction", fontsize=10)
         bar = fig.colorbar(image, ax=ax, shrink=0.8)
-        bar.set_ticks(sorted({round(v, 2) for v in (1.0 / r, (1.0 + 1.0 / r) / 2, 1.0, (1.0 + r) / 2, r)}))
+        ticks = colorbar_ticks(r)
+        bar.set_ticks(ticks, labels=[f"{t:.2f}" for t in ticks])
+        bar.minorticks_off()
     save_figure(fig, path)
-    return reference_opt
+    return reference
+
+
+def colorbar_ticks(r: float) -> list[float]:
+    """Five distinct ticks of a log colour bar from 1/r to r, 1 in the middle."""
+    return [1.0 / r, 1.0 / np.sqrt(r), 1.0, float(np.sqrt(r)), r]
 
 
 def curves_figure(db: ResultsDB, study: str, path: Path) -> list[str]:
@@ -325,31 +383,29 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
     out = Path(out_dir) if out_dir else (Path(database).parent if "://" not in database else Path("report"))
     out.mkdir(parents=True, exist_ok=True)
     finals = final_runs(db, study)
-    markdown, table_csv = mae_table(cells, cell_checks(db, finals))
+    account = study_account(db, study)
+    markdown, table_csv = mae_table(cells, cell_checks(db, finals), account)
     (out / "mae_table.md").write_text(markdown + "\n")
     (out / "mae_table.csv").write_text(table_csv)
     reference = relative_heatmap(cells, out / "relative_mae.png")
     ttt = curves_figure(db, study, out / "val_curves.png")
     cost = cost_table(db, study)
-    example = stored_config(final_runs(db, study)[0])
-    n_runs = {
-        stage: len([r for r in db.runs(study) if r.stage == stage]) for stage in ("sweep", "ratio", "final")
-    }
-    failed = [r.id for r in db.runs(study, status="failed")]
+    example = stored_config(finals[0])
     index = [
         f"# Study `{study}`",
         "",
         f"Report written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from `{url}`.",
         f"Model `{example['model']['preset']}` ({example['model']['dtype']}); data "
         f"`{Path(str(example['data'].get('train') or 'generated')).name}`; "
-        f"{example['training']['max_epochs']} epochs per final run; runs: {n_runs['sweep']} sweep, "
-        f"{n_runs['ratio']} loss-ratio, {n_runs['final']} final"
-        + (f"; **{len(failed)} failed**" if failed else "")
-        + ".",
+        f"{example['training']['max_epochs']} epochs per final run.",
         "",
-        "## Test errors (mean ± std over seeds; best **bold**, second <u>underlined</u>)",
+        *account.summary(),
+        "",
+        "## Test errors (mean ± std over seeds)",
         "",
         markdown,
+        "",
+        TABLE_LEGEND,
         "",
         *constant_predictor_line(finals),
         *checks_section(db, finals),
@@ -357,7 +413,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         *pretrained_summary(db, study),
         "CSV: [mae_table.csv](mae_table.csv)",
         "",
-        f"## MAE relative to {reference} at full forces",
+        f"## MAE relative to {reference} at the same force fraction",
         "",
         "![relative MAE](relative_mae.png)",
         "",

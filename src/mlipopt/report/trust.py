@@ -66,27 +66,33 @@ def constant_predictor_line(runs: list[Run]) -> list[str]:
 
 
 def reproducibility_line(runs: list[Run]) -> list[str]:
-    """What a re-run reproduces: bit for bit when every run used one torch thread (the study default,
-    whatever the machine's core count); with more threads per run the summation order of torch's CPU
-    kernels varies from run to run, and sensitive runs differ by percents (docs/study.md)."""
-    threads = {json.loads(r.final or "{}").get("torch_threads") for r in runs}
-    versions = sorted({str(json.loads(r.final or "{}").get("torch_version")) for r in runs} - {"None"})
+    """What a re-run reproduces: bit for bit on the same CPU model, torch build and one torch thread per
+    run (the study default, whatever the core count). Another CPU model, or more threads per run,
+    changes the summation order of torch's CPU kernels: the numbers differ, and only what lies outside
+    the seed spread carries over (docs/study.md)."""
+    finals = [json.loads(r.final or "{}") for r in runs]
+    threads = {f.get("torch_threads") for f in finals}
+    versions = sorted({str(f.get("torch_version")) for f in finals} - {"None"})
+    cpus = sorted({str(f.get("cpu_model")) for f in finals} - {"None"})
     build = f"torch {', '.join(versions)}" if versions else "the same torch build"
+    where = f"on {' and '.join(cpus)}" if cpus else "on a CPU model this database did not record"
+    carry = ("On another CPU model (or with more threads) the bits differ: compare only what lies outside "
+             "the seed spread — the marks and the `vs` column of the table.")  # fmt: skip
     if threads == {1}:
         return [
-            f"Reproducibility: every final run trained with 1 torch thread, so re-running the study "
-            f"(`threads_per_run: 1`, any number of workers or cores) with {build} on a CPU of the same "
-            "instruction set gives this table bit for bit.",
+            f"Reproducibility: every final run trained with 1 torch thread {where}, so re-running the study "
+            f"(`threads_per_run: 1`, any number of workers) with {build} on that CPU model gives this table "
+            f"bit for bit. {carry}",
             "",
         ]
     if None in threads:
         return ["Reproducibility: this database predates per-run thread records; compare re-runs only "
-                "when they used `threads_per_run: 1`.", ""]  # fmt: skip
+                f"when they used `threads_per_run: 1`. {carry}", ""]  # fmt: skip
     return [
-        f"**Reproducibility: runs trained with {', '.join(str(t) for t in sorted(threads))} torch threads.** "
-        "With more than one thread the summation order of torch's CPU kernels varies from run to run, so "
-        "a re-run of this study differs (by 0.2–34 % per run in the demo, docs/study.md); use "
-        "`executor.threads_per_run=1` for a table that re-runs bit for bit.",
+        f"**Reproducibility: runs trained with {', '.join(str(t) for t in sorted(threads))} torch threads "
+        f"{where}.** With more than one thread the summation order of torch's CPU kernels varies from run to "
+        "run, so a re-run of this study differs (docs/study.md); use `executor.threads_per_run=1` for a "
+        f"table that re-runs bit for bit on one CPU model. {carry}",
         "",
     ]
 

@@ -72,6 +72,8 @@ class Run(Base):
     # training diagnostics (mlipopt.train.diagnostics), comma-separated; "" when the run looks sound
     flags: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # a final run re-run at the next lower learning rate after this run diverged (study.runner)
+    retry_of: Mapped[str | None] = mapped_column(String(120), nullable=True)
     # who trains it (host:pid:token) and until when (epoch seconds) the claim holds without a heartbeat
     owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -79,6 +81,20 @@ class Run(Base):
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started: Mapped[str | None] = mapped_column(String(40), nullable=True)
     finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
+
+
+#: Errors that mean the loss or a gradient became non-finite: a result of the learning rate, not a fault.
+DIVERGENCE_ERRORS = ("TrainingDiverged", "NonFiniteGradientError")
+
+
+def is_divergence(error: str | None) -> bool:
+    """The stored error of a run says its training diverged (loss or gradient not finite)."""
+    return (error or "").startswith(DIVERGENCE_ERRORS)
+
+
+def run_status(run: Run) -> str:
+    """The run's status, with a divergence stored as ``failed`` by an older mlipopt read as ``diverged``."""
+    return "diverged" if run.status == "failed" and is_divergence(run.error) else run.status
 
 
 def run_flags(run: Run) -> list[str]:
@@ -321,11 +337,14 @@ class ResultsDB:
                 for run in session.scalars(select(Run).where(Run.id.in_([r.run_id for r in runs])))
             }
             for r in runs:
+                retry_of = getattr(r, "retry_of", None)
                 if r.run_id in known:
                     # one config serves several stages (e.g. a sweep run on a final seed with the final
                     # schedule); reports read the final stage, so that label wins
                     if r.stage == "final":
                         known[r.run_id].stage = "final"
+                    if retry_of and known[r.run_id].retry_of is None:
+                        known[r.run_id].retry_of = retry_of
                     continue
                 session.add(
                     Run(
@@ -342,13 +361,20 @@ class ResultsDB:
                         status="pending",
                         config=json.dumps(r.config),
                         run_dir=r.config["run_dir"],
+                        retry_of=retry_of,
                     )
                 )
 
+    def run(self, run_id: str) -> Run | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Run, run_id)
+
     def status(self, run_id: str) -> str | None:
+        """pending, running, done, failed or diverged (None: not registered). A run that diverged
+        before ``diverged`` was a status of its own reads ``diverged`` too."""
         with Session(self.engine) as session:
             run = session.get(Run, run_id)
-            return None if run is None else run.status
+            return None if run is None else run_status(run)
 
     def _claimable(self, now: float) -> Any:
         """SQL condition: a run nobody holds — pending, failed, or running under an expired lease."""
@@ -429,11 +455,14 @@ class ResultsDB:
             run.status, run.started, run.host, run.error = "running", _now(), socket.gethostname(), None
 
     def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> None:
+        """Status ``failed`` (a fault: retried when the study is re-run) or, for a divergence, ``diverged``
+        (a deterministic result of the learning rate: never re-run, so a retry cannot waste its time)."""
         with Session(self.engine) as session, session.begin():
             run = session.get(Run, run_id)
             if owner is not None and run.owner != owner:
                 return  # the claim was lost: the new holder reports
-            run.status, run.error, run.finished = "failed", error[-4000:], _now()
+            status = "diverged" if is_divergence(error) else "failed"
+            run.status, run.error, run.finished = status, error[-4000:], _now()
             run.lease_until = None
 
     def record_result(

@@ -2,7 +2,7 @@
 
 ``demo`` — the one-command main job: 3BPA sampled by GFN2-xTB MD (300/600 K for training and
 validation, 1200 K as an out-of-distribution test), ``nequip-small``, AdamW/Muon/SOAP/SOAP-Muon at
-100 %, 10 % and 0 % force labels, two seeds, 30 epochs with cosine annealing, λ_E:λ_F = 1:1; learning
+100 %, 10 % and 0 % force labels, three seeds, 30 epochs with cosine annealing, λ_E:λ_F = 1:1; learning
 rates swept on seed 7 over 8 epochs (three-point grids, extended where the best rate is on an edge).
 
 ``benchmark-3bpa`` / ``benchmark-ethanol`` — the four optimizers on the shared DFT data with default
@@ -48,7 +48,10 @@ DEMO: dict[str, Any] = {
         "soap_muon": {"lr": [3e-3, 1e-2, 3e-2], "options": {"rho": 0.0}},
     },
     "force_fractions": [1.0, 0.1, 0.0],
-    "seeds": [7, 42],
+    # three seeds: with two, a cell's spread is one difference, and the README's verdicts (a ranking,
+    # "ahead of AdamW") did not survive a re-run on another CPU (issue 22); the table now marks a verdict
+    # only outside the seeds' spread
+    "seeds": [7, 42, 123],
     "loss_ratios": [[1.0, 1.0]],
     "sweep_epochs": 8,
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,9 +14,17 @@ from ..data import read_frames
 from ..data.xtb import dataset_files
 from ..train.diagnostics import FLAGS, verdicts
 from . import axes
-from .db import ResultsDB, run_flags
+from .db import ResultsDB, is_divergence, run_flags
 from .executors import make_executor
-from .spec import RunSpec, StudySpec, default_ratio, neighbour_rate, run_config, sweep_points
+from .spec import (
+    RunSpec,
+    StudySpec,
+    default_ratio,
+    neighbour_rate,
+    next_lower_rate,
+    run_config,
+    sweep_points,
+)
 from .step_cost import measure_study_step_costs
 
 
@@ -28,13 +38,33 @@ class StudyOutcome:
     database_url: str = ""
 
 
-def _diverged(error: str | None) -> bool:
-    return (error or "").startswith("TrainingDiverged")
-
-
 def _fmt_time(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _Progress:
+    """Elapsed time and time left of one stage. Runs finish in bursts (parallel workers, short and long
+    runs mixed), so the estimate is the larger of the elapsed rate and the finished runs' median own
+    duration times the runs left per worker."""
+
+    def __init__(self, total: int, workers: int) -> None:
+        self.total, self.workers, self.n = total, max(1, workers), 0
+        self.start = time.perf_counter()
+        self.durations: list[float] = []
+
+    def finished(self, train_seconds: float | None) -> None:
+        self.n += 1
+        if train_seconds:
+            self.durations.append(float(train_seconds))
+
+    def __str__(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        left = max(self.total - self.n, 0)
+        eta = elapsed / max(self.n, 1) * left
+        if self.durations:
+            eta = max(eta, float(np.median(self.durations)) * math.ceil(left / self.workers))
+        return f"{_fmt_time(elapsed)}, ~{_fmt_time(eta)} left" if left else _fmt_time(elapsed)
 
 
 class StudyRunner:
@@ -78,17 +108,18 @@ class StudyRunner:
     def execute(self, runs: list[RunSpec], label: str) -> None:
         """Train the runs not yet done. Each worker claims its run atomically in the database, so studies
         started at once on one database share the work; runs held by another process are waited for
-        (and taken over if that process stops renewing its claim)."""
+        (and taken over if that process stops renewing its claim). A run that diverged is a result and
+        is not trained again; one that failed (a fault) is retried once per call."""
         self.db.register(self.spec.name, runs)
-        todo = [r for r in runs if self.db.status(r.run_id) != "done"]
+        finished = ("done", "diverged")
+        todo = [r for r in runs if self.db.status(r.run_id) not in finished]
         self.progress(
             f"{label}: {len(runs)} runs ({len(runs) - len(todo)} already done, {len(todo)} to run); "
             f"{self.executor.describe()}"
         )
         by_id = {r.run_id: r for r in runs}
-        start = time.perf_counter()
+        clock = _Progress(len(todo), getattr(self.executor, "workers", 1))
         attempted: set[str] = set()
-        n = 0
         while todo:
             ready = [r for r in todo if r.run_id not in attempted and self.db.claimable(r.run_id)]
             tasks = [{"run_id": r.run_id, "config": r.config, "db_url": self.db.url} for r in ready]
@@ -97,11 +128,11 @@ class StudyRunner:
                 attempted.add(run.run_id)
                 if result["status"] == "claimed":
                     continue  # another process took it first: waited for below
-                n += 1
-                self._report_result(run, result, n, len(todo), start)
+                clock.finished((result.get("final") or {}).get("train_time_s"))
+                self._report_result(run, result, clock)
             held = [r for r in todo if self.db.status(r.run_id) == "running" and r.run_id not in attempted]
             held += [r for r in todo if r.run_id in attempted and self.db.status(r.run_id) == "running"]
-            todo = [r for r in todo if self.db.status(r.run_id) not in ("done", "failed") or
+            todo = [r for r in todo if self.db.status(r.run_id) not in (*finished, "failed") or
                     (self.db.status(r.run_id) == "failed" and r.run_id not in attempted)]  # fmt: skip
             if todo and not ready:
                 holders = sorted({self.db.holder(r.run_id) or "?" for r in held})
@@ -111,29 +142,30 @@ class StudyRunner:
                 time.sleep(self.poll_seconds)
             attempted -= {r.run_id for r in todo if self.db.claimable(r.run_id)}
 
-    def _report_result(self, run: RunSpec, result: dict, n: int, total: int, start: float) -> None:
-        elapsed = time.perf_counter() - start
-        eta = elapsed / n * max(total - n, 0)
+    def _report_result(self, run: RunSpec, result: dict, clock: _Progress) -> None:
         what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed} lr {run.lr:g}"
         what += f" wd {run.weight_decay:g}" if run.weight_decay else ""
+        where = f"[{clock.n:>3}/{clock.total}]"
         if result["status"] == "done" and "final" in result:
             test = result["final"].get("test") or {}
             metric = result["final"]["best_val_metric"]
-            e_mae, f_mae = test.get("e_mae") or float("nan"), test.get("f_mae") or float("nan")
-            errors = f"test E {e_mae:.2f} meV/atom, F {f_mae:.1f} meV/Å"
+            e_mae, f_mae = test.get("e_mae"), test.get("f_mae")
+            errors = "test E " + ("—" if e_mae is None else f"{e_mae:.2f}") + " meV/atom"
+            errors += "" if f_mae is None else f", F {f_mae:.1f} meV/Å"
             if run.stage != "final":
                 errors = f"val metric {metric:.1f}"
             labels = verdicts(result["final"].get("flags") or [])
             errors += f"  [{', '.join(labels)}]" if labels else ""
-            self.progress(
-                f"  [{n:>3}/{total}] {what}: {errors}  ({_fmt_time(elapsed)}, ~{_fmt_time(eta)} left)"
-            )
-        elif result["status"] == "failed" and run.stage != "final" and _diverged(result["error"]):
+            self.progress(f"  {where} {what}: {errors}  ({clock})")
+        elif result["status"] == "failed" and is_divergence(result["error"]):
             self.outcome.diverged.append(run.run_id)
-            self.progress(f"  [{n:>3}/{total}] {what}: diverged (loss NaN) — left out of the selection")
+            consequence = "left out of the selection" if run.stage != "final" else (
+                "re-run once at the next lower rate" if run.retry_of is None else "reported as diverged"
+            )  # fmt: skip
+            self.progress(f"  {where} {what}: diverged (loss not finite) — {consequence}  ({clock})")
         elif result["status"] == "failed":
             self.outcome.failed.append(run.run_id)
-            self.progress(f"  [{n:>3}/{total}] {what}: FAILED — {result['error']}")
+            self.progress(f"  {where} {what}: FAILED — {result['error']}")
 
     def _select(self, runs: list[RunSpec], what: str) -> tuple[RunSpec | None, str | None]:
         """The run with the best validation metric among those that trained (no "did not train" flag:
@@ -290,17 +322,40 @@ class StudyRunner:
                     run_config(spec, opt, s, seed, lr, wd, out.best_ratio[opt], full, "final")
                     for seed in spec.seeds
                 ]
-        retired = self.db.retire_finals(spec.name, {r.run_id for r in finals})
+        retries = self.retries(finals)  # divergences an earlier invocation of this study already met
+        retired = self.db.retire_finals(spec.name, {r.run_id for r in finals + retries})
         if retired:
             self.progress(f"{retired} final run(s) of an earlier selection superseded (kept, not reported)")
         if spec.step_cost is not None and finals:
             self.step_cost_stage(finals)
         self.execute(finals, "final runs")
+        retries = self.retries(finals)
+        if retries:
+            self.execute(retries, "final runs that diverged, re-run once at the next lower rate of the grid")
+        finals = finals + retries
         self._warn_flagged(finals)
         if spec.refine is not None:
             self.refine_stage(finals)
         if spec.spectrum is not None:
             self.spectrum_stage(finals)
+        return out
+
+    def retries(self, finals: list[RunSpec]) -> list[RunSpec]:
+        """For each final run that diverged at its selected rate, the same run (seed, schedule, weight
+        decay) at the next lower rate of its (extended) grid. A divergence is deterministic on one CPU
+        and thread count, so re-running the same rate cannot help; the retry is made once, and a retry
+        that diverges too leaves the seed reported as diverged."""
+        grids = {(s.optimizer, s.force_fraction): json.loads(s.grid) for s in self.db.selections(
+            self.spec.name, "sweep")}  # fmt: skip
+        out = []
+        for run in finals:
+            if self.db.status(run.run_id) != "diverged":
+                continue
+            lr = next_lower_rate(run.lr, grids.get((run.optimizer, run.force_fraction), [run.lr]))
+            retry = run_config(self.spec, run.optimizer, run.force_fraction, run.seed, lr, run.weight_decay,
+                               run.loss_ratio, self.spec.final_epochs(), "final")  # fmt: skip
+            retry.retry_of = run.run_id
+            out.append(retry)
         return out
 
     def spectrum_stage(self, finals: list[RunSpec]) -> None:
@@ -344,10 +399,11 @@ class StudyRunner:
 
     def _warn_flagged(self, finals: list[RunSpec]) -> None:
         done = {r.id: r for r in self.db.runs(self.spec.name, status="done")}
-        flagged = [(r, run_flags(done[r.run_id])) for r in finals if r.run_id in done]
+        trained = [r for r in finals if r.run_id in done]
+        flagged = [(r, run_flags(done[r.run_id])) for r in trained]
         flagged = [(r, f) for r, f in flagged if f]
         if flagged:
-            self.progress(f"WARNING: {len(flagged)} of {len(finals)} final runs are flagged:")
+            self.progress(f"WARNING: {len(flagged)} of the {len(trained)} trained final runs are flagged:")
             for r, f in flagged:
                 self.progress(
                     f"  {r.optimizer} s={r.force_fraction:g} seed {r.seed}: {', '.join(FLAGS[x] for x in f)}"

@@ -209,6 +209,9 @@ class RunSpec:
     weight_decay: float
     loss_ratio: tuple[float, float]
     config: dict[str, Any]
+    # a final run re-run at the next lower rate of its grid: the id of the run that diverged at the
+    # selected rate (not part of the run's identity, which is its config)
+    retry_of: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -338,6 +341,13 @@ def run_config(
     run = RunSpec(stage, optimizer, force_fraction, seed, lr, weight_decay, tuple(loss_ratio), checked)
     checked["run_dir"] = str((spec.folder / "runs" / run.run_id).resolve())
     return run
+
+
+def next_lower_rate(lr: float, grid: list[float]) -> float:
+    """The largest rate of ``grid`` (the sweep's rates, extensions included) below ``lr``; below the grid,
+    the next rate down the 1-3-10 ladder."""
+    lower = [r for r in grid if r < lr * (1 - 1e-9)]
+    return max(lower) if lower else neighbour_rate(lr, -1)
 
 
 def neighbour_rate(lr: float, direction: int) -> float:

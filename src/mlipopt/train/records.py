@@ -82,10 +82,10 @@ def log_final(log: Callable[[str], None], final: dict[str, Any]) -> None:
     """The final summary of a run: test errors, each check that failed, extra test sets, forgetting."""
     test = final.get("test")
     if test:
-        log(
-            "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom, "
-            "F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(**test)
-        )
+        line = "test: E MAE {e_mae:.3f} / RMSE {e_rmse:.3f} meV/atom".format(**test)
+        if test.get("f_mae") is not None:  # energy-only test data has no force error
+            line += ", F MAE {f_mae:.2f} / RMSE {f_rmse:.2f} meV/Å".format(**test)
+        log(line)
     for flag in final["flags"]:
         where = f"best epoch {final['best_epoch']} of {final['epochs']}"
         log(f"WARNING: {FLAGS[flag]} ({where}) — {VERDICT[flag]}?")

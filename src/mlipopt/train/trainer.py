@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..machine import cpu_model
 from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, remove_orphans, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
@@ -323,6 +324,7 @@ class Trainer(Session):
             # summation order of torch's CPU kernels vary (docs/study.md, "Reproducibility")
             "torch_threads": torch.get_num_threads(),
             "torch_version": torch.__version__,
+            "cpu_model": cpu_model(),  # another CPU model gives other bits (docs/study.md)
             "world_size": self.ranks.world,
         }
         baseline = self.run_dir / "pretrained_metrics.json"
