@@ -46,10 +46,13 @@ def database(tmp_path):
 def test_table_statistics_and_marks(database, tmp_path):
     index = make_report(database, tmp_path / "report")
     table = (tmp_path / "report" / "mae_table.md").read_text()
-    assert "| 100 % | soap | 2 | **2.00 ± 1.41** | **25.0 ± 7.1** | ok |" in table
-    assert "| 100 % | muon | 2 | 3.50 ± 0.00 | <u>40.0 ± 14.1</u> | ok |" in table
-    assert "| 100 % | adamw | 2 | <u>3.00 ± 1.41</u> | 50.0 ± 14.1 | ok |" in table
-    assert "| 10 % | adamw | 2 | <u>7.00 ± 1.41</u> | <u>110.0 ± 14.1</u> | ok |" in table
+    # a mark is shared by every cell whose mean ± std overlaps the marked one's: soap's forces (25 ± 7.1)
+    # and muon's (40 ± 14.1) overlap, adamw's (50 ± 14.1) do not overlap soap's
+    assert "| 100 % | soap | 2 | **2.00 ± 1.41** | **25.0 ± 7.1** | lower | ok |" in table
+    assert "| 100 % | muon | 2 | <u>3.50 ± 0.00</u> | **40.0 ± 14.1** | tie | ok |" in table
+    assert "| 100 % | adamw | 2 | **3.00 ± 1.41** | <u>50.0 ± 14.1</u> | — | ok |" in table
+    assert "| 10 % | adamw | 2 | <u>7.00 ± 1.41</u> | <u>110.0 ± 14.1</u> | — | ok |" in table
+    assert "| 10 % | muon | 2 | 9.00 ± 0.00 | 210.0 ± 14.1 | higher | ok |" in table
     rows = list(csv.DictReader(open(tmp_path / "report" / "mae_table.csv")))
     soap = [r for r in rows if r["optimizer"] == "soap" and float(r["force_fraction"]) == 0.1][0]
     assert float(soap["f_mae_mean"]) == 80.0 and float(soap["f_mae_std"]) == pytest.approx(
@@ -61,6 +64,69 @@ def test_table_statistics_and_marks(database, tmp_path):
     assert "| 100 % | muon | 30.00 meV/Å | not reached | — | — | — |" in text
     assert "| 100 % | soap | 30.00 meV/Å | 1.0 s | 1 | 10 | — |" in text
     assert "| soap | 120.0 | 1.20 |" in text  # 2.4 s / (2 epochs × 10 steps), relative to adamw's 100 ms
+
+
+def test_rank_marks_and_verdicts_hold_only_outside_the_seed_spread():
+    from mlipopt.report.build import rank_marks, versus
+
+    assert rank_marks({"a": (1.0, 0.1), "b": (2.0, 0.1), "c": (3.0, 0.1)}) == {
+        "a": "best", "b": "second", "c": ""
+    }  # fmt: skip
+    assert rank_marks({"a": (1.0, 0.6), "b": (2.0, 0.5), "c": (3.0, 0.1)}) == {
+        "a": "best", "b": "best", "c": "second"
+    }  # fmt: skip
+    assert versus((1.0, 0.1), (2.0, 0.1)) == "lower" and versus((2.5, 0.1), (2.0, 0.1)) == "higher"
+    assert versus((1.0, 0.6), (2.0, 0.5)) == "tie"
+
+
+def test_every_report_figure_renders_with_a_readable_colour_bar(database, tmp_path):
+    """Issue 22: the heatmap's colour bars were empty boxes with their tick labels on top of each other,
+    and normalising by AdamW at full forces painted every sparse-label column red. Each optimizer is now
+    divided by AdamW at the same fraction (AdamW's column reads 1), with distinct, finite ticks."""
+    import warnings
+
+    import matplotlib
+    import matplotlib.image
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mlipopt.report.aggregate import final_cells
+    from mlipopt.report.build import relative_heatmap
+
+    db = ResultsDB(f"sqlite:///{database}")
+    cells = final_cells(db, "tiny")
+    figures = []
+    real_save = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        figures.append(fig)
+        return real_save(fig, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "invalid value encountered" was the old fault
+        patch.setattr(plt.Figure, "savefig", keep)
+        relative_heatmap(cells, tmp_path / "relative_mae.png")
+    [fig] = figures
+    images = [ax for ax in fig.axes if ax.images]
+    bars = [ax for ax in fig.axes if not ax.images]
+    assert len(images) == 2 and len(bars) == 2
+    for ax in images:
+        data = ax.images[0].get_array()
+        assert np.isfinite(data.compressed()).all()
+        texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in ax.texts}
+        adamw_row = [t.get_text() for t in ax.get_yticklabels()].index("adamw")
+        assert all(texts[(j, adamw_row)] == "1.00" for j in range(2))  # AdamW against itself
+    forces = images[1]
+    soap_row = [t.get_text() for t in forces.get_yticklabels()].index("soap")
+    texts = {(round(t.get_position()[0]), round(t.get_position()[1])): t.get_text() for t in forces.texts}
+    assert texts[(1, soap_row)] == f"{80.0 / 110.0:.2f}"  # soap / adamw at 10 %, not / adamw at 100 %
+    for bar in bars:
+        ticks = [t for t in bar.get_yticks() if bar.get_ylim()[0] <= t <= bar.get_ylim()[1]]
+        labels = [t.get_text() for t in bar.get_yticklabels()]
+        assert len(set(labels)) == len(labels) == 5 and len(ticks) == 5 and np.isfinite(ticks).all()
+    picture = matplotlib.image.imread(tmp_path / "relative_mae.png")
+    assert picture.std() > 0.05  # drawn, not blank
 
 
 def test_time_to_target_on_known_curves(database):

@@ -28,6 +28,7 @@ import torch
 from ase import Atoms
 from ase.build import bulk, molecule
 
+from ..machine import cpu_model
 from .family import build_model, family, model_namespace
 
 ELEMENTS = ["H", "C", "N", "O"]
@@ -62,7 +63,7 @@ def structures() -> dict[str, Atoms]:
 def machine() -> str:
     """What the numbers were measured on."""
     return (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        f"{cpu_model()}, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}, {platform.system()}"
     )
 

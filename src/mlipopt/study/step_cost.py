@@ -11,7 +11,6 @@ the baseline are kept. Slow phases of the machine then hit every optimizer alike
 from __future__ import annotations
 
 import copy
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..machine import cpu_model
 from ..optim import build_optimizer, has_train_eval_modes
 from ..train import Trainer, load_config
 from ..train.loss import eq11_loss
@@ -95,7 +95,7 @@ def measure_step_costs(
         description = (
             f"{len(batch.energy)} frames ({n_atoms} atoms) {'with' if use_forces else 'without'} forces, "
             f"{torch.get_num_threads()} thread(s), {warmup} warm-up + {repeats} interleaved steps each, "
-            f"{platform.machine()} {platform.processor() or ''}".strip()
+            f"{cpu_model()}"
         )
         return times, ratios, description
     finally:
