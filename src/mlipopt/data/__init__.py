@@ -1,32 +1,24 @@
 """Datasets: reading and checking labelled frames, splits, force masks, energy references, batching."""
 
-from .generate import SYSTEMS, generate_frames
-from .graphs import Batch, GraphSet
-from .io import DataError, Frames, file_digest, read_frames
-from .references import (
-    composition_matrix,
-    fit_energy_references,
-    isolated_atom_energies,
-    least_squares_per_element,
-    reference_energy,
-)
-from .splits import force_mask, n_keep, split_indices
+from .._lazy import lazy_exports
 
-__all__ = [
-    "Batch",
-    "DataError",
-    "Frames",
-    "GraphSet",
-    "SYSTEMS",
-    "composition_matrix",
-    "file_digest",
-    "fit_energy_references",
-    "generate_frames",
-    "force_mask",
-    "isolated_atom_energies",
-    "least_squares_per_element",
-    "n_keep",
-    "read_frames",
-    "reference_energy",
-    "split_indices",
-]
+_EXPORTS = {
+    "SYSTEMS": ".generate",
+    "generate_frames": ".generate",
+    "Batch": ".graphs",
+    "GraphSet": ".graphs",
+    "DataError": ".io",
+    "Frames": ".io",
+    "file_digest": ".io",
+    "read_frames": ".io",
+    "composition_matrix": ".references",
+    "fit_energy_references": ".references",
+    "isolated_atom_energies": ".references",
+    "least_squares_per_element": ".references",
+    "reference_energy": ".references",
+    "force_mask": ".splits",
+    "n_keep": ".splits",
+    "split_indices": ".splits",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import ase
 import ase.data
-import ase.io
 import numpy as np
 
 #: Labels beyond these are refused as unphysical (a unit mix-up or a corrupted file), naming the frame.
@@ -154,6 +153,8 @@ def read_frames(
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    import ase.io  # ~0.5 s: imported when a file is read, not when a config is checked
+
     atoms: list[ase.Atoms] = []
     try:
         for a in ase.io.iread(str(path), index=index):

@@ -1,19 +1,18 @@
 """Physical fidelity: MD stability, structure, transport, phonons and elastic constants of trained models."""
 
-from ..md import BlowUp, MDResult, run_md
-from .md import BondLength, RDFDrift
-from .protocols import PROTOCOLS, FidelityResult, FidelitySettings, evaluate
-from .references import evaluate_runs
+from .._lazy import lazy_exports
 
-__all__ = [
-    "PROTOCOLS",
-    "BlowUp",
-    "BondLength",
-    "FidelityResult",
-    "FidelitySettings",
-    "MDResult",
-    "RDFDrift",
-    "evaluate",
-    "evaluate_runs",
-    "run_md",
-]
+_EXPORTS = {
+    "BlowUp": "..md",
+    "MDResult": "..md",
+    "run_md": "..md",
+    "BondLength": ".md",
+    "RDFDrift": ".md",
+    "PROTOCOLS": ".protocols",
+    "FidelityResult": ".protocols",
+    "FidelitySettings": ".protocols",
+    "evaluate": ".protocols",
+    "evaluate_runs": ".references",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -137,6 +137,24 @@ REGISTRY: dict[str, str] = {
 _LOADED: dict[str, ModelFamily] = {}
 
 
+class FamilyUnavailable(ImportError):
+    """A model family's packages are not installed in this environment (a one-line user error)."""
+
+
+def install_advice(key: str) -> str:
+    """How to get family ``key``: MACE in an environment of its own (mace-torch pins e3nn 0.4.4, nequip
+    needs e3nn >= 0.6), every other family as an extra of this one."""
+    if key == "mace":
+        return (
+            "MACE lives in an environment of its own (mace-torch pins e3nn 0.4.4; nequip needs >= 0.6): "
+            "python -m venv .venv-mace && .venv-mace/bin/pip install torch==2.13.0 -e '.[mace,study]' "
+            "in the mlipopt checkout, then run .venv-mace/bin/mlipopt, or give the study's model entry "
+            "`python: .venv-mace/bin/python` (examples/architectures_3bpa_mace.yaml)"
+        )
+    extra = {"allegro": "nequip", "sevennet": "nequip,sevennet"}.get(key, key)
+    return f"pip install torch==2.13.0 -e '.[{extra}]' in the mlipopt checkout"
+
+
 def family(name: str | Any) -> ModelFamily:
     """The family registered as ``name``, of preset ``name``, or of a model config (its ``family``
     when it names a model file, else its preset's)."""
@@ -150,8 +168,8 @@ def family(name: str | Any) -> ModelFamily:
         try:
             _LOADED[key] = getattr(importlib.import_module(module), cls)()
         except ImportError as exc:
-            raise ImportError(
-                f"the {key} family needs its packages: pip install 'mlipopt[{key}]' ({exc})"
+            raise FamilyUnavailable(
+                f"the {key} family's packages are not installed here ({exc}); {install_advice(key)}"
             ) from exc
     return _LOADED[key]
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..structure import param_groups
+from ..suggest import did_you_mean
 from ._base import accepted_arguments, reject_unknown
 from .muon import Muon
 from .soap import SOAP, SOAPMuon
@@ -58,7 +59,8 @@ def canonical_name(name: str) -> str:
     }
     key = aliases.get(key, key)
     if key not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        hint = did_you_mean(key, [*OPTIMIZERS, *aliases])
+        raise ValueError(f"unknown optimizer {name!r}{hint} (choose one of {', '.join(OPTIMIZERS)})")
     return key
 
 

@@ -1,5 +1,10 @@
 """Reports: tables and figures of a study from its results database."""
 
-from .build import mae_table, make_report
+from .._lazy import lazy_exports
 
-__all__ = ["mae_table", "make_report"]
+_EXPORTS = {
+    "mae_table": ".build",
+    "make_report": ".build",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,22 +1,21 @@
 """Why one optimizer beats another: the loss Hessian's spectrum and the preconditioned κ(PH)."""
 
-from .analysis import analyse_run, write
-from .hessian import FlatParameters, HessianOperator, trainer_loss_terms
-from .lanczos import Density, Spectrum, analyse, extremal_eigenvalues, slq_density
-from .preconditioners import Preconditioner, from_lbfgs_history, from_optimizer
+from .._lazy import lazy_exports
 
-__all__ = [
-    "Density",
-    "FlatParameters",
-    "HessianOperator",
-    "Preconditioner",
-    "Spectrum",
-    "analyse",
-    "analyse_run",
-    "extremal_eigenvalues",
-    "from_lbfgs_history",
-    "from_optimizer",
-    "slq_density",
-    "trainer_loss_terms",
-    "write",
-]
+_EXPORTS = {
+    "analyse_run": ".analysis",
+    "write": ".analysis",
+    "FlatParameters": ".hessian",
+    "HessianOperator": ".hessian",
+    "trainer_loss_terms": ".hessian",
+    "Density": ".lanczos",
+    "Spectrum": ".lanczos",
+    "analyse": ".lanczos",
+    "extremal_eigenvalues": ".lanczos",
+    "slq_density": ".lanczos",
+    "Preconditioner": ".preconditioners",
+    "from_lbfgs_history": ".preconditioners",
+    "from_optimizer": ".preconditioners",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

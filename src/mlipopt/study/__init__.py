@@ -1,22 +1,21 @@
 """Studies: grids × seeds × force fractions, executors, and the results database."""
 
-from .db import ResultsDB
-from .executors import LocalExecutor, RayExecutor, execute_run, make_executor
-from .runner import StudyOutcome, run_study
-from .spec import ExecutorSpec, OptimizerGrid, RunSpec, StudySpec, load_study, run_config
+from .._lazy import lazy_exports
 
-__all__ = [
-    "ExecutorSpec",
-    "LocalExecutor",
-    "OptimizerGrid",
-    "RayExecutor",
-    "ResultsDB",
-    "RunSpec",
-    "StudyOutcome",
-    "StudySpec",
-    "execute_run",
-    "load_study",
-    "make_executor",
-    "run_config",
-    "run_study",
-]
+_EXPORTS = {
+    "ResultsDB": ".db",
+    "LocalExecutor": ".executors",
+    "RayExecutor": ".executors",
+    "execute_run": ".executors",
+    "make_executor": ".executors",
+    "StudyOutcome": ".runner",
+    "run_study": ".runner",
+    "ExecutorSpec": ".spec",
+    "OptimizerGrid": ".spec",
+    "RunSpec": ".spec",
+    "StudySpec": ".spec",
+    "load_study": ".spec",
+    "run_config": ".spec",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

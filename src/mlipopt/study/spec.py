@@ -34,8 +34,7 @@ from ..train.config import (
     read_yaml_mapping,
     resolve_relative_paths,
 )
-
-PAPER_SEEDS = [7, 42, 123, 2026, 1618]
+from .presets import PAPER_SEEDS
 
 
 @dataclass
@@ -231,9 +230,12 @@ class RunSpec:
         return f"{self.optimizer}-s{self.force_fraction:g}-seed{self.seed}-{digest}"
 
 
-def load_study(source: str | Path | dict[str, Any], overrides: list[str] | None = None) -> StudySpec:
-    """A checked :class:`StudySpec` from YAML (relative data paths are taken from the file's folder)."""
-    base_dir = Path.cwd()
+def load_study(
+    source: str | Path | dict[str, Any], overrides: list[str] | None = None, base_dir: Path | None = None
+) -> StudySpec:
+    """A checked :class:`StudySpec` from YAML. Relative paths (data files, a model's ``python:``) are
+    taken from the file's folder; for a mapping, from ``base_dir`` (default: the current directory)."""
+    base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
     if isinstance(source, dict):
         raw = copy.deepcopy(source)
     else:

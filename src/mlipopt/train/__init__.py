@@ -1,22 +1,20 @@
 """Training: config schema, eq. 11 loss and metrics, atomic checkpoints, the trainer."""
 
-from .checkpoint import CheckpointError
-from .config import ConfigError, RunConfig, dump_config, load_config
-from .loss import ErrorMetrics, eq11_loss, validation_metric
-from .session import Session
-from .trainer import Trainer, TrainingDiverged, train
+from .._lazy import lazy_exports
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "ErrorMetrics",
-    "RunConfig",
-    "Session",
-    "Trainer",
-    "TrainingDiverged",
-    "dump_config",
-    "eq11_loss",
-    "load_config",
-    "train",
-    "validation_metric",
-]
+_EXPORTS = {
+    "CheckpointError": ".checkpoint",
+    "ConfigError": ".config",
+    "RunConfig": ".config",
+    "dump_config": ".config",
+    "load_config": ".config",
+    "ErrorMetrics": ".loss",
+    "eq11_loss": ".loss",
+    "validation_metric": ".loss",
+    "Session": ".session",
+    "Trainer": ".trainer",
+    "TrainingDiverged": ".trainer",
+    "train": ".trainer",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

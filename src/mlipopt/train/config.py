@@ -7,7 +7,6 @@ key and the expected type. ``mlipopt train CONFIG.yaml optimizer.lr=3e-3`` overr
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from ..data.io import file_digest
 from ..models import PRESETS
 from ..models.energy_shifts import SHIFT_MODES
 from ..optim import canonical_name
+from ..suggest import did_you_mean
 
 
 class ConfigError(ValueError):
@@ -422,8 +422,7 @@ def from_dict(cls: type, mapping: dict[str, Any], where: str = "") -> Any:
     for key, value in mapping.items():
         full = f"{where}.{key}" if where else str(key)
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
+            hint = did_you_mean(str(key), names)
             raise ConfigError(f"unknown config key {full!r}{hint} (valid keys here: {', '.join(names)})")
         kwargs[key] = _coerce(value, hints[key], full)
     return cls(**kwargs)
