@@ -128,10 +128,16 @@ def prepare_data(config: RunConfig, family: ModelFamily, log: Callable[[str], No
     )
     n_val_forces = sets["val"].n_force_frames
     if 0 < d.force_fraction and len(frames["val"]) and n_val_forces < MIN_VAL_FORCE_FRAMES:
+        # the masked validation split can be widened only where it masks something (s < 1)
+        widen = (
+            " or set data.val_force_labels=all to keep every validation frame's forces"
+            if d.val_force_labels == "masked" and n_val_forces < len(frames["val"])
+            else ""
+        )
         log(
-            f"WARNING: only {n_val_forces} validation frame(s) keep force labels: selection and early "
+            f"WARNING: only {n_val_forces} validation frame(s) carry force labels: selection and early "
             f"stopping rest on them. Enlarge the validation split (≥ {MIN_VAL_FORCE_FRAMES} labelled "
-            "frames) or set data.val_force_labels=all if your validation frames are all labelled."
+            f"frames){widen}."
         )
     return data
 
