@@ -48,6 +48,7 @@ def test_train_on_a_file_without_forces(energy_only, capsys):
     out = capsys.readouterr().out
     final = json.loads((run / "final_metrics.json").read_text())
     assert final["test"]["f_mae"] is None and final["test"]["e_mae"] > 0
+    assert final["cpu_model"] and final["torch_threads"] >= 1  # what a bitwise re-run needs the same
     assert "test: E MAE" in out and "F MAE" not in out.split("test: E MAE")[1].splitlines()[0]
 
 

@@ -46,13 +46,19 @@ def test_workers_and_the_parents_threads_do_not_change_a_studys_results(tmp_path
         assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def _run(threads):
-    return SimpleNamespace(final=json.dumps({"torch_threads": threads, "torch_version": "2.13.0"}))
+def _run(threads, cpu="AMD EPYC 7B13"):
+    return SimpleNamespace(
+        final=json.dumps({"torch_threads": threads, "torch_version": "2.13.0", "cpu_model": cpu})
+    )
 
 
 def test_the_report_says_whether_a_rerun_reproduces_the_table():
     (single, _) = reproducibility_line([_run(1), _run(1)])
     assert "bit for bit" in single and "torch 2.13.0" in single and "Reproducibility:" in single
+    # bits hold on the CPU model the runs record; elsewhere only what lies outside the seed spread
+    assert "on AMD EPYC 7B13" in single and "On another CPU model" in single
+    (two_cpus, _) = reproducibility_line([_run(1), _run(1, "Intel Xeon")])
+    assert "on AMD EPYC 7B13 and Intel Xeon" in two_cpus
     (multi, _) = reproducibility_line([_run(1), _run(2)])
     assert (
         multi.startswith("**Reproducibility: runs trained with 1, 2 torch threads")
