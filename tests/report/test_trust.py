@@ -42,7 +42,7 @@ def test_report_flags_a_planted_divergence_and_a_planted_drift(tmp_path, monkeyp
     spec = load_study(raw)
     flags = {r.seed: r.flags for r in ResultsDB(spec.database_url).runs("tiny", stage="final")}
     assert "energy_drift" in flags[2] and "no_progress" in flags[3] and "early_best" in flags[3]
-    assert any("2 of 3 final runs are flagged" in line for line in lines)
+    assert any("2 of the 3 trained final runs are flagged" in line for line in lines)
 
     index = make_report(spec.database_url.removeprefix("sqlite:///"), tmp_path / "report").read_text()
     assert "Warning: 2 of 3 final runs did not train cleanly" in index
