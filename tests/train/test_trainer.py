@@ -224,7 +224,8 @@ def test_validation_keeps_all_force_labels_on_request_and_few_labels_are_warned(
     lines = []
     masked = Trainer(tiny_config(tmp_path / "m", data={"force_fraction": 0.25}), log=lines.append)
     assert masked.sets["val"].n_force_frames == 1  # round(0.25 · 4): seed 001 masks validation too
-    assert any("only 1 validation frame(s) keep force labels" in line for line in lines)
+    [warning] = [line for line in lines if "only 1 validation frame(s) carry force labels" in line]
+    assert "data.val_force_labels=all" in warning  # s < 1 masks validation: widening it helps
     full = Trainer(
         tiny_config(tmp_path / "a", data={"force_fraction": 0.25, "val_force_labels": "all"}),
         log=lambda _: None,
