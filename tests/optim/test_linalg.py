@@ -97,3 +97,32 @@ def test_power_iteration_converges_to_eigenbasis():
     rotated = q.mT @ gram @ q
     off = rotated - torch.diag_embed(torch.diagonal(rotated, dim1=-2, dim2=-1))
     assert off.abs().max() < 1e-6 * gram.abs().max()
+
+
+def test_ritz_tail_diagonalises_the_gram_on_the_tail_span_whatever_basis_it_is_given():
+    """Rayleigh–Ritz on the trailing k columns: the basis stays orthonormal, the tail keeps its span,
+    Wᵀ G W becomes diagonal (descending) there, and a rotated tail gives the same subspaces' Ritz
+    vectors (up to sign) — the isotropic null-space rule's refresh depends on no arbitrary choice."""
+    gen = torch.Generator().manual_seed(3)
+    d, k = 10, 4
+    x = torch.randn(2, d, 6, dtype=torch.float64, generator=gen)
+    gram = x @ x.mT
+    basis = torch.linalg.qr(torch.randn(2, d, d, dtype=torch.float64, generator=gen))[0]
+    counts = torch.tensor([k, 0])
+    out, failed = _linalg.ritz_tail(gram, basis, counts)
+    assert failed == 0
+    torch.testing.assert_close(out.mT @ out, torch.eye(d, dtype=torch.float64).expand(2, d, d))
+    torch.testing.assert_close(out[1], basis[1])  # no null columns: untouched
+    torch.testing.assert_close(out[0, :, :-k], basis[0, :, :-k])
+    tail, new_tail = basis[0, :, -k:], out[0, :, -k:]
+    torch.testing.assert_close(new_tail @ new_tail.T, tail @ tail.T)  # same span
+    compressed = new_tail.T @ gram[0] @ new_tail
+    ritz = torch.diagonal(compressed)
+    assert torch.all(ritz[:-1] >= ritz[1:])
+    torch.testing.assert_close(compressed, torch.diag(ritz), atol=1e-10, rtol=0)
+    rotation = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=gen))[0]
+    rotated = basis.clone()
+    rotated[0, :, -k:] = tail @ rotation
+    again, _ = _linalg.ritz_tail(gram, rotated, counts)
+    signs = torch.sign((again[0, :, -k:] * new_tail).sum(0))
+    torch.testing.assert_close(again[0, :, -k:] * signs, new_tail)

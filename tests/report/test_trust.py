@@ -51,3 +51,26 @@ def test_report_flags_a_planted_divergence_and_a_planted_drift(tmp_path, monkeyp
     table = (tmp_path / "report" / "mae_table.md").read_text()
     # the drifting run is also selected at epoch 1, the scrambled one also drifts in energy
     assert "⚠ did not train 2/3, energy drift 2/3" in table
+
+
+def test_step_cost_rows_give_the_mean_over_periods_and_say_when_only_a_median_was_kept(tmp_path):
+    """The report's step cost is the mean over whole refresh periods (a refresh is a real cost); a
+    database written before means were kept shows its median marked as such, never as the cost."""
+    from mlipopt.report.trust import measured_cost_rows, measured_step_seconds
+
+    db = ResultsDB(f"sqlite:///{tmp_path / 'r.db'}")
+    common = dict(with_forces=1, q25_s=0.09, q75_s=0.11, repeats=20, description="test")
+    db.record_step_costs(
+        "s",
+        [
+            dict(optimizer="adamw", median_s=0.1, ratio_median=1.0, mean_s=0.1, period_min_s=0.1,
+                 period_max_s=0.1, slowest_s=0.12, ratio_mean=1.0, period=10, **common),
+            dict(optimizer="soap", median_s=0.1, ratio_median=1.0, mean_s=0.2, period_min_s=0.19,
+                 period_max_s=0.21, slowest_s=1.1, ratio_mean=2.0, period=10, **common),
+            dict(optimizer="muon", median_s=0.15, ratio_median=1.5, **common),
+        ],
+    )  # fmt: skip
+    rows = "\n".join(measured_cost_rows(db, "s", "adamw"))
+    assert "| soap | yes | 200.0 [190.0–210.0] | 2.00 | 100.0 | 1100.0 |" in rows
+    assert "| muon | yes | — (median 150.0) | 1.50 |" in rows
+    assert measured_step_seconds(db, "s", with_forces=True) == {"adamw": 0.1, "soap": 0.2, "muon": 0.15}

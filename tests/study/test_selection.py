@@ -87,7 +87,12 @@ def test_a_study_without_grids_runs_on_the_default_grids_and_measures_step_cost(
     costs = {c.optimizer: c for c in db.step_costs("tiny")}
     assert set(costs) == {"adamw", "soap"}
     assert costs["adamw"].ratio_median == 1.0 and costs["soap"].median_s > 0
-    assert costs["soap"].repeats == 2 and "interleaved" in costs["soap"].description
+    # 2 steps asked for, rounded up to one whole refresh period of SOAP (precondition_frequency 10)
+    assert costs["soap"].repeats == 10 and costs["soap"].period == 10
+    assert "interleaved" in costs["soap"].description and "1 period(s) of 10" in costs["soap"].description
+    assert costs["adamw"].ratio_mean == 1.0
+    for cost in costs.values():
+        assert cost.period_min_s <= cost.mean_s <= cost.period_max_s <= cost.slowest_s
 
 
 def test_an_old_database_gains_the_new_columns(tmp_path):

@@ -153,6 +153,31 @@ def power_iteration_basis(
     return q, order, n_failed
 
 
+def ritz_tail(gram: Tensor, basis: Tensor, counts: Tensor) -> tuple[Tensor, int]:
+    """Rotate the last ``counts[b]`` columns of each orthonormal ``basis[b]`` into the Ritz vectors of
+    ``gram[b]`` on their span (Rayleigh–Ritz: the eigenvectors of ``Wᵀ G W`` for those columns ``W``).
+
+    A refresh that started from a basis with null columns leaves them last (power iteration cannot
+    carry arbitrary columns to meaningful ones), and after QR their span is the orthogonal complement
+    of the power iterate of the determined columns — itself determined. Resolving only that span
+    costs an ``eigh`` of ``k × k`` instead of ``d × d`` (``k`` = the null count), and the result does
+    not depend on which null basis the previous ``eigh`` returned. Columns come out by descending Ritz
+    value. Rows of equal ``k`` are batched. Returns ``(basis, n_failed)``; a failed block keeps its
+    columns.
+    """
+    d = basis.shape[-1]
+    out = basis.clone()
+    n_failed = 0
+    for k in sorted({int(c) for c in counts.tolist()} - {0}):
+        rows = (counts == k).nonzero().squeeze(-1)
+        tail = basis.index_select(0, rows)[..., d - k :]
+        compressed = tail.mT @ (gram.index_select(0, rows) @ tail)
+        rotation, failed = eigenbasis((compressed + compressed.mT) / 2, None)
+        n_failed += failed
+        out[rows, :, d - k :] = tail @ rotation
+    return out, n_failed
+
+
 def _identity_like(mat: Tensor) -> Tensor:
     eye = torch.eye(mat.shape[-1], dtype=mat.dtype, device=mat.device)
     return eye.expand_as(mat).clone()

@@ -196,8 +196,8 @@ class SOAPReference(torch.optim.Optimizer):
 
     @staticmethod
     def _refresh(state, layout, v_flat: Tensor, isotropic: bool) -> None:
-        """Power iteration + QR; with the isotropic rule, a basis that had null columns is recomputed
-        by ``eigh`` and those columns' second moments are sorted last."""
+        """Power iteration + QR; with the isotropic rule, null columns (and their second moments) are
+        sorted last and their span after QR is resolved by Rayleigh–Ritz."""
         for b, (s, e, shape) in enumerate(layout.blocks):
             v = v_flat[s:e].view(shape)
             for mode in range(len(shape)):
@@ -210,10 +210,12 @@ class SOAPReference(torch.optim.Optimizer):
                     estimates = estimates.masked_fill(null, float("-inf"))
                 order = torch.argsort(estimates, descending=True, stable=True)
                 v.copy_(v.index_select(mode, order))
-                if isotropic and null.any():
-                    new_q = torch.linalg.eigh(gg)[1].flip(-1)
-                else:
-                    new_q = torch.linalg.qr(prod[:, order])[0]
+                new_q = torch.linalg.qr(prod[:, order])[0]
+                if isotropic and null.any():  # Rayleigh–Ritz on the span of the null columns (last)
+                    k = int(null.sum())
+                    tail = new_q[:, -k:]
+                    ritz = torch.linalg.eigh(tail.T @ gg @ tail)[1].flip(-1)
+                    new_q = torch.cat([new_q[:, :-k], tail @ ritz], dim=1)
                 state["Q"][b][mode] = new_q
                 state["null"][b][mode] = _null(gg, new_q)
 

@@ -164,6 +164,13 @@ class StepCost(Base):
     q75_s: Mapped[float] = mapped_column(Float)
     ratio_median: Mapped[float | None] = mapped_column(Float, nullable=True)  # paired, vs the baseline
     repeats: Mapped[int] = mapped_column(Integer)
+    # means over whole refresh periods (an older database has only the median, which skips refreshes)
+    mean_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    period_min_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # spread of the period means
+    period_max_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    slowest_s: Mapped[float | None] = mapped_column(Float, nullable=True)  # e.g. a SOAP basis refresh
+    ratio_mean: Mapped[float | None] = mapped_column(Float, nullable=True)  # mean / the baseline's mean
+    period: Mapped[int | None] = mapped_column(Integer, nullable=True)  # steps per refresh period
     description: Mapped[str] = mapped_column(Text)  # batch, threads, machine
     recorded: Mapped[str] = mapped_column(String(40))
 

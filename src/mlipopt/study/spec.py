@@ -102,7 +102,7 @@ class RefineSpec:
 class StepCostSpec:
     """The controlled step-time measurement of a study (mlipopt.study.step_cost)."""
 
-    repeats: int = 20  # timed steps per optimizer (two SOAP basis refreshes at the default frequency)
+    repeats: int = 30  # timed steps per optimizer, rounded up to whole refresh periods (3 at SOAP's 10)
     warmup: int = 3
 
 
