@@ -195,3 +195,15 @@ def test_doctor_prints_versions_extras_threads_and_cpu(capsys):
     out = capsys.readouterr().out
     for needle in ("mlipopt ", "torch ", "intra-op thread", "cpu ", "[nequip]", "[study]", "mace:"):
         assert needle in out
+
+
+def test_python_dash_m_runs_the_same_command_line():
+    """``python -m mlipopt`` works where the ``mlipopt`` script is not on PATH."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mlipopt", "--version"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mlipopt ")
