@@ -233,7 +233,7 @@ def _demo(args: argparse.Namespace) -> int:
     raw["study_dir"] = args.out
     print(
         "mlipopt demo: 3BPA labelled by GFN2-xTB (built here, cached), nequip-small, AdamW / Muon / SOAP / "
-        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 3 seeds; about 25 minutes on 2 idle cores"
+        "SOAP-Muon at 100 %, 10 % and 0 % force labels, 3 seeds; under 45 minutes on 2 cores"
     )
 
     return _run_study_and_report(load_study(raw, args.overrides), args.out)

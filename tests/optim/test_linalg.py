@@ -126,3 +126,26 @@ def test_ritz_tail_diagonalises_the_gram_on_the_tail_span_whatever_basis_it_is_g
     again, _ = _linalg.ritz_tail(gram, rotated, counts)
     signs = torch.sign((again[0, :, -k:] * new_tail).sum(0))
     torch.testing.assert_close(again[0, :, -k:] * signs, new_tail)
+
+
+def test_ritz_tail_keeps_a_tail_that_is_still_null_and_resolves_one_that_gained_energy():
+    """Columns whose span carries no Gram energy stay as they are (no basis of a null space is
+    preferred, and the k × k eigh is skipped); once a gradient adds energy there they are resolved."""
+    gen = torch.Generator().manual_seed(4)
+    d, r = 10, 3
+    x = torch.randn(d, r, dtype=torch.float64, generator=gen)
+    gram = (x @ x.T).unsqueeze(0)
+    range_basis = torch.linalg.qr(x)[0]
+    complement = torch.linalg.qr(torch.eye(d, dtype=torch.float64) - range_basis @ range_basis.T)[0]
+    complement = complement @ torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen))[0]
+    tail = torch.linalg.qr(complement - range_basis @ (range_basis.T @ complement))[0][:, : d - r]
+    basis = torch.cat([range_basis, tail], dim=1).unsqueeze(0)
+    counts = torch.tensor([d - r])
+    kept, _ = _linalg.ritz_tail(gram, basis, counts)
+    assert torch.equal(kept, basis)
+    y = tail[:, :2] @ torch.randn(2, 2, dtype=torch.float64, generator=gen)  # energy in the tail
+    resolved, _ = _linalg.ritz_tail(gram + (y @ y.T).unsqueeze(0), basis, counts)
+    assert not torch.equal(resolved, basis)
+    new_tail = resolved[0, :, r:]
+    compressed = new_tail.T @ (gram[0] + y @ y.T) @ new_tail
+    torch.testing.assert_close(compressed, torch.diag(torch.diagonal(compressed)), atol=1e-10, rtol=0)

@@ -153,7 +153,9 @@ def power_iteration_basis(
     return q, order, n_failed
 
 
-def ritz_tail(gram: Tensor, basis: Tensor, counts: Tensor) -> tuple[Tensor, int]:
+def ritz_tail(
+    gram: Tensor, basis: Tensor, counts: Tensor, tolerance: float | None = None
+) -> tuple[Tensor, int]:
     """Rotate the last ``counts[b]`` columns of each orthonormal ``basis[b]`` into the Ritz vectors of
     ``gram[b]`` on their span (Rayleigh–Ritz: the eigenvectors of ``Wᵀ G W`` for those columns ``W``).
 
@@ -162,16 +164,33 @@ def ritz_tail(gram: Tensor, basis: Tensor, counts: Tensor) -> tuple[Tensor, int]
     of the power iterate of the determined columns — itself determined. Resolving only that span
     costs an ``eigh`` of ``k × k`` instead of ``d × d`` (``k`` = the null count), and the result does
     not depend on which null basis the previous ``eigh`` returned. Columns come out by descending Ritz
-    value. Rows of equal ``k`` are batched. Returns ``(basis, n_failed)``; a failed block keeps its
+    value. Rows of equal ``k`` are batched.
+
+    Where the span is still null — its whole energy ``trace(Wᵀ G W) = trace(G) − trace(Hᵀ G H)`` (``H``
+    the other columns) is at most the null threshold of :func:`null_directions` — every Ritz value is
+    null too and no basis of it is preferred: the columns are kept as they are, and neither the
+    ``k × k`` product nor its ``eigh`` is computed (the common case in training: gradients of a tall
+    block fill few new directions per period). Returns ``(basis, n_failed)``; a failed block keeps its
     columns.
     """
     d = basis.shape[-1]
     out = basis.clone()
     n_failed = 0
+    tol = 10.0 * d * torch.finfo(gram.dtype).eps if tolerance is None else tolerance
     for k in sorted({int(c) for c in counts.tolist()} - {0}):
         rows = (counts == k).nonzero().squeeze(-1)
-        tail = basis.index_select(0, rows)[..., d - k :]
-        compressed = tail.mT @ (gram.index_select(0, rows) @ tail)
+        g = gram.index_select(0, rows)
+        b = basis.index_select(0, rows)
+        if k < d:
+            head = b[..., : d - k]
+            head_energy = (head * (g @ head)).sum(dim=-2)
+            tail_energy = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) - head_energy.sum(-1)
+            live = tail_energy > tol * head_energy.amax(dim=-1).clamp_min(0.0)
+            if not bool(live.any()):
+                continue
+            rows, g, b = rows[live], g[live], b[live]
+        tail = b[..., d - k :]
+        compressed = tail.mT @ (g @ tail)
         rotation, failed = eigenbasis((compressed + compressed.mT) / 2, None)
         n_failed += failed
         out[rows, :, d - k :] = tail @ rotation

@@ -279,7 +279,9 @@ class SOAP(BlockOptimizer):
             new_q, order, failed = _linalg.power_iteration_basis(gg, q, null if isotropic else None)
             if isotropic and bool(null.any()):
                 # the power iterate of arbitrary null columns is itself arbitrary: resolve their span
-                new_q, failed_tail = _linalg.ritz_tail(gg, new_q, null.sum(dim=-1))
+                new_q, failed_tail = _linalg.ritz_tail(
+                    gg, new_q, null.sum(dim=-1), group.get("null_tolerance")
+                )
                 failed += failed_tail
             group["basis_failures"] += failed
             v.copy_(_permute_mode(v, order, mode))
