@@ -285,8 +285,9 @@ class SOAP(BlockOptimizer):
                 failed += failed_tail
             group["basis_failures"] += failed
             v.copy_(_permute_mode(v, order, mode))
-            estimates = _linalg.eigenvalue_estimates(gg, new_q)
-            null.copy_(_linalg.null_directions(estimates, group.get("null_tolerance")))
+            if isotropic:  # the null flags serve the isotropic rule only: official SOAP skips a d³ product
+                estimates = _linalg.eigenvalue_estimates(gg, new_q)
+                null.copy_(_linalg.null_directions(estimates, group.get("null_tolerance")))
             new_bases.append(new_q)
         for q, new_q in zip(bases, new_bases):
             if q is not None:
