@@ -99,53 +99,66 @@ def test_power_iteration_converges_to_eigenbasis():
     assert off.abs().max() < 1e-6 * gram.abs().max()
 
 
-def test_ritz_tail_diagonalises_the_gram_on_the_tail_span_whatever_basis_it_is_given():
-    """Rayleigh–Ritz on the trailing k columns: the basis stays orthonormal, the tail keeps its span,
-    Wᵀ G W becomes diagonal (descending) there, and a rotated tail gives the same subspaces' Ritz
-    vectors (up to sign) — the isotropic null-space rule's refresh depends on no arbitrary choice."""
-    gen = torch.Generator().manual_seed(3)
-    d, k = 10, 4
-    x = torch.randn(2, d, 6, dtype=torch.float64, generator=gen)
-    gram = x @ x.mT
-    basis = torch.linalg.qr(torch.randn(2, d, d, dtype=torch.float64, generator=gen))[0]
-    counts = torch.tensor([k, 0])
-    out, failed = _linalg.ritz_tail(gram, basis, counts)
+def _rank_deficient_case(seed: int, d: int = 10, rank: int = 3):
+    """A Gram matrix of rank ``rank`` and a basis whose first columns span its range, the rest null."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(d, rank, dtype=torch.float64, generator=gen)
+    gram = x @ x.T
+    full = torch.linalg.qr(torch.cat([x, torch.randn(d, d - rank, dtype=torch.float64, generator=gen)], 1))[0]
+    null = torch.zeros(d, dtype=torch.bool)
+    null[rank:] = True
+    return gram, full, null, gen
+
+
+def test_isotropic_refresh_ignores_the_null_columns_and_resolves_energy_that_entered_their_span():
+    """The determined columns are power-iterated as in official SOAP, the null ones are not used at all
+    (a random rotation of them gives the same bits), the new basis is orthonormal, and energy that
+    entered the complement is resolved by Rayleigh–Ritz: Wᵀ G W is diagonal there and flagged live."""
+    gram, basis, null, gen = _rank_deficient_case(5)
+    d, r = basis.shape[0], int((~null).sum())
+    y = basis[:, r : r + 2] @ torch.randn(2, 2, dtype=torch.float64, generator=gen)
+    gram = (gram + y @ y.T).unsqueeze(0)  # two new directions in the old null span
+    q, order, flags, failed = _linalg.isotropic_refresh(gram, basis.unsqueeze(0), null.unsqueeze(0))
     assert failed == 0
-    torch.testing.assert_close(out.mT @ out, torch.eye(d, dtype=torch.float64).expand(2, d, d))
-    torch.testing.assert_close(out[1], basis[1])  # no null columns: untouched
-    torch.testing.assert_close(out[0, :, :-k], basis[0, :, :-k])
-    tail, new_tail = basis[0, :, -k:], out[0, :, -k:]
-    torch.testing.assert_close(new_tail @ new_tail.T, tail @ tail.T)  # same span
-    compressed = new_tail.T @ gram[0] @ new_tail
-    ritz = torch.diagonal(compressed)
-    assert torch.all(ritz[:-1] >= ritz[1:])
-    torch.testing.assert_close(compressed, torch.diag(ritz), atol=1e-10, rtol=0)
-    rotation = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64, generator=gen))[0]
-    rotated = basis.clone()
-    rotated[0, :, -k:] = tail @ rotation
-    again, _ = _linalg.ritz_tail(gram, rotated, counts)
-    signs = torch.sign((again[0, :, -k:] * new_tail).sum(0))
-    torch.testing.assert_close(again[0, :, -k:] * signs, new_tail)
-
-
-def test_ritz_tail_keeps_a_tail_that_is_still_null_and_resolves_one_that_gained_energy():
-    """Columns whose span carries no Gram energy stay as they are (no basis of a null space is
-    preferred, and the k × k eigh is skipped); once a gradient adds energy there they are resolved."""
-    gen = torch.Generator().manual_seed(4)
-    d, r = 10, 3
-    x = torch.randn(d, r, dtype=torch.float64, generator=gen)
-    gram = (x @ x.T).unsqueeze(0)
-    range_basis = torch.linalg.qr(x)[0]
-    complement = torch.linalg.qr(torch.eye(d, dtype=torch.float64) - range_basis @ range_basis.T)[0]
-    complement = complement @ torch.linalg.qr(torch.randn(d, d, dtype=torch.float64, generator=gen))[0]
-    tail = torch.linalg.qr(complement - range_basis @ (range_basis.T @ complement))[0][:, : d - r]
-    basis = torch.cat([range_basis, tail], dim=1).unsqueeze(0)
-    counts = torch.tensor([d - r])
-    kept, _ = _linalg.ritz_tail(gram, basis, counts)
-    assert torch.equal(kept, basis)
-    y = tail[:, :2] @ torch.randn(2, 2, dtype=torch.float64, generator=gen)  # energy in the tail
-    resolved, _ = _linalg.ritz_tail(gram + (y @ y.T).unsqueeze(0), basis, counts)
-    assert not torch.equal(resolved, basis)
-    new_tail = resolved[0, :, r:]
-    compressed = new_tail.T @ (gram[0] + y @ y.T) @ new_tail
+    torch.testing.assert_close(q[0].T @ q[0], torch.eye(d, dtype=torch.float64))
+    assert sorted(order[0].tolist()) == list(range(d)) and set(order[0, r:].tolist()) == set(range(r, d))
+    official, _, _ = _linalg.power_iteration_basis(gram, basis.unsqueeze(0), null.unsqueeze(0))
+    signs = torch.sign((official[0, :, :r] * q[0, :, :r]).sum(0))
+    torch.testing.assert_close(q[0, :, :r] * signs, official[0, :, :r])  # same determined columns
+    tail = q[0, :, r:]
+    compressed = tail.T @ gram[0] @ tail
     torch.testing.assert_close(compressed, torch.diag(torch.diagonal(compressed)), atol=1e-10, rtol=0)
+    assert int((~flags[0, r:]).sum()) == 2  # the two new directions are live, the rest null
+    rotated = basis.clone()
+    rotated[:, r:] = (
+        basis[:, r:] @ torch.linalg.qr(torch.randn(d - r, d - r, dtype=torch.float64, generator=gen))[0]
+    )
+    again = _linalg.isotropic_refresh(gram, rotated.unsqueeze(0), null.unsqueeze(0))
+    assert torch.equal(again[0], q) and torch.equal(again[2], flags)
+
+
+def test_isotropic_refresh_skips_the_eigh_while_the_null_span_stays_null(monkeypatch):
+    gram, basis, null, _ = _rank_deficient_case(6)
+    calls = []
+    monkeypatch.setattr(
+        _linalg, "eigenbasis", lambda *a: calls.append(1) or (_ for _ in ()).throw(AssertionError)
+    )
+    q, _, flags, failed = _linalg.isotropic_refresh(gram.unsqueeze(0), basis.unsqueeze(0), null.unsqueeze(0))
+    assert not calls and failed == 0
+    assert torch.equal(flags[0], null)  # still 3 determined directions, 7 null
+    torch.testing.assert_close(q[0].T @ q[0], torch.eye(10, dtype=torch.float64))
+
+
+def test_isotropic_refresh_keeps_the_basis_when_qr_fails(monkeypatch):
+    gram, basis, null, _ = _rank_deficient_case(7)
+
+    def broken(mat):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(_linalg, "qr_complete", broken)
+    q, order, flags, failed = _linalg.isotropic_refresh(
+        gram.unsqueeze(0), basis.unsqueeze(0), null.unsqueeze(0)
+    )
+    assert failed == 1
+    assert torch.equal(q[0], basis) and torch.equal(flags[0], null)
+    assert order[0].tolist() == list(range(10))

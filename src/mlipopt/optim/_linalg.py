@@ -153,48 +153,90 @@ def power_iteration_basis(
     return q, order, n_failed
 
 
-def ritz_tail(
-    gram: Tensor, basis: Tensor, counts: Tensor, tolerance: float | None = None
-) -> tuple[Tensor, int]:
-    """Rotate the last ``counts[b]`` columns of each orthonormal ``basis[b]`` into the Ritz vectors of
-    ``gram[b]`` on their span (Rayleigh–Ritz: the eigenvectors of ``Wᵀ G W`` for those columns ``W``).
+def qr_complete(mat: Tensor) -> Tensor:
+    """Complete Q factor ``(…, d, d)`` of a stack of tall matrices ``(…, d, r)`` (wrapped for tests)."""
+    q, _ = torch.linalg.qr(mat, mode="complete")
+    return q
 
-    A refresh that started from a basis with null columns leaves them last (power iteration cannot
-    carry arbitrary columns to meaningful ones), and after QR their span is the orthogonal complement
-    of the power iterate of the determined columns — itself determined. Resolving only that span
-    costs an ``eigh`` of ``k × k`` instead of ``d × d`` (``k`` = the null count), and the result does
-    not depend on which null basis the previous ``eigh`` returned. Columns come out by descending Ritz
-    value. Rows of equal ``k`` are batched.
 
-    Where the span is still null — its whole energy ``trace(Wᵀ G W) = trace(G) − trace(Hᵀ G H)`` (``H``
-    the other columns) is at most the null threshold of :func:`null_directions` — every Ritz value is
-    null too and no basis of it is preferred: the columns are kept as they are, and neither the
-    ``k × k`` product nor its ``eigh`` is computed (the common case in training: gradients of a tall
-    block fill few new directions per period). Returns ``(basis, n_failed)``; a failed block keeps its
-    columns.
+def isotropic_refresh(
+    gram: Tensor, basis: Tensor, null: Tensor, tolerance: float | None = None
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """A basis refresh under the isotropic null-space rule; returns ``(Q_new, order, null_new, n_failed)``.
+
+    Blocks without null columns get official SOAP's refresh (:func:`power_iteration_basis`). In a block
+    with ``k`` null columns (``null`` ``(B, d)``) those columns are arbitrary, so they are not iterated:
+    the ``r = d − k`` determined columns are sorted by their eigenvalue estimates and power-iterated,
+    and the complete QR of that ``d × r`` iterate gives the new determined columns and, as its other
+    ``k`` columns, a basis of their orthogonal complement — a span that depends on no arbitrary choice.
+    That costs ``O(d² r)`` instead of ``O(d³)``. If the complement carries Gram energy above the null
+    threshold (``trace(G)`` minus the determined columns' share), it is resolved by Rayleigh–Ritz
+    (``eigh`` of ``Wᵀ G W``, ``k × k``); otherwise all of it is null and no basis of it is preferred.
+    ``order`` lists the old columns in their new positions (determined ones by estimate, then the null
+    ones), for re-sorting the second moment. The null flags of the new basis come with it, without
+    another ``d³`` product. A block whose factorisation fails keeps its basis, order and flags.
     """
     d = basis.shape[-1]
-    out = basis.clone()
+    determined = d - null.sum(dim=-1)
+    q_out, order_out, null_out = basis.clone(), torch.empty_like(null, dtype=torch.long), null.clone()
     n_failed = 0
-    tol = 10.0 * d * torch.finfo(gram.dtype).eps if tolerance is None else tolerance
-    for k in sorted({int(c) for c in counts.tolist()} - {0}):
-        rows = (counts == k).nonzero().squeeze(-1)
-        g = gram.index_select(0, rows)
-        b = basis.index_select(0, rows)
-        if k < d:
-            head = b[..., : d - k]
-            head_energy = (head * (g @ head)).sum(dim=-2)
-            tail_energy = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) - head_energy.sum(-1)
-            live = tail_energy > tol * head_energy.amax(dim=-1).clamp_min(0.0)
-            if not bool(live.any()):
-                continue
-            rows, g, b = rows[live], g[live], b[live]
-        tail = b[..., d - k :]
-        compressed = tail.mT @ (g @ tail)
-        rotation, failed = eigenbasis((compressed + compressed.mT) / 2, None)
+    for r in sorted({int(x) for x in determined.tolist()}):
+        rows = (determined == r).nonzero().squeeze(-1)
+        g, b, nl = gram.index_select(0, rows), basis.index_select(0, rows), null.index_select(0, rows)
+        if r == d:
+            q, order, failed = power_iteration_basis(g, b, None)
+            flags = null_directions(eigenvalue_estimates(g, q), tolerance)
+        elif r == 0:  # nothing determined yet: solve exactly
+            q, failed = eigenbasis(g, b)
+            order = torch.arange(d, device=b.device).expand(len(rows), d)
+            flags = null_directions(eigenvalue_estimates(g, q), tolerance)
+        else:
+            q, order, flags, failed = _refresh_determined(g, b, nl, r, tolerance)
+        q_out[rows], order_out[rows], null_out[rows] = q, order, flags
         n_failed += failed
-        out[rows, :, d - k :] = tail @ rotation
-    return out, n_failed
+    return q_out, order_out, null_out, n_failed
+
+
+def _refresh_determined(
+    g: Tensor, b: Tensor, null: Tensor, r: int, tolerance: float | None
+) -> tuple[Tensor, Tensor, Tensor, int]:
+    """:func:`isotropic_refresh` for blocks that all have ``r`` determined columns (0 < r < d)."""
+    n, d = b.shape[0], b.shape[-1]
+    idx = torch.argsort(null.to(torch.int8), dim=-1, stable=True)  # determined first, index order
+    head_old = b.gather(-1, idx[:, None, :r].expand(n, d, r))
+    prod = g @ head_old
+    by_estimate = torch.argsort((head_old * prod).sum(dim=-2), dim=-1, descending=True, stable=True)
+    order = torch.cat([idx[:, :r].gather(-1, by_estimate), idx[:, r:]], dim=-1)
+    power = prod.gather(-1, by_estimate[:, None, :].expand(n, d, r))
+    work = power if power.dtype in (torch.float32, torch.float64) else power.float()
+    try:
+        q = qr_complete(work).to(b.dtype)
+    except RuntimeError:
+        q = torch.full_like(b, float("nan"))
+    head = q[..., :r]
+    head_est = (head * (g @ head)).sum(dim=-2)
+    tail_est = torch.zeros(n, d - r, dtype=head_est.dtype, device=head_est.device)
+    tol = 10.0 * d * torch.finfo(g.dtype).eps if tolerance is None else tolerance
+    tail_energy = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) - head_est.sum(-1)
+    live = tail_energy > tol * head_est.amax(dim=-1).clamp_min(0.0)
+    n_failed = 0
+    if bool(live.any()):  # Rayleigh–Ritz on the complement
+        rows = live.nonzero().squeeze(-1)
+        tail = q.index_select(0, rows)[..., r:]
+        compressed = tail.mT @ (g.index_select(0, rows) @ tail)
+        compressed = (compressed + compressed.mT) / 2
+        rotation, n_failed = eigenbasis(compressed, None)
+        q[rows, :, r:] = tail @ rotation
+        tail_est[rows] = eigenvalue_estimates(compressed, rotation)
+    flags = null_directions(torch.cat([head_est, tail_est], dim=-1), tolerance)
+    ok = _finite_per_block(q) & _finite_per_block(g)
+    if not bool(ok.all()):
+        n_failed = int((~ok).sum())
+        q = torch.where(ok.view(-1, 1, 1), q, b)
+        identity = torch.arange(d, device=b.device).expand_as(order)
+        order = torch.where(ok.view(-1, 1), order, identity)
+        flags = torch.where(ok.view(-1, 1), flags, null)
+    return q, order, flags, n_failed
 
 
 def _identity_like(mat: Tensor) -> Tensor:

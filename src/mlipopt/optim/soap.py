@@ -14,14 +14,15 @@ builds, or a batched and a single ``eigh``, return different ones, and Adam's pe
 ``1/√v`` in that basis turns the arbitrary choice into a different update (1e-2 apart after 30 steps
 on a 12 × 16 block). Since no basis of a degenerate eigenspace is preferred, the preconditioner must
 be isotropic there: the second moment of null coordinates is replaced by its mean over the null
-coordinates of that mode (``null_directions``: eigenvalue ``≤ 10·d·ε·λ_max``), and a refresh that
-starts from a basis with null columns sorts them (and their second moments) last, runs the power step
-+ QR, and resolves the trailing span — the orthogonal complement of the determined columns' power
-iterate — by Rayleigh–Ritz (power iteration would carry the arbitrary columns along). That costs an
-``eigh`` of the null count, not of the whole mode (a 1024-row block with 500 null directions: 500 × 500).
-The update then does not depend on which null basis was returned (tested with random rotations of
-it). Full-rank blocks are untouched, so this equals official SOAP wherever official SOAP is well defined;
-``null_space="official"`` restores the official behaviour exactly.
+coordinates of that mode (``null_directions``: eigenvalue ``≤ 10·d·ε·λ_max``). A refresh of a basis
+with null columns power-iterates only the determined columns (the arbitrary ones would carry their
+arbitrariness along), takes the complete QR of that iterate — its trailing columns span the orthogonal
+complement, which is determined — and resolves that span by Rayleigh–Ritz where Gram energy entered it
+(``_linalg.isotropic_refresh``): ``O(d²r)`` for ``r`` determined columns, plus an ``eigh`` of the null
+count only when the null span gained energy. The update then does not depend on which null basis
+was returned (tested with random rotations of it). Full-rank blocks are untouched, so this equals
+official SOAP wherever official SOAP is well defined; ``null_space="official"`` restores the official
+behaviour exactly.
 
 Implementation note: the first moment is stored *in the eigenbasis* and re-expressed when the
 basis changes (``M̃ ← Q_newᵀ Q_old M̃ Q_oldᵀ Q_new`` mode by mode). This equals official SOAP,
@@ -276,18 +277,15 @@ class SOAP(BlockOptimizer):
             if gg is None:
                 new_bases.append(None)
                 continue
-            new_q, order, failed = _linalg.power_iteration_basis(gg, q, null if isotropic else None)
-            if isotropic and bool(null.any()):
-                # the power iterate of arbitrary null columns is itself arbitrary: resolve their span
-                new_q, failed_tail = _linalg.ritz_tail(
-                    gg, new_q, null.sum(dim=-1), group.get("null_tolerance")
+            if isotropic:
+                new_q, order, new_null, failed = _linalg.isotropic_refresh(
+                    gg, q, null, group.get("null_tolerance")
                 )
-                failed += failed_tail
+                null.copy_(new_null)
+            else:  # official SOAP; the null flags serve only the isotropic rule
+                new_q, order, failed = _linalg.power_iteration_basis(gg, q, None)
             group["basis_failures"] += failed
             v.copy_(_permute_mode(v, order, mode))
-            if isotropic:  # the null flags serve the isotropic rule only: official SOAP skips a d³ product
-                estimates = _linalg.eigenvalue_estimates(gg, new_q)
-                null.copy_(_linalg.null_directions(estimates, group.get("null_tolerance")))
             new_bases.append(new_q)
         for q, new_q in zip(bases, new_bases):
             if q is not None:
