@@ -74,3 +74,19 @@ def test_step_cost_rows_give_the_mean_over_periods_and_say_when_only_a_median_wa
     assert "| soap | yes | 200.0 [190.0–210.0] | 2.00 | 100.0 | 1100.0 |" in rows
     assert "| muon | yes | — (median 150.0) | 1.50 |" in rows
     assert measured_step_seconds(db, "s", with_forces=True) == {"adamw": 0.1, "soap": 0.2, "muon": 0.15}
+
+
+def test_adam_against_adamw_without_weight_decay_is_called_the_same_optimizer():
+    """Adam and AdamW differ only in how weight decay is applied: at zero decay the report says their rows
+    compare an optimizer with itself; with a decay, or without one of them, it says nothing."""
+    from mlipopt.report.trust import same_optimizer_line
+    from mlipopt.study.db import Run
+
+    def runs(adamw_decay):
+        return [Run(optimizer="adam", weight_decay=0.0), Run(optimizer="adamw", weight_decay=adamw_decay),
+                Run(optimizer="soap", weight_decay=0.0)]  # fmt: skip
+
+    (line, _) = same_optimizer_line(runs(0.0))
+    assert "same optimizer" in line and "weight_decay=[0,1e-5,1e-4,1e-3]" in line
+    assert same_optimizer_line(runs(1e-4)) == []
+    assert same_optimizer_line([Run(optimizer="adamw", weight_decay=0.0)]) == []

@@ -39,6 +39,7 @@ from .trust import (
     measured_cost_rows,
     measured_step_seconds,
     reproducibility_line,
+    same_optimizer_line,
     selections_section,
 )
 
@@ -408,6 +409,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         TABLE_LEGEND,
         "",
         *constant_predictor_line(finals),
+        *same_optimizer_line(finals),
         *checks_section(db, finals),
         *reproducibility_line(finals),
         *pretrained_summary(db, study),

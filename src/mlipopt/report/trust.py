@@ -66,6 +66,21 @@ def constant_predictor_line(runs: list[Run]) -> list[str]:
     ]
 
 
+def same_optimizer_line(runs: list[Run]) -> list[str]:
+    """A warning when the study compares ``adam`` with ``adamw`` at zero weight decay: the two differ only
+    in how weight decay enters the update (coupled L2 against decoupled), so without it their rows are
+    the same optimizer's and any difference or tie between them means nothing (Loshchilov & Hutter)."""
+    decays = {name: {r.weight_decay for r in runs if r.optimizer == name} for name in ("adam", "adamw")}
+    if not decays["adam"] or not decays["adamw"] or decays["adam"] | decays["adamw"] != {0.0}:
+        return []
+    return [
+        "**adam and adamw are the same optimizer in this study**: they differ only in how weight decay is "
+        "applied, and every final run of both used weight decay 0. Sweep it (e.g. "
+        "`optimizers.adamw.weight_decay=[0,1e-5,1e-4,1e-3]`, the same for adam) to compare them.",
+        "",
+    ]
+
+
 def reproducibility_line(runs: list[Run]) -> list[str]:
     """What a re-run reproduces: bit for bit on the same CPU model, torch build and one torch thread per
     run (the study default, whatever the core count). Another CPU model, or more threads per run,
