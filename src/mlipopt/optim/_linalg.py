@@ -110,10 +110,14 @@ def null_directions(estimates: Tensor, tolerance: float | None = None) -> Tensor
     dtype), so smaller eigenvalues cannot be told from zero and their eigenvectors are arbitrary.
     An all-zero Gram matrix (a block that never had a gradient) is null in every direction.
     """
-    d = estimates.shape[-1]
-    tol = 10.0 * d * torch.finfo(estimates.dtype).eps if tolerance is None else tolerance
     top = estimates.amax(dim=-1, keepdim=True).clamp_min(0.0)
-    return estimates <= tol * top
+    return estimates <= null_threshold(estimates.shape[-1], estimates.dtype, tolerance) * top
+
+
+def null_threshold(d: int, dtype: torch.dtype, tolerance: float | None = None) -> float:
+    """The relative eigenvalue ``λ/λ_max`` at or below which a direction is null: ``tolerance``, or
+    ``10·d·ε`` of ``dtype`` when none is given (see :func:`null_directions`)."""
+    return 10.0 * d * torch.finfo(dtype).eps if tolerance is None else tolerance
 
 
 def power_iteration_basis(
@@ -216,7 +220,7 @@ def _refresh_determined(
     head = q[..., :r]
     head_est = (head * (g @ head)).sum(dim=-2)
     tail_est = torch.zeros(n, d - r, dtype=head_est.dtype, device=head_est.device)
-    tol = 10.0 * d * torch.finfo(g.dtype).eps if tolerance is None else tolerance
+    tol = null_threshold(d, g.dtype, tolerance)
     tail_energy = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) - head_est.sum(-1)
     live = tail_energy > tol * head_est.amax(dim=-1).clamp_min(0.0)
     n_failed = 0
