@@ -61,8 +61,12 @@ def test_table_statistics_and_marks(database, tmp_path):
     for name in ("relative_mae.png", "val_curves.png", "index.md"):
         assert (tmp_path / "report" / name).stat().st_size > 0
     text = index.read_text()
-    assert "| 100 % | muon | 30.00 meV/Å | not reached | — | — | — |" in text
-    assert "| 100 % | soap | 30.00 meV/Å | 1.0 s | 1 | 10 | — |" in text
+    # time to adamw's best (30 at epoch 2 of both seeds): soap's seeds reach it after epoch 1, muon never
+    nothing = "not reached | not reached | not reached"
+    assert f"| 100 % | muon | 30.00 meV/Å | 0 of 2 | {nothing} | — |" in text
+    assert "| 100 % | soap | 30.00 meV/Å | 2 of 2 | 1 [1–1] | 10 [10–10] | 1.0 [1.0–1.0] | 2.00× |" in text
+    assert "| 100 % | adamw | 30.00 meV/Å | 2 of 2 | 2 [2–2] | 20 [20–20] | 2.0 [2.0–2.0] | — |" in text
+    assert (tmp_path / "report" / "speedup_vs_target.png").stat().st_size > 0
     assert "| soap | 120.0 | 1.20 |" in text  # 2.4 s / (2 epochs × 10 steps), relative to adamw's 100 ms
 
 

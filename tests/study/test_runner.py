@@ -65,7 +65,7 @@ def test_a_final_seed_that_diverges_twice_is_reported_as_diverged_and_the_study_
     assert "| 100 % | sgd | 0 of 2 | — | — | — | ⚠ diverged 2/2 |" in table
     index = (spec.folder / "index.md").read_text()
     out = capsys.readouterr().out
-    for line in ("- Final runs: 2 of 4 seeds in the table.",
+    for line in ("- Final runs: 2 of 4 seeds in the table; 2 did not converge (ended at the epoch cap).",
                  "  - sgd s = 100 % seed 1: diverged at lr 1e+09"):  # fmt: skip
         assert line in index and line in out  # stdout and the report count alike
 
@@ -103,7 +103,7 @@ def test_a_final_seed_that_diverges_is_rerun_at_the_next_lower_rate_of_its_grid(
     from mlipopt.report import make_report
 
     index = make_report(spec.database_url.removeprefix("sqlite:///")).read_text()
-    assert "| 100 % | adamw | 2 | " in index and "⚠ lower lr 1/2 |" in index
+    assert "| 100 % | adamw | 2 | " in index and "⚠ lower lr 1/2, not converged 2/2 |" in index
     assert "re-run at lr 0.001, which is the run in the table" in index
 
 

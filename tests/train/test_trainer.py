@@ -69,6 +69,47 @@ def test_early_stopping_on_the_validation_metric(tmp_path):
     )
     final = train(config, log=lambda _: None)
     assert final["stopped_early"] and final["epochs"] == 3 and final["best_epoch"] == 1
+    assert final["stop_reason"] == "patience" and "not_converged" not in final["flags"]
+
+
+def test_a_run_capped_by_max_epochs_is_flagged_not_converged(tmp_path):
+    """Issue 24: a run that ends at its epoch cap, with or without a stopping rule, was still learning."""
+    lines = []
+    final = train(tiny_config(tmp_path, training={"max_epochs": 2}), log=lines.append)
+    assert final["stop_reason"] == "max_epochs" and not final["stopped_early"]
+    assert "not_converged" in final["flags"]
+    assert any("ended at max_epochs" in line and "not converged" in line for line in lines)
+
+
+def test_the_learning_rate_floor_stops_a_plateau_schedule(tmp_path):
+    """nequip's early_stopping_lower_bounds LR: the plateau schedule halves the rate after epochs 2 and
+    3 (as in test_schedulers); 2.5e-7 is below the floor 4e-7, so the run stops after epoch 3, converged."""
+    config = tiny_config(
+        tmp_path,
+        optimizer={"lr": 0.0},
+        scheduler={"name": "plateau", "patience": 0, "factor": 0.5},
+        training={"max_epochs": 10, "early_stopping_lr_floor": 4e-7},
+    )
+    lines = []
+    trainer = Trainer(config, log=lines.append)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 1e-6
+    final = trainer.fit()
+    assert final["epochs"] == 3 and final["stop_reason"] == "lr_floor" and final["stopped_early"]
+    assert "not_converged" not in final["flags"]
+    assert any("learning rate 2.5e-07 fell below the floor 4e-07" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "scheduler, message",
+    [
+        ({"name": "none"}, "needs a schedule that lowers"),
+        ({"name": "plateau", "min_lr": 1e-5}, "never be crossed"),
+    ],
+)
+def test_a_learning_rate_floor_that_cannot_be_met_is_a_config_error(tmp_path, scheduler, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(tmp_path, scheduler=scheduler, training={"early_stopping_lr_floor": 1e-5})
 
 
 def test_schedulers(tmp_path):

@@ -46,7 +46,8 @@ class StudyAccount:
     sweep_diverged: int = 0  # sweep and ratio runs whose loss became non-finite (left out of selection)
     failed: list[Run] = field(default_factory=list)  # faults of any stage (re-run by the next invocation)
     unfinished: list[Run] = field(default_factory=list)
-    flagged: list[Run] = field(default_factory=list)  # reported final runs with a diagnostics flag
+    flagged: list[Run] = field(default_factory=list)  # reported final runs with a training-check flag
+    capped: list[Run] = field(default_factory=list)  # reported final runs that ended at their epoch cap
 
     @property
     def reported(self) -> list[Run]:
@@ -81,7 +82,8 @@ class StudyAccount:
         n_seeds, n_reported = len(self.seeds), len(self.reported)
         lines = [f"- Runs: {stages or 'none'}."]
         flagged = f"; {len(self.flagged)} of these {n_reported} flagged by the checks" if self.flagged else ""
-        lines.append(f"- Final runs: {n_reported} of {n_seeds} seeds in the table{flagged}.")
+        capped = f"; {len(self.capped)} did not converge (ended at the epoch cap)" if self.capped else ""
+        lines.append(f"- Final runs: {n_reported} of {n_seeds} seeds in the table{flagged}{capped}.")
         for s in self.seeds:
             if s.outcome == "done":
                 continue
@@ -111,6 +113,7 @@ class StudyAccount:
 
 def study_account(db: ResultsDB, study: str) -> StudyAccount:
     """Count every run of ``study`` (superseded finals of an earlier selection excluded)."""
+    from ..train.diagnostics import training_checks
     from .trust import flags_of
 
     runs = db.runs(study)
@@ -151,7 +154,9 @@ def study_account(db: ResultsDB, study: str) -> StudyAccount:
     # a diverged final with no retry yet is unfinished too: the next invocation runs its retry
     account.unfinished += [s.run for s in account.seeds if s.outcome == "unfinished" and run_status(s.run)
                            == "diverged"]  # fmt: skip
-    account.flagged = [r for r in account.reported if flags_of(db, r)]
+    flags = {r.id: flags_of(db, r) for r in account.reported}
+    account.flagged = [r for r in account.reported if training_checks(flags[r.id])]
+    account.capped = [r for r in account.reported if "not_converged" in flags[r.id]]
     return account
 
 

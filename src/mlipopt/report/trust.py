@@ -21,18 +21,26 @@ import numpy as np
 
 from ..figures import save_figure
 from ..study.db import ResultsDB, Run, run_flags
-from ..train.diagnostics import training_flags, verdicts
+from ..train.diagnostics import converged_from_final, training_checks, training_flags, verdicts
 from .aggregate import mean_std
 
 
 def flags_of(db: ResultsDB, run: Run) -> list[str]:
-    """The run's diagnostics flags; recomputed from its stored curve when the database predates them."""
-    if run.flags is not None or run.status != "done":
+    """The run's diagnostics flags; recomputed from its stored curve when the database predates them,
+    and the convergence flag derived from its final record when that predates ``stop_reason``."""
+    if run.status != "done":
         return run_flags(run)
-    rows = [{"val_metric": e.val_metric, "val_e_mae": e.val_e_mae} for e in db.curve(run.id)]
     final = json.loads(run.final or "{}")
-    budget = json.loads(run.config).get("training", {}).get("max_epochs", len(rows))
-    return training_flags(rows, budget, int(final.get("best_epoch", 0)))
+    budget = json.loads(run.config).get("training", {}).get("max_epochs", run.epochs or 0)
+    if run.flags is not None:
+        flags = run_flags(run)
+        if "stop_reason" not in final and converged_from_final(final, budget) is False:
+            flags.append("not_converged")
+        return flags
+    rows = [{"val_metric": e.val_metric, "val_e_mae": e.val_e_mae} for e in db.curve(run.id)]
+    return training_flags(
+        rows, budget, int(final.get("best_epoch", 0)), converged=converged_from_final(final, budget)
+    )
 
 
 def cell_checks(db: ResultsDB, runs: list[Run]) -> dict[tuple[str, float], str]:
@@ -46,7 +54,8 @@ def cell_checks(db: ResultsDB, runs: list[Run]) -> dict[tuple[str, float], str]:
         for run in group:
             for label in verdicts(flags_of(db, run)):
                 counts[label] = counts.get(label, 0) + 1
-        out[key] = ", ".join(f"{label} {n}/{len(group)}" for label, n in counts.items())
+        order = sorted(counts, key=lambda label: label == "not converged")  # a budget's mark goes last
+        out[key] = ", ".join(f"{label} {counts[label]}/{len(group)}" for label in order)
     return out
 
 
@@ -115,12 +124,30 @@ def reproducibility_line(runs: list[Run]) -> list[str]:
 
 def checks_section(db: ResultsDB, runs: list[Run]) -> list[str]:
     """A warning paragraph listing flagged final runs (nothing when every run trained)."""
-    flagged = [(r, flags_of(db, r)) for r in runs]
+    all_flags = [(r, flags_of(db, r)) for r in runs]
+    capped = [r for r, f in all_flags if "not_converged" in f]
+    flagged = [(r, training_checks(f)) for r, f in all_flags]
     flagged = [(r, f) for r, f in flagged if f]
+    lines = []
+    if capped:
+        everyone = (
+            "every final run ended at its epoch cap"
+            if len(capped) == len(runs)
+            else f"{len(capped)} of {len(runs)} final runs ended at their epoch cap"
+        )
+        lines += [
+            f"**Not converged: {everyone}** before the stopping rule (early-stopping "
+            "patience or a learning-rate floor) was met: those models were still learning, so their rows "
+            "compare what each optimizer reached within this budget, not where it converges. A converged "
+            "comparison sets `training.early_stopping_patience` (or `early_stopping_lr_floor` under "
+            "`scheduler.name=plateau`) and a `max_epochs` the runs do not reach (preset "
+            "`converged-ethanol`).",
+            "",
+        ]
     if not flagged:
-        return [f"Run checks: all {len(runs)} final runs trained (no early best epoch, no regression from "
-                "epoch 1, no energy drift).", ""]  # fmt: skip
-    lines = [
+        return lines + [f"Run checks: all {len(runs)} final runs trained (no early best epoch, no regression "
+                        "from epoch 1, no energy drift).", ""]  # fmt: skip
+    lines += [
         f"**Warning: {len(flagged)} of {len(runs)} final runs did not train cleanly** — their rows are "
         "marked in the table's last column; read them as such:",
         "",
@@ -189,7 +216,7 @@ def landscape_figure(db: ResultsDB, runs: list[Run], selections: list, path: Pat
                 if r.status != "done" or r.best_val_metric is None:
                     failed.append(r.lr)
                     continue
-                value, flagged = r.best_val_metric, bool(flags_of(db, r))
+                value, flagged = r.best_val_metric, bool(training_checks(flags_of(db, r)))
                 if r.lr not in best_per_lr or value < best_per_lr[r.lr][0]:
                     best_per_lr[r.lr] = (value, flagged)
             if not best_per_lr and not failed:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..data import read_frames
 from ..data.xtb import dataset_files
-from ..train.diagnostics import FLAGS, verdicts
+from ..train.diagnostics import FLAGS, training_checks, verdicts
 from . import axes
 from .db import ResultsDB, is_divergence, run_flags
 from .executors import make_executor
@@ -181,7 +181,7 @@ class StudyRunner:
         if not ranked:
             return None, None
         score = lambda r: done[r.run_id].best_val_metric  # noqa: E731
-        flagged = {r.run_id: run_flags(done[r.run_id]) for r in ranked}
+        flagged = {r.run_id: training_checks(run_flags(done[r.run_id])) for r in ranked}
         untrained = {k for k, f in flagged.items() if "did not train" in verdicts(f)}
         sound = [r for r in ranked if r.run_id not in untrained]
         best_overall = min(ranked, key=score)
@@ -400,7 +400,13 @@ class StudyRunner:
     def _warn_flagged(self, finals: list[RunSpec]) -> None:
         done = {r.id: r for r in self.db.runs(self.spec.name, status="done")}
         trained = [r for r in finals if r.run_id in done]
-        flagged = [(r, run_flags(done[r.run_id])) for r in trained]
+        capped = [r for r in trained if "not_converged" in run_flags(done[r.run_id])]
+        if capped:
+            self.progress(
+                f"NOTE: {len(capped)} of the {len(trained)} trained final runs did not converge (ended at "
+                "max_epochs before their stopping rule); the report's table compares budgets there"
+            )
+        flagged = [(r, training_checks(run_flags(done[r.run_id]))) for r in trained]
         flagged = [(r, f) for r, f in flagged if f]
         if flagged:
             self.progress(f"WARNING: {len(flagged)} of the {len(trained)} trained final runs are flagged:")

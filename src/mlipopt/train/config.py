@@ -132,6 +132,9 @@ class TrainingConfig:
     clip_grad_norm: float | None = None
     early_stopping_patience: int | None = None  # epochs without improvement of the validation metric
     early_stopping_min_delta: float = 0.0
+    # stop once the learning rate falls below this (nequip's early_stopping_lower_bounds LR): the end of
+    # a plateau schedule; a run stopped by either rule counts as converged, one capped by max_epochs not
+    early_stopping_lr_floor: float | None = None
     checkpoint_every: int = 1  # epochs
     keep_checkpoints: list[int] = field(default_factory=list)  # epochs whose checkpoint is kept (spectra)
     progress: bool = True
@@ -238,6 +241,18 @@ class RunConfig:
             raise ConfigError(f"scheduler.name must be none, plateau or cosine, got {self.scheduler.name!r}")
         if self.training.max_epochs < 1 or self.training.checkpoint_every < 1:
             raise ConfigError("training.max_epochs and training.checkpoint_every must be ≥ 1")
+        floor = self.training.early_stopping_lr_floor
+        if floor is not None and self.scheduler.name == "none":
+            raise ConfigError(
+                "training.early_stopping_lr_floor needs a schedule that lowers the learning rate "
+                "(scheduler.name=plateau)"
+            )
+        if floor is not None and self.scheduler.min_lr >= floor:
+            raise ConfigError(
+                f"training.early_stopping_lr_floor={floor:g} can never be crossed: the {self.scheduler.name} "
+                f"schedule stops at scheduler.min_lr={self.scheduler.min_lr:g}; set min_lr below the floor "
+                "(or 0)"
+            )
         if self.loss.energy_weight < 0 or self.loss.force_weight < 0:
             raise ConfigError("loss weights must be non-negative")
         for name, extra in d.extra_tests.items():
@@ -302,6 +317,7 @@ RANGES: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "training.clip_grad_norm": GT0,
     "training.early_stopping_patience": GE1,
     "training.early_stopping_min_delta": GE0,
+    "training.early_stopping_lr_floor": GT0,
     "training.checkpoint_every": GE1,
 }
 

@@ -8,6 +8,9 @@ its selected epoch is an artifact (issue: "numbers a user can trust"):
 * ``no_progress``: the validation metric after the last epoch is worse than after the first;
 * ``energy_drift``: the validation energy MAE rose above twice its epoch-1 value at some epoch (the
   per-atom offset forces cannot see, :mod:`mlipopt.models.energy_shifts`);
+* ``not_converged``: the run ended at ``max_epochs`` without meeting its stopping rule (early-stopping
+  patience or the learning-rate floor; a fixed budget has none): the model was still learning, so a
+  comparison with it compares budgets, not optimizers (issue 24);
 * ``constant_energy``: trained on energies only (no validation force), the best validation energy MAE
   is within 5 % of what per-element constants fitted on the training split achieve — the model learned
   nothing about geometry (e.g. energy-only training on 150 frames of 3BPA at 300 K, whose energies
@@ -24,6 +27,7 @@ FLAGS: dict[str, str] = {
     "no_progress": "validation metric at the end worse than at epoch 1",
     "energy_drift": "validation energy MAE rose above 2× its epoch-1 value",
     "constant_energy": "energy-only model no better than per-element constants (within 5 %)",
+    "not_converged": "ended at max_epochs before its stopping rule (patience or learning-rate floor)",
 }
 
 #: What a report says about a flagged run.
@@ -32,6 +36,7 @@ VERDICT: dict[str, str] = {
     "no_progress": "did not train",
     "energy_drift": "energy drift",
     "constant_energy": "did not train",
+    "not_converged": "not converged",
 }
 
 EARLY_FRACTION = 0.2
@@ -46,9 +51,11 @@ def training_flags(
     max_epochs: int,
     best_epoch: int,
     constant_val_e_mae: float | None = None,
+    converged: bool | None = None,
 ) -> list[str]:
     """Flags (keys of :data:`FLAGS`) of a run from its per-epoch rows (``val_metric``, ``val_e_mae``,
-    ``val_f_mae``); ``constant_val_e_mae`` is the per-element-constants baseline on validation."""
+    ``val_f_mae``); ``constant_val_e_mae`` is the per-element-constants baseline on validation;
+    ``converged`` whether a stopping rule ended the run (None: unknown, no flag)."""
     flags = []
     if len(history) > 1 and best_epoch <= EARLY_FRACTION * max_epochs:
         flags.append("early_best")
@@ -69,7 +76,19 @@ def training_flags(
         and min(finite) > CONSTANT_MARGIN * constant_val_e_mae
     ):
         flags.append("constant_energy")
+    if converged is False:
+        flags.append("not_converged")
     return flags
+
+
+def converged_from_final(final: dict[str, Any], max_epochs: int) -> bool | None:
+    """Whether a stored run ended by its stopping rule: its ``stop_reason``, or for records written
+    before it, ``stopped_early`` (a run that stopped before ``max_epochs`` was stopped by its rule)."""
+    if "stop_reason" in final:
+        return final["stop_reason"] != "max_epochs"
+    if "stopped_early" in final:
+        return bool(final["stopped_early"]) or int(final.get("epochs", max_epochs)) < max_epochs
+    return None
 
 
 def verdicts(flags: Sequence[str]) -> list[str]:
@@ -80,6 +99,12 @@ def verdicts(flags: Sequence[str]) -> list[str]:
         if label not in out:
             out.append(label)
     return out
+
+
+def training_checks(flags: Sequence[str]) -> list[str]:
+    """The flags that say a run did not train well, without ``not_converged`` (a property of its
+    budget: every short sweep run has it, and selection must not weigh it)."""
+    return [f for f in flags if f != "not_converged"]
 
 
 def _finite(value: Any) -> bool:

@@ -225,9 +225,8 @@ class Trainer(Session):
             pretrained = self.test_metrics(tag="_pretrained")
             if main:
                 save_json(pretrained, baseline)
-        patience = c.training.early_stopping_patience
-        stopped_early = patience is not None and self.bad_epochs >= patience
-        while self.epoch < c.training.max_epochs and not stopped_early:
+        stop = self._stop_reason()
+        while self.epoch < c.training.max_epochs and stop is None:
             start = time.perf_counter()
             train_row = self.train_epoch()
             self._set_eval_mode(True)
@@ -274,10 +273,10 @@ class Trainer(Session):
                 self.scheduler.step()
             self._log_epoch(row)
             self.ranks.check_identical(self.model)
-            stopped_early = patience is not None and self.bad_epochs >= patience
+            stop = self._stop_reason()
             if (
                 self.epoch % c.training.checkpoint_every == 0
-                or stopped_early
+                or stop is not None
                 or self.epoch == c.training.max_epochs
             ):
                 if main:
@@ -285,14 +284,29 @@ class Trainer(Session):
                 self.save_checkpoint()
             if self.epoch in c.training.keep_checkpoints:
                 self.save_checkpoint(self.run_dir / f"checkpoint_epoch{self.epoch}.pt")
-            if stopped_early:
+            if stop == "patience":
                 self.log(
                     f"early stopping: no improvement > {c.training.early_stopping_min_delta} "
-                    f"for {patience} epochs"
+                    f"for {c.training.early_stopping_patience} epochs"
                 )
-        return self._finish(stopped_early)
+            elif stop == "lr_floor":
+                self.log(
+                    f"early stopping: learning rate {self._lr():.3g} fell below the floor "
+                    f"{c.training.early_stopping_lr_floor:g}"
+                )
+        return self._finish(stop or "max_epochs")
 
-    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+    def _stop_reason(self) -> str | None:
+        """The stopping rule the run has met (``patience`` or ``lr_floor``), None while it trains on.
+        Derived from the state alone, so a resumed run stops where the uninterrupted one would."""
+        t = self.config.training
+        if t.early_stopping_patience is not None and self.bad_epochs >= t.early_stopping_patience:
+            return "patience"
+        if t.early_stopping_lr_floor is not None and self.epoch and self._lr() < t.early_stopping_lr_floor:
+            return "lr_floor"
+        return None
+
+    def _finish(self, stop_reason: str) -> dict[str, Any]:
         # Evaluation weights first (ScheduleFree swaps in its average), then the best ones over them;
         # the model is left holding the best weights.
         self._set_eval_mode(True)
@@ -304,6 +318,7 @@ class Trainer(Session):
             self.config.training.max_epochs,
             self.best_epoch,
             self.constant_energy_mae.get("val"),
+            converged=stop_reason != "max_epochs",
         )
         final = {
             **measured,
@@ -311,7 +326,9 @@ class Trainer(Session):
             "best_epoch": self.best_epoch,
             "best_val_metric": self.best_metric,
             "epochs": self.epoch,
-            "stopped_early": stopped_early,
+            "stopped_early": stop_reason != "max_epochs",
+            # patience, lr_floor (both: converged by the run's rule) or max_epochs (capped: not converged)
+            "stop_reason": stop_reason,
             "train_time_s": self.train_time,
             "steps_per_epoch": math.ceil(len(self.sets["train"]) / self.config.data.batch_size),
             "optimizer": self.config.optimizer.name,
