@@ -42,3 +42,51 @@ def test_refine_keeps_the_best_iteration_and_records_evaluations(tmp_path, capsy
 def test_refine_refuses_a_folder_without_a_run(tmp_path, capsys):
     assert main(["refine", str(tmp_path)]) == 2
     assert "holds no trained run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shifts", ["refit", "fixed"])
+def test_refinement_refits_the_energy_shifts_and_flags_an_energy_drift(tmp_path, monkeypatch, shifts):
+    """Issue 24: L-BFGS moved the energy (fine-tunes: validation E MAE 1.65 -> 3.18 meV/atom, 1.96 ->
+    11.18) while force errors fell, unflagged. A planted offset of 0.3 eV/atom after every L-BFGS step
+    stands in for that drift: where training refits the shifts, refinement refits them away; with fixed
+    shifts the drift stays and is flagged (the training bound: 2× the starting validation E MAE)."""
+    from mlipopt.optim.lbfgs import LBFGS
+    from mlipopt.train import refine as refine_module
+
+    train(
+        tiny_config(tmp_path, model={"energy_shifts": shifts}, training={"max_epochs": 2}), log=lambda _: None
+    )
+    sessions = []
+
+    class Recorded(refine_module.Session):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    original = LBFGS.step
+
+    def drifting(self, closure):
+        info = original(self, closure)
+        session = sessions[0]
+        session.family.add_energy_shifts(session.model, dict.fromkeys(session.data.type_names, 0.3))
+        return info
+
+    monkeypatch.setattr(refine_module, "Session", Recorded)
+    monkeypatch.setattr(LBFGS, "step", drifting)
+    lines = []
+    summary = refine_module.refine(tmp_path, iterations=3, patience=3, log=lines.append)
+    assert summary["best_iteration"] >= 1  # a kept L-BFGS iteration (forces improve on a 2-epoch model)
+    before, after = summary["val_e_mae_before"], summary["val_e_mae_after"]
+    if shifts == "refit":
+        assert after <= 2 * before and summary["flags"] == []
+    else:
+        assert after > 100 * 2  # 0.3 eV/atom per iteration, in meV/atom
+        assert summary["flags"] == ["energy_drift"]
+        assert any("WARNING: refinement raised the validation energy MAE" in line for line in lines)
+
+
+def test_refinement_flags_follow_the_training_drift_bound():
+    from mlipopt.train.refine import refinement_flags
+
+    assert refinement_flags(1.0, 2.0) == [] and refinement_flags(1.0, 2.01) == ["energy_drift"]
+    assert refinement_flags(None, 5.0) == [] and refinement_flags(0.0, 5.0) == []

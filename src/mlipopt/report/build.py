@@ -289,7 +289,8 @@ def cost_table(db: ResultsDB, study: str) -> list[str]:
 
 
 def refinement_section(db: ResultsDB, study: str) -> list[str]:
-    """Base vs +L-BFGS test MAEs for the refined final runs (Liu et al. table 3)."""
+    """Base vs +L-BFGS test MAEs for the refined final runs (Liu et al. table 3); ``checks`` counts the
+    refinements whose validation energy error rose past the training drift bound."""
     import json
 
     cells: dict[tuple[str, float], dict[str, list[float]]] = {}
@@ -301,8 +302,9 @@ def refinement_section(db: ResultsDB, study: str) -> list[str]:
         before, after = summary["test_before"] or {}, summary["test_after"] or {}
         cell = cells.setdefault(
             (run.optimizer, run.force_fraction),
-            {k: [] for k in ("e0", "e1", "f0", "f1", "r0", "r1", "n")},
+            {k: [] for k in ("e0", "e1", "f0", "f1", "r0", "r1", "n", "drift")},
         )
+        cell["drift"].append("energy_drift" in (summary.get("flags") or []))
         cell["e0"].append(before.get("e_mae"))
         cell["e1"].append(after.get("e_mae"))
         if before.get("f_mae") is not None:
@@ -318,14 +320,18 @@ def refinement_section(db: ResultsDB, study: str) -> list[str]:
         "## L-BFGS refinement (base → +L-BFGS, test MAE; force RMSE as in Liu et al. table 3)",
         "",
         "| force labels | optimizer | runs | E base | E +L-BFGS | F base | F +L-BFGS | F RMSE base | "
-        "F RMSE +L-BFGS | evaluations |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "F RMSE +L-BFGS | evaluations | checks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (opt, frac), c in sorted(cells.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
         errors = [mean_std(c[k], 2) for k in ("e0", "e1")]
         errors += [mean_std(c[k], 1) for k in ("f0", "f1", "r0", "r1")]
         evaluations = f"{np.mean(c['n']):.0f}"
-        lines.append(f"| {100 * frac:g} % | {opt} | {len(c['n'])} | {' | '.join(errors)} | {evaluations} |")
+        drifted = sum(c["drift"])
+        check = f"⚠ energy drift {drifted}/{len(c['n'])}" if drifted else "ok"
+        lines.append(
+            f"| {100 * frac:g} % | {opt} | {len(c['n'])} | {' | '.join(errors)} | {evaluations} | {check} |"
+        )
     return lines + [""]
 
 
