@@ -83,6 +83,31 @@ def test_rank_marks_and_verdicts_hold_only_outside_the_seed_spread():
     assert versus((1.0, 0.6), (2.0, 0.5)) == "tie"
 
 
+def test_without_force_labels_a_cell_at_the_constant_energy_floor_gets_no_ranking():
+    """Issue 22: at s = 0 every optimizer ended within 7 % of the energy error of per-element constants
+    (no geometry learned), yet the table ranked them "lower"/"higher" by noise. A cell at or above
+    CONSTANT_MARGIN × floor reads "at floor"; one clearly below it is still compared."""
+    from mlipopt.report.aggregate import Cell
+    from mlipopt.report.build import mae_table
+
+    def cell(opt, s, e, f=()):
+        return Cell(opt, s, seeds=[1, 2], e_mae=list(e), f_mae=list(f), e_rmse=list(e), f_rmse=list(f))
+
+    cells = {("adamw", 0.0): cell("adamw", 0.0, [98.0, 99.0]),
+             ("soap", 0.0): cell("soap", 0.0, [100.0, 103.0]), ("muon", 0.0): cell("muon", 0.0, [40.0, 41.0]),
+             ("adamw", 1.0): cell("adamw", 1.0, [99.0, 99.5], [50.0, 51.0]),
+             ("soap", 1.0): cell("soap", 1.0, [99.0, 99.5], [30.0, 31.0])}  # fmt: skip
+    table, table_csv = mae_table(cells, floors={0.0: 100.0, 1.0: 100.0})
+    assert "| 0 % | soap | 2 | 101.50 ± 2.12 | — | at floor | ok |" in table
+    assert "| 0 % | adamw | 2 | 98.50 ± 0.71 | — | at floor | ok |" in table
+    assert "| 0 % | muon | 2 | **40.50 ± 0.71** | — | — (adamw at floor) | ok |" in table
+    # with forces labelled the verdict compares forces, whatever the energy error
+    assert "| 100 % | soap | 2 | **99.25 ± 0.35** | **30.5 ± 0.7** | lower | ok |" in table
+    assert "at floor" in table_csv
+    without, _ = mae_table(cells)  # no floor known: the comparison as before
+    assert "at floor" not in without
+
+
 def test_every_report_figure_renders_with_a_readable_colour_bar(database, tmp_path):
     """Issue 22: the heatmap's colour bars were empty boxes with their tick labels on top of each other,
     and normalising by AdamW at full forces painted every sparse-label column red. Each optimizer is now

@@ -107,6 +107,50 @@ def test_a_final_seed_that_diverges_is_rerun_at_the_next_lower_rate_of_its_grid(
     assert "re-run at lr 0.001, which is the run in the table" in index
 
 
+def test_a_cell_whose_selected_rate_fails_on_most_seeds_is_rerun_at_the_next_lower_rate(
+    tmp_path, monkeypatch, capsys
+):
+    """Seeds 1 and 2 of 3 diverge at the selected rate 3e-3 (made to): more than half the cell failed, so
+    every seed is re-run once at the next lower rate (1e-3) and the table reports the cell at that rate,
+    all three seeds, the runs at 3e-3 kept but superseded; a re-run of the study trains nothing."""
+    from mlipopt.cli import _run_study_and_report
+    from mlipopt.study import executors
+    from mlipopt.train import Trainer, TrainingDiverged
+
+    class DivergesAtTheSelectedRate(Trainer):
+        def fit(self):
+            c = self.config
+            if c.seed in (1, 2) and c.optimizer.lr == 3e-3:
+                raise TrainingDiverged("loss is nan at epoch 2, batch 1; made to diverge")
+            return super().fit()
+
+    monkeypatch.setattr(executors, "Trainer", DivergesAtTheSelectedRate)
+    raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [3e-3]}}, loss_ratios=[[1, 1]], seeds=[1, 2, 3])
+    raw["force_fractions"] = [1.0]
+    spec = load_study(raw)
+    assert _run_study_and_report(spec, None) == 0
+    db = ResultsDB(spec.database_url)
+    [revision] = db.selections("tiny", "revision")
+    assert (revision.optimizer, revision.force_fraction, revision.lr) == ("adamw", 1.0, 1e-3)
+    finals = db.runs("tiny", stage="final")
+    assert sorted((r.seed, r.lr, r.status) for r in finals) == [(s, 1e-3, "done") for s in (1, 2, 3)]
+    superseded = db.runs("tiny", stage="superseded")
+    assert sorted((r.seed, r.lr) for r in superseded) == [(s, 3e-3) for s in (1, 2, 3)]
+    index = (spec.folder / "index.md").read_text()
+    out = capsys.readouterr().out
+    for line in ("- Final runs: 3 of 3 seeds in the table",
+                 "- adamw s = 100 %: the selected lr 0.003 failed on 2 of 3 final seeds (diverged); the cell "
+                 "was re-run at lr 0.001, which is the rate in the table"):  # fmt: skip
+        assert line in index and line in out
+    assert "| 100 % | adamw | 3 | " in index and "re-run at lr 0.001" in index
+    assert "0.003 → **0.001**" in index  # the selection table shows the revision
+
+    lines = []
+    run_study(load_study(raw), progress=lines.append)
+    assert all("0 to run" in line for line in lines if "runs (" in line)
+    assert sorted((r.seed, r.lr) for r in db.runs("tiny", stage="final")) == [(s, 1e-3) for s in (1, 2, 3)]
+
+
 def test_a_run_that_fails_with_an_error_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
     """A fault (not a divergence) is recorded as failed, the other runs go on, the command exits 1 with
     advice that can work, and a re-run retries only the failed run."""

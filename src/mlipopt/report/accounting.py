@@ -10,13 +10,17 @@ A final seed ends in one of five ways:
 * ``diverged`` — diverged at the selected rate and at the lower one: a result, reported as such;
 * ``failed`` — an error that is not a divergence (a fault of the environment or of mlipopt);
 * ``unfinished`` — not trained yet (an interrupted study).
+
+A cell whose selected rate failed on most of its seeds is re-run once, every seed, at the next lower
+rate (:meth:`mlipopt.study.runner.StudyRunner.revise`); its runs at the selected rate are superseded,
+and the account names the revision beside the cell.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..study.db import ResultsDB, Run, run_status
+from ..study.db import ResultsDB, Run, Selection, run_status
 
 
 @dataclass
@@ -48,6 +52,7 @@ class StudyAccount:
     unfinished: list[Run] = field(default_factory=list)
     flagged: list[Run] = field(default_factory=list)  # reported final runs with a training-check flag
     capped: list[Run] = field(default_factory=list)  # reported final runs that ended at their epoch cap
+    revisions: list[Selection] = field(default_factory=list)  # cells re-run at a lower rate
 
     @property
     def reported(self) -> list[Run]:
@@ -68,7 +73,8 @@ class StudyAccount:
     def cell_note(self, optimizer: str, force_fraction: float) -> str:
         """'' when every seed trained at the selected rate; else e.g. 'diverged 1/3, lower lr 1/3'."""
         seeds = self.cell(optimizer, force_fraction)
-        parts = []
+        parts = [f"re-run at lr {r.lr:g}" for r in self.revisions
+                 if (r.optimizer, r.force_fraction) == (optimizer, force_fraction)]  # fmt: skip
         for outcome, label in (("retried", "lower lr"), ("diverged", "diverged"), ("failed", "failed"),
                                ("unfinished", "unfinished")):  # fmt: skip
             n = sum(s.outcome == outcome for s in seeds)
@@ -84,6 +90,9 @@ class StudyAccount:
         flagged = f"; {len(self.flagged)} of these {n_reported} flagged by the checks" if self.flagged else ""
         capped = f"; {len(self.capped)} did not converge (ended at the epoch cap)" if self.capped else ""
         lines.append(f"- Final runs: {n_reported} of {n_seeds} seeds in the table{flagged}{capped}.")
+        for r in self.revisions:
+            lines.append(f"- {r.optimizer} s = {100 * r.force_fraction:g} %: {r.note}, which is the rate in "
+                         "the table; the runs at the selected rate are kept, not reported.")  # fmt: skip
         for s in self.seeds:
             if s.outcome == "done":
                 continue
@@ -121,8 +130,10 @@ def study_account(db: ResultsDB, study: str) -> StudyAccount:
     for stage in ("sweep", "ratio", "final"):
         account.stages[stage] = sum(r.stage == stage for r in runs)
     finals = [r for r in runs if r.stage == "final"]
-    retries = {r.retry_of: r for r in finals if r.retry_of}
-    for run in sorted((r for r in finals if not r.retry_of), key=_cell_order):
+    # a retry of a run that is no longer final (its cell was revised to the retry's rate) is primary
+    ids = {r.id for r in finals}
+    retries = {r.retry_of: r for r in finals if r.retry_of in ids}
+    for run in sorted((r for r in finals if r.retry_of not in ids), key=_cell_order):
         status, retry = run_status(run), retries.get(run.id)
         outcome, reported, error = "unfinished", None, None
         if status == "done":
@@ -154,6 +165,7 @@ def study_account(db: ResultsDB, study: str) -> StudyAccount:
     # a diverged final with no retry yet is unfinished too: the next invocation runs its retry
     account.unfinished += [s.run for s in account.seeds if s.outcome == "unfinished" and run_status(s.run)
                            == "diverged"]  # fmt: skip
+    account.revisions = db.selections(study, "revision")
     flags = {r.id: flags_of(db, r) for r in account.reported}
     account.flagged = [r for r in account.reported if training_checks(flags[r.id])]
     account.capped = [r for r in account.reported if "not_converged" in flags[r.id]]

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from ..figures import save_figure
-from ..study.db import ResultsDB
+from ..study.db import ResultsDB, Run
+from ..train.diagnostics import CONSTANT_MARGIN
 from .accounting import StudyAccount, study_account
 from .aggregate import (
     Cell,
@@ -82,13 +84,17 @@ def mae_table(
     cells: dict[tuple[str, float], Cell],
     checks: dict[tuple[str, float], str] | None = None,
     account: StudyAccount | None = None,
+    floors: dict[float, float] | None = None,
 ) -> tuple[str, str]:
     """Markdown and CSV of the test MAEs (mean ± std over seeds). ``checks`` marks cells whose runs did
     not train cleanly (:func:`mlipopt.report.trust.cell_checks`); ``account`` adds the seeds that diverged
     or failed (a cell with no trained seed gets a row of its own) and counts seeds against those asked.
     Best and second are marked only outside the seeds' spread (ties share a mark), and the last
-    column compares the force error (the energy error without forces) with AdamW's at the same fraction."""
-    checks = checks or {}
+    column compares the force error (the energy error without forces) with AdamW's at the same fraction.
+    ``floors`` holds, per force fraction, the test energy MAE of per-element constants without a model
+    (:func:`energy_floors`): where the verdict compares energies, a cell within ``CONSTANT_MARGIN`` of it
+    learned no geometry, and ranking such cells would rank noise, so its verdict reads ``at floor``."""
+    checks, floors = checks or {}, floors or {}
     asked = {key: len(account.cell(*key)) for key in account.cells()} if account else {}
     notes = {key: account.cell_note(*key) for key in account.cells()} if account else {}
     keys = set(cells) | set(asked)
@@ -111,17 +117,29 @@ def mae_table(
         e_marks, f_marks = rank_marks(e_stats), rank_marks(f_stats)
         key_stats = f_stats if len(f_stats) == len(group) else e_stats  # what the verdict compares
         base = key_stats.get(BASELINE)
+        floor = floors.get(s) if key_stats is e_stats else None
+
+        def at_floor(stats: tuple[float, float] | None, floor: float | None = floor) -> bool:
+            return floor is not None and stats is not None and stats[0] >= CONSTANT_MARGIN * floor
+
+        if floor is not None:  # cells at the floor are not ranked either
+            e_marks = {k: "" for k in e_stats} | rank_marks(
+                {k: v for k, v in e_stats.items() if not at_floor(v)}
+            )
         for opt, c in sorted(group.items(), key=lambda kv: key_stats[kv[0]][0]):
             n = len(c.seeds)
             e, f = e_stats[opt], f_stats.get(opt, (float("nan"), 0.0))
             parts = [x for x in (checks.get((opt, s), ""), notes.get((opt, s), "")) if x]
             parts = [x for part in parts for x in part.split(", ")]
             check = ", ".join(sorted(parts, key=lambda x: x.startswith("not converged")))  # budget last
-            verdict = "—" if base is None or opt == BASELINE else versus(key_stats[opt], base)
+            if at_floor(key_stats[opt]) or (opt != BASELINE and at_floor(base)):
+                verdict = "at floor" if at_floor(key_stats[opt]) else f"— ({BASELINE} at floor)"
+            else:
+                verdict = "—" if base is None or opt == BASELINE else versus(key_stats[opt], base)
             seeds = f"{n}" if asked.get((opt, s), n) == n else f"{n} of {asked[(opt, s)]}"
             f_text = _fmt(*f, n, 1, f_marks.get(opt, "")) if opt in f_stats else "—"
             lines.append(
-                f"| {100 * s:g} % | {opt} | {seeds} | {_fmt(*e, n, 2, e_marks[opt])} | {f_text} | "
+                f"| {100 * s:g} % | {opt} | {seeds} | {_fmt(*e, n, 2, e_marks.get(opt, ''))} | {f_text} | "
                 f"{verdict} | {'⚠ ' + check if check else 'ok'} |"
             )
             writer.writerow(
@@ -136,11 +154,24 @@ def mae_table(
     return "\n".join(lines), buffer.getvalue()
 
 
+def energy_floors(runs: list[Run]) -> dict[float, float]:
+    """Per force fraction, the mean over runs of the test energy MAE of per-element constants fitted on
+    each run's training split (``final_metrics.json``'s ``constant_energy_mae``)."""
+    values: dict[float, list[float]] = {}
+    for run in runs:
+        value = json.loads(run.final or "{}").get("constant_energy_mae", {}).get("test")
+        if value is not None:
+            values.setdefault(run.force_fraction, []).append(float(value))
+    return {s: float(np.mean(v)) for s, v in values.items()}
+
+
 TABLE_LEGEND = (
     "Best **bold**, second <u>underlined</u>: a mark is shared by every cell whose mean ± std overlaps "
     f"the marked one's (a tie: the seeds do not separate them). `vs {BASELINE}`: lower, higher or tie "
     f"against {BASELINE} at the same force fraction, by the same rule, on the force error (the energy "
-    "error where no force is labelled)."
+    "error where no force is labelled). `at floor`: without force labels, an energy error at least "
+    f"{CONSTANT_MARGIN:g}× that of per-element constants without a model (the floor line below): that "
+    "cell learned no geometry, and no ranking is made against it."
 )
 
 
@@ -377,7 +408,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
     out.mkdir(parents=True, exist_ok=True)
     finals = final_runs(db, study)
     account = study_account(db, study)
-    markdown, table_csv = mae_table(cells, cell_checks(db, finals), account)
+    markdown, table_csv = mae_table(cells, cell_checks(db, finals), account, energy_floors(finals))
     (out / "mae_table.md").write_text(markdown + "\n")
     (out / "mae_table.csv").write_text(table_csv)
     reference = relative_heatmap(cells, out / "relative_mae.png")

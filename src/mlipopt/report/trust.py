@@ -172,17 +172,23 @@ def selections_section(db: ResultsDB, study: str, out: Path) -> list[str]:
         "| force labels | optimizer | rates tried | selected lr | weight decay | position | note |",
         "|---|---|---|---|---|---|---|",
     ]
+    revised = {(r.optimizer, r.force_fraction): r for r in db.selections(study, "revision")}
     for s in sorted(selections, key=lambda s: (-s.force_fraction, s.optimizer)):
         grid = ", ".join(f"{lr:g}" for lr in json.loads(s.grid))
+        revision = revised.get((s.optimizer, s.force_fraction))
         extended = f" (+{s.extensions} beyond the grid)" if s.extensions else ""
         position = s.position if s.position != "interior" else "interior"
         if s.position.endswith("edge") and s.position != "single point":
             position = f"**{s.position}**"
         lr = "—" if s.lr is None else f"{s.lr:g}"
+        note = s.note or ""
+        if revision is not None:  # the final runs' rate, not the sweep's
+            lr = f"{lr} → **{revision.lr:g}**"
+            note = "; ".join(x for x in (note, revision.note) if x)
         wd = "—" if s.weight_decay is None else f"{s.weight_decay:g}"
         lines.append(
             f"| {100 * s.force_fraction:g} % | {s.optimizer} | {grid}{extended} | {lr} | {wd} | {position} | "
-            f"{s.note or ''} |"
+            f"{note} |"
         )
     lines.append("")
     swept = [r for r in db.runs(study) if r.stage == "sweep"]

@@ -27,6 +27,11 @@ from .spec import (
 )
 from .step_cost import measure_study_step_costs
 
+#: The run checks that say a rate was too high for a seed: the best epoch came early and the validation
+#: metric rose after it. An energy-only model at the per-element floor (``constant_energy``) did not
+#: train either, but a lower rate does not give it forces to learn from, so it does not count.
+RATE_FAILURES = frozenset({"early_best", "no_progress"})
+
 
 @dataclass
 class StudyOutcome:
@@ -311,6 +316,19 @@ class StudyRunner:
                             position="single point", note=note,
                         )  # fmt: skip
 
+        finals = self.final_stage(full)
+        self._warn_flagged(finals)
+        if spec.refine is not None:
+            self.refine_stage(finals)
+        if spec.spectrum is not None:
+            self.spectrum_stage(finals)
+        return out
+
+    def final_runs(self, epochs: int) -> list[RunSpec]:
+        """Every seed of every cell at its selected point, or at the revised rate of a cell whose
+        selected rate failed on most of its seeds (:meth:`revise`)."""
+        spec, out = self.spec, self.outcome
+        revised = {(r.optimizer, r.force_fraction): r.lr for r in self.db.selections(spec.name, "revision")}
         finals = []
         for opt in spec.optimizers:
             for s in spec.force_fractions:
@@ -318,27 +336,85 @@ class StudyRunner:
                     self.progress(f"  {opt} at s={s:g}: every sweep run failed; no final runs")
                     continue
                 lr, wd = out.best_point[(opt, s)]
+                lr = revised.get((opt, s), lr)
                 finals += [
-                    run_config(spec, opt, s, seed, lr, wd, out.best_ratio[opt], full, "final")
+                    run_config(spec, opt, s, seed, lr, wd, out.best_ratio[opt], epochs, "final")
                     for seed in spec.seeds
                 ]
-        retries = self.retries(finals)  # divergences an earlier invocation of this study already met
-        retired = self.db.retire_finals(spec.name, {r.run_id for r in finals + retries})
-        if retired:
-            self.progress(f"{retired} final run(s) of an earlier selection superseded (kept, not reported)")
-        if spec.step_cost is not None and finals:
-            self.step_cost_stage(finals)
-        self.execute(finals, "final runs")
-        retries = self.retries(finals)
-        if retries:
-            self.execute(retries, "final runs that diverged, re-run once at the next lower rate of the grid")
-        finals = finals + retries
-        self._warn_flagged(finals)
-        if spec.refine is not None:
-            self.refine_stage(finals)
-        if spec.spectrum is not None:
-            self.spectrum_stage(finals)
-        return out
+        return finals
+
+    def final_stage(self, epochs: int) -> list[RunSpec]:
+        """Train the final seeds; re-run a seed that diverged once at the next lower rate; re-run a whole
+        cell once at the next lower rate when its selected rate failed on most seeds. Returns the final
+        runs that the report reads (retries included)."""
+        finals = self.final_runs(epochs)
+        for attempt in range(2):  # the selected rates, then the cells revised after them
+            retries = self.retries(finals)  # divergences an earlier invocation already met
+            retired = self.db.retire_finals(self.spec.name, {r.run_id for r in finals + retries})
+            if retired:
+                self.progress(
+                    f"{retired} final run(s) of an earlier selection superseded (kept, not reported)"
+                )
+            if attempt == 0 and self.spec.step_cost is not None and finals:
+                self.step_cost_stage(finals)
+            self.execute(finals, "final runs" if attempt == 0 else "final runs of the revised cells")
+            retries = self.retries(finals)
+            if retries:
+                what = "final runs that diverged, re-run once at the next lower rate of the grid"
+                self.execute(retries, what)
+            finals = finals + retries
+            if attempt == 1 or not self.revise(finals):
+                break
+            finals = self.final_runs(epochs)
+        return finals
+
+    def revise(self, finals: list[RunSpec]) -> bool:
+        """Record a lower rate for each cell whose selected rate failed on more than half of its seeds
+        (diverged, or a validation curve of an unstable rate: :data:`RATE_FAILURES`), once per cell.
+        The sweep picks the rate on one seed and a short schedule; a rate on the edge of stability can
+        win it by a hair (in the demo 180.4 against 182.2 at 0.3 and 0.1) and then fail on other seeds,
+        and which rate wins such a near tie depends on the summation order (threads, CPU). Only the
+        validation curves and the loss decide, never the test set. Returns whether any cell was revised."""
+        spec = self.spec
+        done = {r.id: r for r in self.db.runs(spec.name, status="done")}
+        revised = {(r.optimizer, r.force_fraction) for r in self.db.selections(spec.name, "revision")}
+        grids = {(s.optimizer, s.force_fraction): json.loads(s.grid) for s in self.db.selections(
+            spec.name, "sweep")}  # fmt: skip
+        cells: dict[tuple[str, float], list[RunSpec]] = {}
+        for run in finals:
+            if run.retry_of is None:
+                cells.setdefault((run.optimizer, run.force_fraction), []).append(run)
+        changed = False
+        for key, runs in cells.items():
+            if key in revised or not runs:
+                continue
+            diverged = sum(self.db.status(r.run_id) == "diverged" for r in runs)
+            untrained = sum(
+                r.run_id in done and bool(RATE_FAILURES & set(run_flags(done[r.run_id]))) for r in runs
+            )
+            if 2 * (diverged + untrained) <= len(runs):
+                continue
+            # the seeds' retries already ran at the lower rate: when most of them diverged there too, a
+            # re-run of the cell there would only repeat those divergences
+            lower_diverged = sum(self.db.status(r.run_id) == "diverged" for r in finals if r.retry_of
+                                 and (r.optimizer, r.force_fraction) == key)  # fmt: skip
+            if 2 * lower_diverged > len(runs):
+                continue
+            lr = runs[0].lr
+            lower = next_lower_rate(lr, grids.get(key, [lr]))
+            why = " and ".join(
+                text for n, text in ((untrained, "did not train"), (diverged, "diverged")) if n
+            )
+            note = (f"the selected lr {lr:g} failed on {diverged + untrained} of {len(runs)} final seeds "
+                    f"({why}); the cell was re-run at lr {lower:g}")  # fmt: skip
+            self.progress(f"  {key[0]} at s={key[1]:g}: {note}")
+            self.db.record_selection(
+                spec.name, "revision", key[0], key[1], run_id=None, lr=lower,
+                weight_decay=runs[0].weight_decay, grid=grids.get(key, [lr]), extensions=0,
+                position="revised", note=note,
+            )  # fmt: skip
+            changed = True
+        return changed
 
     def retries(self, finals: list[RunSpec]) -> list[RunSpec]:
         """For each final run that diverged at its selected rate, the same run (seed, schedule, weight
