@@ -162,3 +162,50 @@ def test_isotropic_refresh_keeps_the_basis_when_qr_fails(monkeypatch):
     assert failed == 1
     assert torch.equal(q[0], basis) and torch.equal(flags[0], null)
     assert order[0].tolist() == list(range(10))
+
+
+def _with_new_directions(d: int, rank: int, new: int, seed: int):
+    gram, basis, null, gen = _rank_deficient_case(seed, d, rank)
+    y = basis[:, rank : rank + new] @ torch.randn(new, new, dtype=torch.float64, generator=gen)
+    gram = gram + 0.1 * y @ y.T  # energy entered `new` directions of the old null span
+    return gram.unsqueeze(0), basis.unsqueeze(0), null.unsqueeze(0)
+
+
+def _eigenbasis_sizes(monkeypatch) -> list[int]:
+    sizes, real = [], _linalg.eigenbasis
+    monkeypatch.setattr(_linalg, "eigenbasis", lambda g, prev: sizes.append(g.shape[-1]) or real(g, prev))
+    return sizes
+
+
+def test_isotropic_refresh_resolves_low_rank_energy_in_the_complement_with_a_small_eigh(monkeypatch):
+    """Issue 23: on nequip-seed001 the 1024-row blocks keep ~1020 null directions, and one period's
+    gradients bring energy into only a few of them. The live directions come from a pivoted Cholesky
+    factor of P G P and an ℓ × ℓ eigh (here 2 × 2, not 61 × 61), and they are the eigenvectors of
+    P G P that Rayleigh–Ritz on the whole complement gives."""
+    gram, basis, null = _with_new_directions(64, 3, 2, seed=11)
+    sizes = _eigenbasis_sizes(monkeypatch)
+    q, order, flags, failed = _linalg.isotropic_refresh(gram, basis, null)
+    assert failed == 0 and sizes == [2]
+    torch.testing.assert_close(q[0].T @ q[0], torch.eye(64, dtype=torch.float64))
+    assert int((~flags[0]).sum()) == 5 and not flags[0, :5].any()  # 3 determined + the 2 new ones
+    head = q[0, :, :3]
+    projector = torch.eye(64, dtype=torch.float64) - head @ head.T
+    values, vectors = torch.linalg.eigh(projector @ gram[0] @ projector)
+    exact = vectors[:, -2:].flip(-1)  # Rayleigh–Ritz on the whole complement: the top two
+    signs = torch.sign((exact * q[0, :, 3:5]).sum(0))
+    torch.testing.assert_close(q[0, :, 3:5] * signs, exact, atol=1e-10, rtol=0)
+    tail = q[0, :, 3:]
+    compressed = tail.T @ gram[0] @ tail
+    torch.testing.assert_close(compressed, torch.diag(torch.diagonal(compressed)), atol=1e-10, rtol=0)
+
+
+def test_isotropic_refresh_falls_back_to_rayleigh_ritz_when_the_live_part_is_not_of_low_rank(monkeypatch):
+    gram, basis, null = _with_new_directions(20, 2, 17, seed=12)  # 17 live of 18: above the cap of 16
+    sizes = _eigenbasis_sizes(monkeypatch)
+    q, _, flags, failed = _linalg.isotropic_refresh(gram, basis, null)
+    assert failed == 0 and sizes == [18]
+    torch.testing.assert_close(q[0].T @ q[0], torch.eye(20, dtype=torch.float64))
+    tail = q[0, :, 2:]
+    compressed = tail.T @ gram[0] @ tail
+    torch.testing.assert_close(compressed, torch.diag(torch.diagonal(compressed)), atol=1e-10, rtol=0)
+    assert int((~flags[0]).sum()) == 19

@@ -224,14 +224,21 @@ def _refresh_determined(
     tail_energy = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) - head_est.sum(-1)
     live = tail_energy > tol * head_est.amax(dim=-1).clamp_min(0.0)
     n_failed = 0
-    if bool(live.any()):  # Rayleigh–Ritz on the complement
+    if bool(live.any()):  # resolve the energy that entered the complement
         rows = live.nonzero().squeeze(-1)
-        tail = q.index_select(0, rows)[..., r:]
-        compressed = tail.mT @ (g.index_select(0, rows) @ tail)
-        compressed = (compressed + compressed.mT) / 2
-        rotation, n_failed = eigenbasis(compressed, None)
-        q[rows, :, r:] = tail @ rotation
-        tail_est[rows] = eigenvalue_estimates(compressed, rotation)
+        g_live, q_live = g.index_select(0, rows), q.index_select(0, rows)
+        floor = tol * head_est.index_select(0, rows).amax(dim=-1).clamp_min(0.0)
+        resolved = _live_complement(g_live, q_live[..., :r], floor)
+        if resolved is not None:
+            tail, est, n_failed = resolved
+        else:  # the live part is not of low rank: Rayleigh–Ritz on the whole complement
+            tail = q_live[..., r:]
+            compressed = tail.mT @ (g_live @ tail)
+            compressed = (compressed + compressed.mT) / 2
+            rotation, n_failed = eigenbasis(compressed, None)
+            tail, est = tail @ rotation, eigenvalue_estimates(compressed, rotation)
+        q[rows, :, r:] = tail
+        tail_est[rows] = est
     flags = null_directions(torch.cat([head_est, tail_est], dim=-1), tolerance)
     ok = _finite_per_block(q) & _finite_per_block(g)
     if not bool(ok.all()):
@@ -241,6 +248,69 @@ def _refresh_determined(
         order = torch.where(ok.view(-1, 1), order, identity)
         flags = torch.where(ok.view(-1, 1), flags, null)
     return q, order, flags, n_failed
+
+
+def _live_complement(g: Tensor, head: Tensor, floor: Tensor) -> tuple[Tensor, Tensor, int] | None:
+    """The complement of the determined columns ``head`` ``(n, d, r)``, live directions first: returns
+    ``(tail (n, d, d − r), estimates (n, d − r), n_failed)``, or None when the live part is not of low
+    rank (the caller then runs Rayleigh–Ritz on the whole complement).
+
+    The Gram energy in the complement is ``H = P G P`` with ``P = I − head headᵀ``, formed in the
+    ambient coordinates in ``O(d² r)``; between two refreshes only one period's gradients enter it, so
+    its rank ``ℓ`` is far below the null count ``k = d − r`` (on nequip-seed001's 1024-row blocks
+    ``k ≈ 1020``). A pivoted Cholesky factor ``H ≈ L Lᵀ`` (``O(d ℓ²)``, stopped once the residual trace
+    is at most ``floor``, the null threshold) gives the live directions from the ``ℓ × ℓ`` eigenproblem
+    of ``Lᵀ L``, and a complete QR of ``[head, live]`` completes the basis: ``O(d² ℓ)`` instead of the
+    ``O(d³)`` products and ``k × k`` ``eigh`` of Rayleigh–Ritz. Nothing here reads the old null columns,
+    so the result does not depend on which basis of the null span the last refresh returned; the
+    directions left in the residual carry less energy than the null threshold, so they are null either
+    way. (torch has no rank-revealing pivoted Cholesky or QR, hence this loop; scipy's would leave the
+    device.)"""
+    n, d, r = head.shape
+    gh = g @ head
+    h = g - head @ gh.mT - gh @ head.mT + head @ (head.mT @ gh) @ head.mT
+    h = (h + h.mT) / 2
+    cap = min(d - r, max(16, (d - r) // 8))  # beyond it the factor costs what Rayleigh–Ritz does
+    factor = _pivoted_cholesky(h, floor, cap)
+    if factor is None:
+        return None
+    small = factor.mT @ factor
+    rotation, n_failed = eigenbasis((small + small.mT) / 2, None)
+    weights = eigenvalue_estimates(small, rotation)
+    keep = weights > factor.shape[-1] * torch.finfo(h.dtype).eps * weights.amax(-1, keepdim=True)
+    live = (factor @ rotation) / weights.clamp_min(torch.finfo(h.dtype).tiny).sqrt().unsqueeze(-2)
+    live = torch.where(keep.unsqueeze(-2), live, 0.0)
+    try:
+        tail = qr_complete(torch.cat([head, live], dim=-1))[..., r:]
+    except RuntimeError:
+        tail = torch.full((n, d, d - r), float("nan"), dtype=g.dtype, device=g.device)
+    est = eigenvalue_estimates(g, tail[..., : live.shape[-1]])
+    est = torch.cat([est, est.new_zeros(n, d - r - live.shape[-1])], dim=-1)
+    return tail, est, n_failed
+
+
+def _pivoted_cholesky(h: Tensor, floor: Tensor, cap: int) -> Tensor | None:
+    """``L`` ``(n, d, ℓ)`` with ``h ≈ L Lᵀ`` for a stack of PSD matrices, pivoting on the largest residual
+    diagonal and stopping when the residual trace is at most ``floor`` ``(n,)``; None when some matrix
+    needs more than ``cap`` columns. Blocks that stop early get zero columns."""
+    n, d = h.shape[0], h.shape[-1]
+    diag = torch.diagonal(h, dim1=-2, dim2=-1).clamp_min(0.0)
+    factor = h.new_zeros(n, d, cap)
+    blocks = torch.arange(n, device=h.device)
+    for j in range(cap + 1):
+        active = diag.sum(-1) > floor
+        if not bool(active.any()):
+            return factor[..., :j]
+        if j == cap:
+            return None
+        pivot = diag.argmax(dim=-1)
+        column = h[blocks, :, pivot] - (factor[..., :j] @ factor[blocks, pivot, :j].unsqueeze(-1)).squeeze(-1)
+        scale = column[blocks, pivot].clamp_min(torch.finfo(h.dtype).tiny).sqrt()
+        column = torch.where(active.unsqueeze(-1), column / scale.unsqueeze(-1), 0.0)
+        factor[..., j] = column
+        diag = (diag - column.square()).clamp_min(0.0)
+        diag[blocks, pivot] = torch.where(active, 0.0, diag[blocks, pivot])
+    return None
 
 
 def _identity_like(mat: Tensor) -> Tensor:
