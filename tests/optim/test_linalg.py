@@ -209,3 +209,25 @@ def test_isotropic_refresh_falls_back_to_rayleigh_ritz_when_the_live_part_is_not
     compressed = tail.T @ gram[0] @ tail
     torch.testing.assert_close(compressed, torch.diag(torch.diagonal(compressed)), atol=1e-10, rtol=0)
     assert int((~flags[0]).sum()) == 19
+
+
+def test_isotropic_refresh_with_complement_energy_at_the_null_threshold():
+    """The trace test (trace G minus the determined columns' share) and the pivoted Cholesky's residual
+    diagonal round differently: energy at the null threshold can pass the first and not the second.
+    The demo met it (an empty factor); such a refresh keeps the complement as null, orthonormal."""
+    for seed in range(40):
+        gram, basis, null, gen = _rank_deficient_case(seed, 24, 4)
+        top = float(torch.linalg.eigvalsh(gram)[-1])
+        y = basis[:, 4:6] @ torch.randn(2, 2, dtype=torch.float64, generator=gen)
+        scale = _linalg.null_threshold(24, torch.float64) * top * (0.5 + seed / 20) / float((y * y).sum())
+        gram = (gram + scale * y @ y.T).unsqueeze(0)
+        q, order, flags, failed = _linalg.isotropic_refresh(gram, basis.unsqueeze(0), null.unsqueeze(0))
+        assert failed == 0 and sorted(order[0].tolist()) == list(range(24))
+        torch.testing.assert_close(q[0].T @ q[0], torch.eye(24, dtype=torch.float64))
+        assert not flags[0, :4].any() and int((~flags[0]).sum()) <= 6
+    head = torch.linalg.qr(torch.randn(1, 8, 2, dtype=torch.float64))[0]
+    complement = torch.linalg.qr(torch.cat([head, torch.randn(1, 8, 6, dtype=torch.float64)], -1))[0][..., 2:]
+    g = head @ head.mT + 1e-20 * torch.eye(8, dtype=torch.float64)
+    floor = torch.tensor([1e-12], dtype=torch.float64)
+    tail, est, failed = _linalg._live_complement(g, head, complement, floor)
+    assert tail is complement and torch.equal(est, torch.zeros(1, 6, dtype=torch.float64)) and failed == 0
