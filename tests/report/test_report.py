@@ -185,3 +185,26 @@ def test_fidelity_results_join_the_study_report(database, tmp_path):
     text = make_report(database, tmp_path / "report").read_text()
     assert "## Physical fidelity" in text
     assert "| soap s=100% seed 0 | molecule | 600 K | 50 % | ≥ 0.400 ps | 0.120 |" in text
+
+
+def test_trained_without_forces_a_cell_at_the_energy_floor_is_not_ranked_by_its_force_error():
+    """Issue 22: the demo's s = 0 cells have force labels in the test set, so the verdict compared force
+    errors of force fields that learned no geometry (energy within 7 % of the constants' floor), and a
+    re-run with 2 threads per run flipped "lower" to "tie". At s = 0 the floor decides before forces do."""
+    from mlipopt.report.aggregate import Cell
+    from mlipopt.report.build import mae_table
+
+    def cell(opt, s, e, f):
+        return Cell(opt, s, seeds=[1, 2], e_mae=list(e), f_mae=list(f), e_rmse=list(e), f_rmse=list(f))
+
+    cells = {("adamw", 0.0): cell("adamw", 0.0, [98.0, 99.0], [1360.0, 1365.0]),
+             ("soap", 0.0): cell("soap", 0.0, [97.0, 98.0], [1330.0, 1335.0]),
+             ("adamw", 0.1): cell("adamw", 0.1, [98.0, 99.0], [400.0, 410.0]),
+             ("soap", 0.1): cell("soap", 0.1, [97.0, 98.0], [300.0, 310.0])}  # fmt: skip
+    table, _ = mae_table(cells, floors={0.0: 96.0, 0.1: 96.0})
+    assert "| 0 % | soap | 2 | 97.50 ± 0.71 | 1332.5 ± 3.5 | at floor | ok |" in table  # no marks either
+    assert "| 0 % | adamw | 2 | 98.50 ± 0.71 | 1362.5 ± 3.5 | at floor | ok |" in table
+    # with some force labels the force error decides, whatever the energy error
+    assert "| 10 % | soap | 2 | **97.50 ± 0.71** | **305.0 ± 7.1** | lower | ok |" in table
+    without, _ = mae_table(cells)  # no floor known: forces compared as before
+    assert "| 0 % | soap | 2 | **97.50 ± 0.71** | **1332.5 ± 3.5** | lower | ok |" in without

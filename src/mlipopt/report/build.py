@@ -117,14 +117,17 @@ def mae_table(
         e_marks, f_marks = rank_marks(e_stats), rank_marks(f_stats)
         key_stats = f_stats if len(f_stats) == len(group) else e_stats  # what the verdict compares
         base = key_stats.get(BASELINE)
-        floor = floors.get(s) if key_stats is e_stats else None
+        # the floor judges energies: where the verdict compares them, and at s = 0, where a cell at the
+        # floor learned no geometry, so its force error (of an untrained force field) ranks noise
+        floor = floors.get(s) if key_stats is e_stats or s == 0 else None
 
-        def at_floor(stats: tuple[float, float] | None, floor: float | None = floor) -> bool:
-            return floor is not None and stats is not None and stats[0] >= CONSTANT_MARGIN * floor
-
-        if floor is not None:  # cells at the floor are not ranked either
+        floored = {k for k, v in e_stats.items() if floor is not None and v[0] >= CONSTANT_MARGIN * floor}
+        if floored:  # cells at the floor are not ranked either
             e_marks = {k: "" for k in e_stats} | rank_marks(
-                {k: v for k, v in e_stats.items() if not at_floor(v)}
+                {k: v for k, v in e_stats.items() if k not in floored}
+            )
+            f_marks = {k: "" for k in f_stats} | rank_marks(
+                {k: v for k, v in f_stats.items() if k not in floored}
             )
         for opt, c in sorted(group.items(), key=lambda kv: key_stats[kv[0]][0]):
             n = len(c.seeds)
@@ -132,8 +135,8 @@ def mae_table(
             parts = [x for x in (checks.get((opt, s), ""), notes.get((opt, s), "")) if x]
             parts = [x for part in parts for x in part.split(", ")]
             check = ", ".join(sorted(parts, key=lambda x: x.startswith("not converged")))  # budget last
-            if at_floor(key_stats[opt]) or (opt != BASELINE and at_floor(base)):
-                verdict = "at floor" if at_floor(key_stats[opt]) else f"— ({BASELINE} at floor)"
+            if opt in floored or (opt != BASELINE and BASELINE in floored):
+                verdict = "at floor" if opt in floored else f"— ({BASELINE} at floor)"
             else:
                 verdict = "—" if base is None or opt == BASELINE else versus(key_stats[opt], base)
             seeds = f"{n}" if asked.get((opt, s), n) == n else f"{n} of {asked[(opt, s)]}"
@@ -169,7 +172,7 @@ TABLE_LEGEND = (
     "Best **bold**, second <u>underlined</u>: a mark is shared by every cell whose mean ± std overlaps "
     f"the marked one's (a tie: the seeds do not separate them). `vs {BASELINE}`: lower, higher or tie "
     f"against {BASELINE} at the same force fraction, by the same rule, on the force error (the energy "
-    "error where no force is labelled). `at floor`: without force labels, an energy error at least "
+    "error where no force is labelled). `at floor`: trained without force labels, an energy error at least "
     f"{CONSTANT_MARGIN:g}× that of per-element constants without a model (the floor line below): that "
     "cell learned no geometry, and no ranking is made against it."
 )
