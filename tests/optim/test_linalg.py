@@ -231,3 +231,31 @@ def test_isotropic_refresh_with_complement_energy_at_the_null_threshold():
     floor = torch.tensor([1e-12], dtype=torch.float64)
     tail, est, failed = _linalg._live_complement(g, head, complement, floor)
     assert tail is complement and torch.equal(est, torch.zeros(1, 6, dtype=torch.float64)) and failed == 0
+
+
+def test_isotropic_refresh_keeps_a_never_touched_block_null_without_an_eigh(monkeypatch):
+    """A weight that never had a gradient (zero Gram matrix, every direction null) keeps its basis and
+    flags; one beside it in the bucket with energy and no determined column is solved exactly."""
+    d = 8
+    gram = torch.zeros(2, d, d, dtype=torch.float64)
+    x = torch.randn(d, 3, dtype=torch.float64)
+    gram[1] = x @ x.T
+    basis = torch.linalg.qr(torch.randn(2, d, d, dtype=torch.float64))[0]
+    null = torch.ones(2, d, dtype=torch.bool)
+    real_eigh, sizes = _linalg.eigh, []
+    monkeypatch.setattr(_linalg, "eigh", lambda m: sizes.append(m.shape[0]) or real_eigh(m))
+    q, order, flags, failed = _linalg.isotropic_refresh(gram[:1], basis[:1], null[:1])
+    assert not sizes and failed == 0
+    assert torch.equal(q, basis[:1]) and torch.equal(flags, null[:1])
+    assert torch.equal(order[0], torch.arange(d))
+    q, order, flags, failed = _linalg.isotropic_refresh(gram, basis, null)
+    assert failed == 0 and torch.equal(q[0], basis[0]) and bool(flags[0].all())
+    assert flags[1].sum() == d - 3  # the energised block: 3 determined directions, solved by eigh
+    torch.testing.assert_close(q[1].T @ gram[1] @ q[1], torch.diag((q[1].T @ gram[1] @ q[1]).diagonal()))
+
+
+def test_a_block_with_one_nonfinite_entry_counts_as_failed():
+    x = torch.ones(3, 4, 4)
+    x[1, 2, 3] = float("inf")
+    x[2, 0, 0] = float("nan")
+    assert _linalg._finite_per_block(x).tolist() == [True, False, False]
