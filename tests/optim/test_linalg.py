@@ -230,7 +230,8 @@ def test_isotropic_refresh_with_complement_energy_at_the_null_threshold():
     g = head @ head.mT + 1e-20 * torch.eye(8, dtype=torch.float64)
     floor = torch.tensor([1e-12], dtype=torch.float64)
     tail, est, failed = _linalg._live_complement(g, head, complement, floor)
-    assert tail is complement and torch.equal(est, torch.zeros(1, 6, dtype=torch.float64)) and failed == 0
+    assert torch.equal(tail, complement) and tail.data_ptr() != complement.data_ptr()  # written back
+    assert torch.equal(est, torch.zeros(1, 6, dtype=torch.float64)) and failed == 0
 
 
 def test_isotropic_refresh_keeps_a_never_touched_block_null_without_an_eigh(monkeypatch):

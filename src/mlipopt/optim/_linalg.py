@@ -8,6 +8,8 @@ how many blocks failed, so a bad batch cannot crash a training run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -73,7 +75,7 @@ def _finite_per_block(x: Tensor) -> Tensor:
     """Whether each block of ``x`` is finite, from one reduction per block (a NaN or inf entry makes the
     sum non-finite; a sum that overflows flags the block too, which only keeps its previous basis):
     ``isfinite`` over every entry of the ``d × d`` bases cost a tenth of a refresh on nequip-seed001."""
-    return torch.isfinite(x.flatten(1).sum(dim=1))
+    return torch.isfinite(x.sum(dim=tuple(range(1, x.ndim))))
 
 
 def eigenbasis(gram: Tensor, previous: Tensor | None) -> tuple[Tensor, int]:
@@ -249,8 +251,9 @@ def _refresh_determined(
     live = tail_energy > tol * head_est.amax(dim=-1).clamp_min(0.0)
     n_failed = 0
     if bool(live.any()):  # resolve the energy that entered the complement
+        every = bool(live.all())  # no row copies of the d × d matrices then
         rows = live.nonzero().squeeze(-1)
-        g_live, q_live = g.index_select(0, rows), q.index_select(0, rows)
+        g_live, q_live = (g, q) if every else (g.index_select(0, rows), q.index_select(0, rows))
         floor = tol * head_est.index_select(0, rows).amax(dim=-1).clamp_min(0.0)
         resolved = _live_complement(g_live, q_live[..., :r], q_live[..., r:], floor)
         if resolved is not None:
@@ -282,32 +285,44 @@ def _live_complement(
     ``(tail (n, d, d − r), estimates (n, d − r), n_failed)``, or None when the live part is not of low
     rank (the caller then runs Rayleigh–Ritz on the whole complement).
 
-    The Gram energy in the complement is ``H = P G P`` with ``P = I − head headᵀ``, formed in the
-    ambient coordinates in ``O(d² r)``; between two refreshes only one period's gradients enter it, so
-    its rank ``ℓ`` is far below the null count ``k = d − r`` (on nequip-seed001's 1024-row blocks
-    ``k ≈ 1020``). A pivoted Cholesky factor ``H ≈ L Lᵀ`` (``O(d ℓ²)``, stopped once the residual trace
-    is at most ``floor``, the null threshold) gives the live directions from the ``ℓ × ℓ`` eigenproblem
-    of ``Lᵀ L``, and a complete QR of ``[head, live]`` completes the basis: ``O(d² ℓ)`` instead of the
-    ``O(d³)`` products and ``k × k`` ``eigh`` of Rayleigh–Ritz. Nothing here reads the old null columns,
-    so the result does not depend on which basis of the null span the last refresh returned; the
-    directions left in the residual carry less energy than the null threshold, so they are null either
-    way. (torch has no rank-revealing pivoted Cholesky or QR, hence this loop; scipy's would leave the
-    device.)"""
+    The Gram energy in the complement is ``H = P G P`` with ``P = I − head headᵀ``; between two refreshes
+    only one period's gradients enter it, so its rank ``ℓ`` is far below the null count ``k = d − r`` (on
+    nequip-seed001's 1024-row blocks ``k ≈ 1020``). A pivoted Cholesky factor ``H ≈ L Lᵀ``, stopped once
+    the residual trace is at most ``floor`` (the null threshold), needs only the diagonal of ``H`` and
+    ``ℓ`` of its columns; with ``X = G·head − ½·head·(headᵀ G head)``, ``H = G − head Xᵀ − X headᵀ``, so
+    each is ``O(d r)`` and ``H`` itself (``d × d``, seven passes over it when formed) never is. The live
+    directions come from the ``ℓ × ℓ`` eigenproblem of ``Lᵀ L``, and a complete QR of ``[head, live]``
+    completes the basis: ``O(d² ℓ)`` instead of the ``O(d³)`` products and ``k × k`` ``eigh`` of
+    Rayleigh–Ritz. Nothing here reads the old null columns, so the result does not depend on which basis
+    of the null span the last refresh returned; the directions left in the residual carry less energy
+    than the null threshold, so they are null either way. (torch has no rank-revealing pivoted Cholesky
+    or QR, hence this loop; scipy's would leave the device.)"""
     n, d, r = head.shape
     gh = g @ head
-    h = g - head @ gh.mT - gh @ head.mT + head @ (head.mT @ gh) @ head.mT
-    h = (h + h.mT) / 2
+    x = gh - head @ (head.mT @ gh) / 2
+    diag = torch.diagonal(g, dim1=-2, dim2=-1) - 2 * (head * x).sum(-1)
+    blocks = torch.arange(n, device=g.device)
+
+    def column(pivot: Tensor) -> Tensor:
+        """``H[:, pivot]`` of each block, ``(n, d)``."""
+        at_pivot = (head[blocks, pivot], x[blocks, pivot])  # rows of head and X, (n, r) each
+        return (
+            g[blocks, :, pivot]
+            - (head @ x[blocks, pivot].unsqueeze(-1)).squeeze(-1)
+            - (x @ at_pivot[0].unsqueeze(-1)).squeeze(-1)
+        )
+
     cap = min(d - r, max(16, (d - r) // 8))  # beyond it the factor costs what Rayleigh–Ritz does
-    factor = _pivoted_cholesky(h, floor, cap)
+    factor = _pivoted_cholesky(diag, column, floor, cap)
     if factor is None:
         return None
     if factor.shape[-1] == 0:  # the trace test saw energy (its rounding differs); none is above the floor
-        return complement, complement.new_zeros(n, d - r), 0
+        return complement.clone(), complement.new_zeros(n, d - r), 0  # a copy: the caller writes it back
     small = factor.mT @ factor
     rotation, n_failed = eigenbasis((small + small.mT) / 2, None)
     weights = eigenvalue_estimates(small, rotation)
-    keep = weights > factor.shape[-1] * torch.finfo(h.dtype).eps * weights.amax(-1, keepdim=True)
-    live = (factor @ rotation) / weights.clamp_min(torch.finfo(h.dtype).tiny).sqrt().unsqueeze(-2)
+    keep = weights > factor.shape[-1] * torch.finfo(g.dtype).eps * weights.amax(-1, keepdim=True)
+    live = (factor @ rotation) / weights.clamp_min(torch.finfo(g.dtype).tiny).sqrt().unsqueeze(-2)
     live = torch.where(keep.unsqueeze(-2), live, 0.0)
     try:
         tail = qr_complete(torch.cat([head, live], dim=-1))[..., r:]
@@ -318,14 +333,17 @@ def _live_complement(
     return tail, est, n_failed
 
 
-def _pivoted_cholesky(h: Tensor, floor: Tensor, cap: int) -> Tensor | None:
-    """``L`` ``(n, d, ℓ)`` with ``h ≈ L Lᵀ`` for a stack of PSD matrices, pivoting on the largest residual
-    diagonal and stopping when the residual trace is at most ``floor`` ``(n,)``; None when some matrix
-    needs more than ``cap`` columns. Blocks that stop early get zero columns."""
-    n, d = h.shape[0], h.shape[-1]
-    diag = torch.diagonal(h, dim1=-2, dim2=-1).clamp_min(0.0)
-    factor = h.new_zeros(n, d, cap)
-    blocks = torch.arange(n, device=h.device)
+def _pivoted_cholesky(
+    diagonal: Tensor, column: Callable[[Tensor], Tensor], floor: Tensor, cap: int
+) -> Tensor | None:
+    """``L`` ``(n, d, ℓ)`` with ``H ≈ L Lᵀ`` for a stack of PSD matrices given by their ``diagonal``
+    ``(n, d)`` and ``column(pivot)`` (``H[:, pivot]`` per block, ``(n, d)``), pivoting on the largest
+    residual diagonal and stopping when the residual trace is at most ``floor`` ``(n,)``; None when some
+    matrix needs more than ``cap`` columns. Blocks that stop early get zero columns."""
+    n, d = diagonal.shape
+    diag = diagonal.clamp_min(0.0)
+    factor = diag.new_zeros(n, d, cap)
+    blocks = torch.arange(n, device=diag.device)
     for j in range(cap + 1):
         active = diag.sum(-1) > floor
         if not bool(active.any()):
@@ -333,11 +351,11 @@ def _pivoted_cholesky(h: Tensor, floor: Tensor, cap: int) -> Tensor | None:
         if j == cap:
             return None
         pivot = diag.argmax(dim=-1)
-        column = h[blocks, :, pivot] - (factor[..., :j] @ factor[blocks, pivot, :j].unsqueeze(-1)).squeeze(-1)
-        scale = column[blocks, pivot].clamp_min(torch.finfo(h.dtype).tiny).sqrt()
-        column = torch.where(active.unsqueeze(-1), column / scale.unsqueeze(-1), 0.0)
-        factor[..., j] = column
-        diag = (diag - column.square()).clamp_min(0.0)
+        col = column(pivot) - (factor[..., :j] @ factor[blocks, pivot, :j].unsqueeze(-1)).squeeze(-1)
+        scale = col[blocks, pivot].clamp_min(torch.finfo(diag.dtype).tiny).sqrt()
+        col = torch.where(active.unsqueeze(-1), col / scale.unsqueeze(-1), 0.0)
+        factor[..., j] = col
+        diag = (diag - col.square()).clamp_min(0.0)
         diag[blocks, pivot] = torch.where(active, 0.0, diag[blocks, pivot])
     return None
 
