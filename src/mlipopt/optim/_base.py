@@ -19,7 +19,7 @@ from torch import Tensor
 from . import _sharding
 from ._layout import GroupPlan, build_plan, resolve_layout
 
-NONFINITE_MODES = ("raise", "skip")
+NONFINITE_MODES = ("raise", "skip", "unchecked")
 
 
 def accepted_arguments(cls: type) -> list[str]:
@@ -235,6 +235,10 @@ class BlockOptimizer(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------- stepping
     def _gradients_finite(self) -> bool:
+        """Whether the step may proceed; ``nonfinite="unchecked"`` skips the check and with it the one host
+        synchronisation of an ordinary step (for accelerators, where the trainer already checks the loss)."""
+        if self.defaults["nonfinite"] == "unchecked":
+            return True
         grads, owners = [], []
         for g, group in enumerate(self.param_groups):
             for i, p in enumerate(group["params"]):

@@ -51,7 +51,9 @@ class Muon(BlockOptimizer):
         scale: ``"match_rms_adamw"`` (default) or ``"original"``, see :func:`muon_scale`.
         adam_betas, eps: the auxiliary AdamW's betas and epsilon.
         ns_dtype: dtype of the Newton–Schulz iteration (float32; bfloat16 as an opt-in on CUDA).
-        nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf.
+        nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf, or
+            ``"unchecked"``: no check, so that an ordinary step never waits on the device (on CUDA; the
+            check reads one flag back per step).
     """
 
     _convention = "muon"

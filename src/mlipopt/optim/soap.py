@@ -96,7 +96,9 @@ class SOAP(BlockOptimizer):
             that rotation into an O(lr) difference of the update; ``1e-8`` in float64 keeps every
             retained direction determined to ~1e-8, so runs that differ only in summation order
             (data-parallel ranks, thread counts) stay together (docs/distributed.md).
-        nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf.
+        nonfinite: ``"raise"`` (default) or ``"skip"`` a step whose gradients contain NaN/inf, or
+            ``"unchecked"``: no check, so that an ordinary step never waits on the device (on CUDA; the
+            check reads one flag back per step).
     """
 
     _convention = "soap"
