@@ -15,7 +15,7 @@ SOAP and mlipopt's SOAP (isotropic and official null space) and Muon on the matr
 MuonWithAuxAdam and mlipopt's optimizers on all parameters; torch AdamW (fused) as the reference.
 
 Usage: python benchmarks/optimizer_step.py [--periods 3] [--models nequip,allegro] [--train-step]
-           [--threads 2] [--skip-step]
+           [--threads 2] [--skip-step] [--device cuda]
 """
 
 from __future__ import annotations
@@ -54,14 +54,25 @@ class Contestant:
             if self.step is None:
                 for p, g in zip(self.params, self.grads[self.calls % len(self.grads)]):
                     p.grad = g.clone()
+                synchronize()
                 start = time.perf_counter()
                 self.optimizer.step()
             else:
+                synchronize()
                 start = time.perf_counter()
                 self.step()
+            synchronize()  # on CUDA the step's kernels are timed, not their launch
             if timed:
                 self.times.append(time.perf_counter() - start)
             self.calls += 1
+
+
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def interleaved_periods(contestants: list[Contestant], periods: int) -> None:
@@ -118,7 +129,8 @@ def water_frame(seed: int = 0):
     data = from_ase(atoms)
     data = ChemicalSpeciesToAtomTypeMapper(model_type_names=["H", "O"])(data)
     data = NeighborListTransform(r_max=4.5)(data)
-    return AtomicDataDict.with_batch_(data)
+    data = AtomicDataDict.with_batch_(data)
+    return {k: v.to(DEVICE) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
 
 
 def training_loss(model: torch.nn.Module, data) -> torch.Tensor:
@@ -252,7 +264,7 @@ def print_ratios(stats: dict, pairs: list[tuple[str, str]]) -> None:
 
 
 def step_table(family: str, frames: list, periods: int) -> None:
-    model = build_model(f"{family}-seed001", type_names=["H", "O"])
+    model = build_model(f"{family}-seed001", type_names=["H", "O"]).to(DEVICE)
     n = sum(p.numel() for p in model.parameters())
     pool = gradient_pool(model, frames)
     blocks = matrix_blocks(model)
@@ -278,7 +290,7 @@ def step_table(family: str, frames: list, periods: int) -> None:
 
 def train_step_table(family: str, frames: list, periods: int) -> None:
     """Forward, force double-backward and optimizer step, each optimizer on its own copy of one model."""
-    model = build_model(f"{family}-seed001", type_names=["H", "O"])
+    model = build_model(f"{family}-seed001", type_names=["H", "O"]).to(DEVICE)
     cases = {
         "torch AdamW (fused)": lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, fused=True),
         "mlipopt Muon": lambda m: Muon(param_groups(m), lr=1e-3),
@@ -286,6 +298,11 @@ def train_step_table(family: str, frames: list, periods: int) -> None:
         "mlipopt SOAP-Muon rho=0": lambda m: SOAPMuon(param_groups(m), lr=1e-3, rho=0.0),
         "mlipopt SOAP-Muon rho=0.5": lambda m: SOAPMuon(param_groups(m), lr=1e-3, rho=0.5),
     }
+    if DEVICE.type == "cuda":  # the accelerator settings: no per-step flag read back, bf16 Newton–Schulz
+        cases["mlipopt Muon bf16, unchecked"] = lambda m: Muon(
+            param_groups(m), lr=1e-3, ns_dtype=torch.bfloat16, nonfinite="unchecked"
+        )
+        cases["mlipopt SOAP unchecked"] = lambda m: SOAP(param_groups(m), lr=1e-3, nonfinite="unchecked")
     contestants = []
     for name, make in cases.items():
         m = copy.deepcopy(model)
@@ -312,13 +329,19 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=10, help="rattled water frames cycled")
     parser.add_argument("--train-step", action="store_true", help="also time whole training steps")
     parser.add_argument("--skip-step", action="store_true", help="only the whole training step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (benchmarks/gpu_check.sh)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {cpu_model()}")
     print(f"{args.periods} periods of {PERIOD} steps timed per optimizer, interleaved; command: "
           f"python benchmarks/optimizer_step.py --periods {args.periods} --models {args.models} "
           f"--threads {args.threads}{' --train-step' if args.train_step else ''}"
-          f"{' --skip-step' if args.skip_step else ''}")  # fmt: skip
+          f"{' --skip-step' if args.skip_step else ''}"
+          f"{' --device ' + args.device if args.device != 'cpu' else ''}")  # fmt: skip
+    if DEVICE.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(DEVICE)}")
     frames = [water_frame(seed) for seed in range(args.frames)]
     for family in args.models.split(","):
         if not args.skip_step:
