@@ -123,3 +123,13 @@ def test_flags_from_a_curve():
     assert training_flags(learned, 3, 3, constant_val_e_mae=5.0) == []
     with_forces = [{**r, "val_f_mae": 100.0} for r in energy_only]
     assert training_flags(with_forces, 3, 3, constant_val_e_mae=5.0) == []
+
+
+def test_a_run_stopped_by_its_rule_is_judged_on_the_epochs_it_ran_not_on_the_cap():
+    """Issue 24's converged runs: max_epochs = 1000 is a cap. A run that improved for 60 epochs and then
+    stopped after 40 epochs of patience trained; one that peaked at epoch 5 of 45 did not."""
+    learned = [{"val_metric": 100.0 - min(e, 60), "val_e_mae": 5.0} for e in range(1, 101)]
+    assert training_flags(learned, 1000, 60, converged=True) == []
+    assert training_flags(learned, 1000, 60, converged=False) == ["early_best", "not_converged"]
+    peaked = [{"val_metric": 100.0 - min(e, 5), "val_e_mae": 5.0} for e in range(1, 46)]
+    assert training_flags(peaked, 1000, 5, converged=True) == ["early_best"]
