@@ -54,6 +54,8 @@ def _study(tmp_path):
         architecture_checks={"cost_batch_sizes": [1], "cost_repeats": 2, "cost_warmup": 1, "cost_blocks": 2,
                              "cost_min_sample_s": 0.0, "equivariance_frames": 1, "equivariance_rotations": 2,
                              "symmetrize_order": 1, "symmetrized_test_frames": 1000, "nve_steps": 20},
+        published={"figures": [{"source": "Planted 2099", "model": "big", "train_size": 8, "f_mae": 1.0,
+                                "note": "a planted figure"}], "differences": ["planted difference"]},
     )  # fmt: skip
 
 
@@ -104,6 +106,11 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
         assert r["nve"]["steps"] == 20 and np.isfinite(r["nve"]["max_deviation_meV_per_atom"])
 
     index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report").read_text()
+    # the published figure sits beside the measured adamw error at its N, with the ratio
+    n8 = [r.test_f_mae for r in finals if r.study == "tiny__nequip-tiny__N8"]
+    assert (f"| Planted 2099 | big | 8 | 1 | — | nequip-tiny | {np.mean(n8):.1f} | measured, 2 seeds | "
+            f"{np.mean(n8):.1f}× |") in index  # fmt: skip
+    assert "- planted difference" in index and "- Planted 2099: a planted figure" in index
     for part in ("## Learning curves", "learning_curves.png", "## Accuracy against cost", "Pareto front:",
                  "## Inference cost", "## Equivariance", "cells/cartesian-tiny/N8/index.md",
                  "Accuracy of the symmetrized models", "Geometry optimisation and vibrations",
@@ -221,3 +228,22 @@ def test_a_mace_cell_trains_and_is_measured_in_its_own_environment_beside_a_nequ
     assert mace["unconstrained"] is False and mace["raw"]["energy_std"] < 1e-2  # MACE is equivariant
     index = make_architectures_report(spec.database_url, "tiny", tmp_path / "report").read_text()
     assert "| 100 % | mace-tiny | adamw |" in index and "cells/mace-tiny/N8/index.md" in index
+
+
+def test_a_published_figure_outside_the_trained_sizes_is_read_off_the_fitted_curve_and_labelled():
+    from mlipopt.report.architectures import ArchitectureCell, baseline_at, published_section
+
+    def cell(size, optimizer="adamw", fraction=1.0):  # err = 100·N^-0.5 exactly, two seeds
+        return ArchitectureCell("m", size, optimizer, fraction, f_mae=[100 * size**-0.5] * 2)
+
+    cells = [cell(50), cell(250), cell(50, "soap"), cell(250, "adamw", 0.1)]
+    value, how = baseline_at(cells, "m", "adamw", 1000)
+    assert value == pytest.approx(100 / 1000**0.5) and how.startswith("extrapolated along err ∝ N^-0.50")
+    assert baseline_at(cells, "m", "adamw", 100)[1].startswith("interpolated")
+    assert baseline_at(cells, "m", "adamw", 250) == (pytest.approx(100 / 250**0.5), "measured, 2 seeds")
+    assert baseline_at([cell(50)], "m", "adamw", 1000) is None  # one size: no curve to read
+    figure = {"source": "S", "model": "big", "train_size": 1000, "f_mae": 1.0, "e_mae": 0.1}
+    lines = published_section(cells, {"figures": [figure], "baseline": "adamw", "differences": []})
+    row = next(line for line in lines if line.startswith("| S |"))
+    assert row.endswith("| 3.2× |") and "| m | 3.2 | extrapolated" in row
+    assert published_section(cells, {"figures": [figure], "baseline": "lbfgs"}) == []  # no such cells

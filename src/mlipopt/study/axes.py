@@ -102,10 +102,13 @@ def run_cells(
 
 def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], None]) -> None:
     """Inference cost per model and equivariance per final run (largest N, first seed); skipped when
-    already in the database, so a resumed study measures only what is missing."""
+    already in the database, so a resumed study measures only what is missing. The study's published
+    figures are written beside them, for the report."""
     from ..models.cost import inference_costs, machine
 
     db, settings = ResultsDB(spec.database_url), spec.architecture_checks
+    if spec.published is not None:  # the report is written from the database alone
+        db.record_check(spec.name, "published", "figures", dataclasses.asdict(spec.published))
     costs = db.checks(spec.name, "inference_cost")
     sections, pythons = {}, {}
     for label in dict.fromkeys(c.model for c in todo):

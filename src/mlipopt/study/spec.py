@@ -135,6 +135,29 @@ class ModelAxisEntry:
 
 
 @dataclass
+class PublishedFigure:
+    """One literature test error on the study's data, to set the study's baseline beside (issue 24)."""
+
+    source: str  # the citation: authors, year, table
+    model: str
+    train_size: int  # training frames N
+    f_mae: float  # meV/Å
+    e_mae: float | None = None  # meV/atom (a per-molecule figure divided by the atom count)
+    note: str = ""
+
+
+@dataclass
+class PublishedSpec:
+    """Published figures and how this study's protocol differs from theirs; the architectures report
+    sets ``baseline``'s errors at full force labels beside them, measured at the same N where the study
+    has it and extrapolated along its fitted learning curve (err = a·N^b) where it does not."""
+
+    figures: list[PublishedFigure] = field(default_factory=list)
+    baseline: str = "adamw"
+    differences: list[str] = field(default_factory=list)
+
+
+@dataclass
 class ArchitectureChecksSpec:
     """What an architectures study measures besides errors (models/cost.py, fidelity/symmetry.py)."""
 
@@ -176,6 +199,7 @@ class StudySpec:
     models: dict[str, ModelAxisEntry] = field(default_factory=dict)
     train_sizes: list[int] = field(default_factory=list)
     architecture_checks: ArchitectureChecksSpec = field(default_factory=ArchitectureChecksSpec)
+    published: PublishedSpec | None = None  # literature figures on the same data (architectures report)
 
     @property
     def folder(self) -> Path:
