@@ -295,3 +295,42 @@ def test_a_study_trains_each_run_on_two_data_parallel_processes(tmp_path):
         assert final["world_size"] == 2 and json.loads(single[stage].final)["world_size"] == 1
         assert run.test_f_mae == pytest.approx(single[stage].test_f_mae, rel=1e-8)
         assert "launch.yaml" in os.listdir(run.run_dir) and "train.log" in os.listdir(run.run_dir)
+
+
+def test_default_grids_try_weight_decays_on_the_selected_rate_so_adam_and_adamw_differ(tmp_path, monkeypatch):
+    from mlipopt.optim import DEFAULT_LR_GRIDS, DEFAULT_WEIGHT_DECAYS
+
+    for name in ("adam", "adamw"):  # two rates keep the test short; the decay stage is what is tested
+        monkeypatch.setitem(DEFAULT_LR_GRIDS, name, [1e-3, 5e-3])
+    raw = tiny_study(tmp_path, optimizers={"adam": {}, "adamw": {}, "soap": {"lr": [5e-3, 1e-2]}},
+                     loss_ratios=[[1, 1]], seeds=[1])  # fmt: skip
+    raw["force_fractions"] = [1.0]
+    spec = load_study(raw)
+    run_study(spec, progress=lambda _: None)
+    db = ResultsDB(spec.database_url)
+    sweeps = {name: [r for r in db.runs("tiny", stage="sweep") if r.optimizer == name] for name in
+              ("adam", "adamw", "soap")}  # fmt: skip
+    assert {r.weight_decay for r in sweeps["soap"]} == {0.0}  # rates given, decays not: no decay stage
+    selections = {s.optimizer: s for s in db.selections("tiny", "sweep")}
+    for name in ("adam", "adamw"):
+        runs = sweeps[name]
+        lr = selections[name].lr
+        assert sorted((r.lr, r.weight_decay) for r in runs) == sorted(
+            [(1e-3, 0.0), (5e-3, 0.0)] + [(lr, wd) for wd in DEFAULT_WEIGHT_DECAYS if wd]
+        )  # the rate sweep without decay, then every default decay on the selected rate
+        at_rate = [r for r in runs if r.lr == lr]
+        best = min(at_rate, key=lambda r: r.best_val_metric)
+        assert selections[name].weight_decay == best.weight_decay  # the best of them is the selection
+        [final] = [r for r in db.runs("tiny", stage="final") if r.optimizer == name]
+        assert final.weight_decay == best.weight_decay
+    # without decay adam and adamw are one optimizer (bitwise the same runs); with it they differ
+    metric = {
+        name: {(r.lr, r.weight_decay): r.best_val_metric for r in sweeps[name]} for name in ("adam", "adamw")
+    }
+    assert all(metric["adam"][(lr, 0.0)] == metric["adamw"][(lr, 0.0)] for lr in (1e-3, 5e-3))
+    decayed = [k for k in metric["adam"] if k in metric["adamw"] and k[1] > 0]  # both selected that rate
+    assert all(metric["adam"][k] != metric["adamw"][k] for k in decayed)
+    # a resumed study trains nothing again
+    before = len(db.runs("tiny"))
+    run_study(spec, progress=lambda _: None)
+    assert len(ResultsDB(spec.database_url).runs("tiny")) == before

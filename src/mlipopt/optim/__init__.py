@@ -2,12 +2,20 @@
 
 from ._base import NonFiniteGradientError
 from ._linalg import newton_schulz
-from .factory import DEFAULT_LR_GRIDS, OPTIMIZERS, build_optimizer, canonical_name, has_train_eval_modes
+from .factory import (
+    DEFAULT_LR_GRIDS,
+    DEFAULT_WEIGHT_DECAYS,
+    OPTIMIZERS,
+    build_optimizer,
+    canonical_name,
+    has_train_eval_modes,
+)
 from .muon import Muon, muon_scale
 from .soap import SOAP, SOAPMuon
 
 __all__ = [
     "DEFAULT_LR_GRIDS",
+    "DEFAULT_WEIGHT_DECAYS",
     "OPTIMIZERS",
     "SOAP",
     "Muon",

@@ -50,6 +50,12 @@ DEFAULT_LR_GRIDS: dict[str, list[float]] = {
 }
 
 
+#: Weight decays swept on the selected learning rate when a study leaves both an optimizer's rates and its
+#: decays to the defaults (Harari et al. sweep {0, 1e-5, 1e-4, 1e-3}). Without a decay Adam and AdamW are
+#: one optimizer (they differ only in how the decay is applied), so a default study compares them here.
+DEFAULT_WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
+
+
 def canonical_name(name: str) -> str:
     key = name.lower().replace("-", "_")
     aliases = {

@@ -265,9 +265,43 @@ class StudyRunner:
                 runs.extend(added)
                 pending.extend(added)
             label = "sweep: grid extensions"
+        self._decays_on_selected_rate(groups, chosen, notes)
         for key, runs in groups.items():
             self._record("sweep", key, chosen.get(key), runs, extensions[key], notes.get(key))
         return chosen
+
+    def _decays_on_selected_rate(
+        self,
+        groups: dict[tuple[str, float], list[RunSpec]],
+        chosen: dict[tuple[str, float], RunSpec],
+        notes: dict[tuple[str, float], str | None],
+    ) -> None:
+        """Where an optimizer's rates and decays are both the defaults, try the default weight decays on
+        the selected rate (one run each) and keep the best of them and the decay-free run: a decay sweep
+        at a fraction of a joint grid's cost (issue 24)."""
+        spec, added = self.spec, {}
+        for key, best in chosen.items():
+            decays = spec.optimizers[key[0]].decays_on_selected_rate()
+            tried = {r.weight_decay for r in groups[key] if r.lr == best.lr}
+            added[key] = [
+                run_config(spec, key[0], key[1], spec.sweep_seed, best.lr, wd, best.loss_ratio,
+                           spec.short_epochs(), "sweep")
+                for wd in decays if wd not in tried
+            ]  # fmt: skip
+        pending = [r for runs in added.values() for r in runs]
+        if not pending:
+            return
+        self.execute(pending, "sweep: weight decay on the selected rate")
+        for key, runs in added.items():
+            if not runs:
+                continue
+            groups[key].extend(runs)
+            lr = chosen[key].lr
+            same_rate = [r for r in groups[key] if r.lr == lr]
+            best, note = self._select(same_rate, f"{key[0]} at s={key[1]:g}, lr {lr:g}")
+            if best is not None:
+                chosen[key] = best
+                notes[key] = note or notes.get(key)
 
     # ------------------------------------------------------------------ stages
     def run(self) -> StudyOutcome:

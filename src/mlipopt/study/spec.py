@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.xtb import XTBDatasetSpec
-from ..optim import DEFAULT_LR_GRIDS, canonical_name
+from ..optim import DEFAULT_LR_GRIDS, DEFAULT_WEIGHT_DECAYS, canonical_name
 from ..train.config import (
     ConfigError,
     RunConfig,
@@ -43,6 +43,10 @@ class OptimizerGrid:
 
     Harari et al., appendix B; ``lr`` lists learning rates explicitly instead; with neither, the
     optimizer's default grid (``mlipopt.optim.DEFAULT_LR_GRIDS``, docs/optimizers.md) is swept.
+
+    ``weight_decay`` lists decays swept jointly with the rates. Left unset, the rates are swept without
+    decay; where the rates are the default grid too, the decays ``mlipopt.optim.DEFAULT_WEIGHT_DECAYS``
+    are then tried on the selected rate (issue 24: a cheap decay sweep, so that Adam and AdamW differ).
     """
 
     lr: list[float] | None = None
@@ -50,9 +54,24 @@ class OptimizerGrid:
     # add 5·10^-(p+1) (the paper's NequIP-water grid). Design §5 writes 5·10^-p, but Harari et al. table 4's
     # water learning rates are 10^-2, 5·10^-3 and 3·10^-4, 10^-3: 5·10^-3 only fits p = 2 as 5·10^-(p+1).
     lr_extra: bool = False
-    weight_decay: list[float] = field(default_factory=lambda: [0.0])
+    weight_decay: list[float] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     structure: dict[str, Any] = field(default_factory=dict)
+
+    def weight_decays(self) -> list[float]:
+        """The decays swept jointly with the learning rates."""
+        if self.weight_decay is None:
+            return [0.0]
+        if not self.weight_decay or any(not wd >= 0 for wd in self.weight_decay):
+            raise ConfigError(f"weight_decay: give decays ≥ 0, got {self.weight_decay}")
+        return list(self.weight_decay)
+
+    def decays_on_selected_rate(self) -> list[float]:
+        """The decays tried on the selected rate after the rate sweep: the defaults where both the rates
+        and the decays are left to them, else none."""
+        if self.weight_decay is None and self.lr is None and self.lr_order is None:
+            return [wd for wd in DEFAULT_WEIGHT_DECAYS if wd != 0.0]
+        return []
 
     def learning_rates(self, name: str) -> list[float]:
         """The grid: ``lr`` as given, else the ``lr_order`` triple, else the optimizer's default grid."""
@@ -392,7 +411,7 @@ def neighbour_rate(lr: float, direction: int) -> float:
 
 def sweep_points(spec: StudySpec, optimizer: str) -> list[tuple[float, float]]:
     grid = spec.optimizers[optimizer]
-    return [(lr, wd) for lr in grid.learning_rates(optimizer) for wd in grid.weight_decay]
+    return [(lr, wd) for lr in grid.learning_rates(optimizer) for wd in grid.weight_decays()]
 
 
 def default_ratio(spec: StudySpec) -> tuple[float, float]:
