@@ -84,3 +84,10 @@ def test_presets_expand(tmp_path, name):
         # seed 001 table 4 (water): AdamW/Muon/SOAP at 1e-2 or 5e-3, SOAP-Muon at 1e-3 or 3e-4
         assert spec.optimizers["adamw"].learning_rates("adamw") == [3e-3, 5e-3, 1e-2, 3e-2]
         assert spec.optimizers["soap_muon"].learning_rates("soap_muon") == [3e-4, 5e-4, 1e-3, 3e-3]
+
+
+def test_the_presets_weight_decays_are_the_default_decays():
+    from mlipopt.optim import DEFAULT_WEIGHT_DECAYS
+    from mlipopt.study.presets import WEIGHT_DECAYS
+
+    assert WEIGHT_DECAYS == DEFAULT_WEIGHT_DECAYS
