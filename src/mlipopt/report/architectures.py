@@ -114,6 +114,13 @@ def _error(cell: ArchitectureCell) -> list[float]:
     return cell.f_mae or cell.e_mae
 
 
+def fit_curve(curve: list[ArchitectureCell], errors: Any) -> tuple[float, float, float]:
+    """:func:`fit_power_law` over every seed's point of ``curve`` (cells with a size), ``errors(cell)``
+    giving a cell's per-seed errors."""
+    sized = [c for c in curve if c.size]
+    return fit_power_law([c.size for c in sized for _ in errors(c)], [e for c in sized for e in errors(c)])
+
+
 def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
     """The figure and the slope table (Markdown lines)."""
     import matplotlib
@@ -149,9 +156,7 @@ def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
                 stds = [float(np.std(_error(c))) for c in curve]
                 label = f"{m} · {o}"
                 if len(sizes) >= 2:
-                    xs = [c.size for c in curve for _ in _error(c)]
-                    ys = [e for c in curve for e in _error(c)]
-                    slope, err, prefactor = fit_power_law(xs, ys)
+                    slope, err, prefactor = fit_curve(curve, _error)
                     grid = np.geomspace(min(sizes), max(sizes), 20)
                     ax.plot(
                         grid, prefactor * grid**slope, styles[o], color=colours[m], alpha=0.5, linewidth=1
@@ -321,22 +326,20 @@ def baseline_at(
     for c in curve:
         if c.size == size:
             return float(np.mean(c.f_mae)), f"measured, {len(c.f_mae)} seeds"
-    if len({c.size for c in curve if c.size}) < 2:
+    sizes = sorted({c.size for c in curve if c.size})
+    if len(sizes) < 2:
         return None
-    xs = [c.size for c in curve if c.size for _ in c.f_mae]
-    ys = [e for c in curve if c.size for e in c.f_mae]
-    slope, _, prefactor = fit_power_law(xs, ys)
-    inside = min(xs) <= size <= max(xs)
-    how = "interpolated" if inside else "extrapolated"
-    return prefactor * size**slope, f"{how} along err ∝ N^{slope:.2f} from N = {min(xs)}–{max(xs)}"
+    slope, _, prefactor = fit_curve(curve, lambda c: c.f_mae)
+    how = "interpolated" if sizes[0] <= size <= sizes[-1] else "extrapolated"
+    return prefactor * size**slope, f"{how} along err ∝ N^{slope:.2f} from N = {sizes[0]}–{sizes[-1]}"
 
 
 def published_section(cells: list[ArchitectureCell], published: dict[str, Any]) -> list[str]:
     """The study's baseline beside the literature's errors on the same data (issue 24): at the
     published N where the study trained it, else read off its learning curve and labelled so."""
-    baseline = published.get("baseline", "adamw")
+    baseline = published["baseline"]
     models = sorted({c.model for c in cells if c.optimizer == baseline})
-    if not models or not published.get("figures"):
+    if not models or not published["figures"]:
         return []
     lines = [
         f"## Against published figures ({baseline}, full force labels)",

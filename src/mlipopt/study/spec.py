@@ -67,10 +67,10 @@ class OptimizerGrid:
         return list(self.weight_decay)
 
     def decays_on_selected_rate(self) -> list[float]:
-        """The decays tried on the selected rate after the rate sweep: the defaults where both the rates
-        and the decays are left to them, else none."""
+        """The decays tried on the selected rate after the rate sweep (those it already ran are not run
+        again): the defaults where both the rates and the decays are left to them, else none."""
         if self.weight_decay is None and self.lr is None and self.lr_order is None:
-            return [wd for wd in DEFAULT_WEIGHT_DECAYS if wd != 0.0]
+            return list(DEFAULT_WEIGHT_DECAYS)
         return []
 
     def learning_rates(self, name: str) -> list[float]:
