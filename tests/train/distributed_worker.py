@@ -89,3 +89,23 @@ def train_runs(
             )
     finally:
         shutdown()
+
+
+def train_leaves_its_group(rank: int, world: int, port: int, second_port: int, out: str) -> None:
+    """``train`` under launcher variables joins a group and leaves it; under a group joined by the caller
+    it leaves that group joined. Writes both observations."""
+    import torch.distributed as dist
+
+    from mlipopt.train import train
+
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )  # fmt: skip
+    torch.set_num_threads(1)
+    train(config(Path(out) / "own", "adamw", training={"max_epochs": 1}), log=lambda _: None)
+    after_own = dist.is_initialized()
+    join(rank, world, second_port)
+    train(config(Path(out) / "caller", "adamw", training={"max_epochs": 1}), log=lambda _: None)
+    (Path(out) / f"rank{rank}.txt").write_text(f"{after_own} {dist.is_initialized()}")
+    dist.destroy_process_group()

@@ -209,6 +209,13 @@ def test_a_killed_rank_and_resume_reproduce_the_uninterrupted_run_bitwise(tmp_pa
     assert a["world_size"] == b["world_size"] == 2
 
 
+def test_train_leaves_the_group_it_joined_and_keeps_the_callers(tmp_path):
+    mp.spawn(worker.train_leaves_its_group, args=(2, _free_port(), _free_port(), str(tmp_path)), nprocs=2,
+             join=True)  # fmt: skip
+    for rank in (0, 1):  # after its own group: left; after the caller's: still joined
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "False True"
+
+
 def test_resuming_on_another_world_size_is_refused_unless_allowed(tmp_path):
     config = _write_config(tmp_path, "two", 1)
     run = _torchrun(config)

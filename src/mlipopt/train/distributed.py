@@ -149,9 +149,14 @@ class Ranks:
             dist.barrier()
 
 
+def joined() -> bool:
+    """Whether this process is in an initialised default process group."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def current() -> Ranks:
     """The ranks of the initialised default process group, or a single process."""
-    if dist.is_available() and dist.is_initialized():
+    if joined():
         world = dist.get_world_size()
         rank = dist.get_rank()
         return Ranks(rank, world, int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", 0))))
@@ -161,7 +166,7 @@ def current() -> Ranks:
 def init_from_environment(device: str = "cpu", timeout_minutes: float = 30.0) -> Ranks:
     """Join the process group a launcher described in the environment (gloo for CPUs, nccl for CUDA);
     a single process when there is none. Safe to call twice."""
-    if dist.is_available() and dist.is_initialized():
+    if joined():
         return current()
     place = _environment()
     if place is None:
@@ -184,8 +189,10 @@ def device_for(device: str, ranks: Ranks) -> torch.device:
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Leave the process group. A gloo group left to interpreter exit can abort a rank after its work is
+    done ("terminate called without an active exception", exit code -6 under torchrun)."""
+    if joined():
         dist.destroy_process_group()
 
 
-__all__ = ["Ranks", "current", "device_for", "init_from_environment", "launched_rank", "shutdown"]
+__all__ = ["Ranks", "current", "device_for", "init_from_environment", "joined", "launched_rank", "shutdown"]

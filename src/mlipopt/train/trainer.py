@@ -26,7 +26,7 @@ from ..optim import build_optimizer, has_train_eval_modes
 from .checkpoint import load_torch, remove_orphans, save_json, save_text, save_torch
 from .config import ConfigError, RunConfig, dump_config
 from .diagnostics import training_flags
-from .distributed import Ranks, init_from_environment
+from .distributed import Ranks, init_from_environment, joined, shutdown
 from .loss import ErrorMetrics, validation_metric
 from .records import incompatible_changes, log_final, write_metrics_csv
 from .session import Session
@@ -365,12 +365,18 @@ class Trainer(Session):
 
 def train(config: RunConfig, restart: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train (or resume) the run described by ``config``; returns the final metrics. Under ``torchrun``
-    or ``srun`` it joins the launcher's process group and trains data-parallel."""
+    or ``srun`` it joins the launcher's process group, trains data-parallel and leaves the group again
+    (a group the caller joined stays joined)."""
+    owns_group = not joined()
     ranks = init_from_environment(config.training.device, config.distributed.timeout_minutes)
-    trainer = Trainer(config, log=log, ranks=ranks)
-    if restart and ranks.is_main:
-        trainer.checkpoint_path.unlink(missing_ok=True)
-        (trainer.run_dir / "best_model.pt").unlink(missing_ok=True)
-    ranks.barrier()
-    trainer.resume()
-    return trainer.fit()
+    try:
+        trainer = Trainer(config, log=log, ranks=ranks)
+        if restart and ranks.is_main:
+            trainer.checkpoint_path.unlink(missing_ok=True)
+            (trainer.run_dir / "best_model.pt").unlink(missing_ok=True)
+        ranks.barrier()
+        trainer.resume()
+        return trainer.fit()
+    finally:
+        if owns_group:
+            shutdown()
