@@ -95,6 +95,21 @@ def test_nonfinite_gradient_skip_counts_and_recovers(name):
     assert opt.state_dict()["param_groups"][0]["skipped_steps"] == 1
 
 
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_a_huge_finite_gradient_is_not_taken_for_a_nonfinite_one(name):
+    """The check's fast path is a 2-norm, which overflows in float32 for entries beyond ~1e19: such a
+    gradient is finite, so the step must be taken (not raised on, not skipped)."""
+    params = make_params(SHAPES, torch.float32)
+    opt = FACTORIES[name](groups(params))
+    opt.defaults["nonfinite"] = "skip"
+    run(opt, params, 2)
+    for p in params:
+        p.grad = torch.full_like(p, 1e25)
+    assert not torch.isfinite(torch.linalg.vector_norm(params[0].grad))  # the fast path does overflow
+    opt.step()
+    assert opt.skipped_steps == 0
+
+
 def test_nonfinite_option_is_validated():
     with pytest.raises(ValueError, match="nonfinite"):
         SOAP(make_params([(3, 3)]), nonfinite="ignore")

@@ -247,8 +247,13 @@ class BlockOptimizer(torch.optim.Optimizer):
                     owners.append((g, i))
         if not grads:
             return True
-        norms = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])
-        finite = torch.isfinite(norms)
+        # The 2-norm is finite only if every entry is, and costs a tenth of the inf-norm on CPU (whose
+        # foreach kernel is not vectorised: 0.27 against 0.03 ms for allegro-seed001's 12 matrix weights);
+        # it also overflows for entries beyond ~1e19 in float32, so a non-finite 2-norm is confirmed by the
+        # inf-norm before a parameter is blamed.
+        if bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads)])).all()):
+            return True
+        finite = torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))]))
         if bool(finite.all()):
             return True
         if self.defaults["nonfinite"] == "skip" or self.param_groups[0].get("nonfinite") == "skip":

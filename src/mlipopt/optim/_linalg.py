@@ -119,6 +119,11 @@ def null_directions(estimates: Tensor, tolerance: float | None = None) -> Tensor
     return estimates <= null_threshold(estimates.shape[-1], estimates.dtype, tolerance) * top
 
 
+def null_modes(nulls: list[Tensor | None]) -> tuple[bool, ...]:
+    """Per mode, whether any block has a null direction there (reads the flags back to the host)."""
+    return tuple(n is not None and bool(n.any()) for n in nulls)
+
+
 def null_threshold(d: int, dtype: torch.dtype, tolerance: float | None = None) -> float:
     """The relative eigenvalue ``λ/λ_max`` at or below which a direction is null: ``tolerance``, or
     ``10·d·ε`` of ``dtype`` when none is given (see :func:`null_directions`)."""

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._layout import Bucket, GroupPlan, IndexPlan
+from ._linalg import null_modes
 
 
 def block_cost(shape: tuple[int, ...]) -> float:
@@ -64,10 +65,6 @@ def _slice(value: Any, lo: int, hi: int) -> Any:
     return value
 
 
-def _has_null(state: dict[str, Any]) -> bool:
-    return any(n is not None and bool(n.any()) for n in state.get("null", []))
-
-
 def rows_view(bucket: Bucket, lo: int, hi: int, device: torch.device) -> Bucket:
     """Rows ``lo:hi`` of ``bucket`` as a bucket whose state tensors are views (in-place updates land in
     the full bucket)."""
@@ -80,8 +77,8 @@ def rows_view(bucket: Bucket, lo: int, hi: int, device: torch.device) -> Bucket:
         {key: _slice(value, lo, hi) for key, value in bucket.state.items()},
         ranges=bucket.ranges[lo:hi],
     )
-    if "has_null" in view.state:
-        view.state["has_null"] = _has_null(view.state)
+    if "null_modes" in view.state:
+        view.state["null_modes"] = null_modes(view.state["null"])
     if bucket.new_rows is not None:
         rows = bucket.new_rows[(bucket.new_rows >= lo) & (bucket.new_rows < hi)] - lo
         view.new_rows = rows if rows.numel() else None
@@ -117,5 +114,5 @@ def gather_rows(plan: GroupPlan, ranks: Any) -> None:
         for rank, lo, hi in owners:
             for tensor in _tensors(bucket.state):
                 ranks.broadcast_(tensor[lo:hi], src=rank)
-        if "has_null" in bucket.state:
-            bucket.state["has_null"] = _has_null(bucket.state)
+        if "null_modes" in bucket.state:
+            bucket.state["null_modes"] = null_modes(bucket.state["null"])
