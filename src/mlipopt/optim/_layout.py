@@ -109,8 +109,16 @@ def _param_name(group: dict, index: int) -> str:
     return names[index] if names is not None else f"#{index}"
 
 
+#: Mean length of the contiguous pieces of an :class:`IndexPlan` from which it copies piece by piece
+#: (``cat`` of slices, ``_foreach_copy_``) instead of through an index tensor: measured on CPU, 2 threads,
+#: index_select / index_copy_ cost 2.5× the piecewise copy for seven 32 768-element blocks and half of
+#: it for seventeen of 1024; they break even near 2048–4096.
+PIECEWISE_MIN = 4096
+
+
 class IndexPlan:
-    """Positions in a flat buffer: a contiguous range when possible, else an index tensor."""
+    """Positions in a flat buffer: a contiguous range when possible, else its contiguous pieces (when
+    they are long) or an index tensor."""
 
     def __init__(self, positions: list[range], device: torch.device):
         self.size = sum(len(r) for r in positions)
@@ -120,21 +128,30 @@ class IndexPlan:
                 merged[-1] = range(merged[-1].start, r.stop)
             elif len(r):
                 merged.append(r)
+        self.range: range | None = None
+        self.index: Tensor | None = None
+        self.pieces: list[range] | None = None
         if len(merged) <= 1:
             self.range = merged[0] if merged else range(0, 0)
-            self.index = None
+        elif self.size >= PIECEWISE_MIN * len(merged):
+            self.pieces = merged
+            self.lengths = [len(r) for r in merged]
         else:
-            self.range = None
             self.index = torch.cat([torch.arange(r.start, r.stop, device=device) for r in merged])
 
     def gather(self, flat: Tensor) -> Tensor:
-        if self.index is None:
+        if self.range is not None:
             return flat[self.range.start : self.range.stop]
+        if self.pieces is not None:
+            return torch.cat([flat[r.start : r.stop] for r in self.pieces])
         return flat.index_select(0, self.index)
 
     def scatter_(self, flat: Tensor, values: Tensor) -> None:
-        if self.index is None:
+        if self.range is not None:
             flat[self.range.start : self.range.stop].copy_(values.reshape(-1))
+        elif self.pieces is not None:
+            targets = [flat[r.start : r.stop] for r in self.pieces]
+            torch._foreach_copy_(targets, list(values.reshape(-1).split(self.lengths)))
         else:
             flat.index_copy_(0, self.index, values.reshape(-1))
 

@@ -50,6 +50,17 @@ def gram(x: Tensor, mode: int) -> Tensor:
     return unfolded @ unfolded.mT
 
 
+def accumulate_gram(gg: Tensor, x: Tensor, mode: int, beta: float) -> None:
+    """``GG ← β·GG + (1−β)·X₍ₖ₎X₍ₖ₎ᵀ`` in place. For 2-D blocks one ``baddbmm`` writes the product into the
+    running matrix: no ``d × d`` temporary and one pass over it less than ``lerp_`` of a separate product
+    (the Gram matrices of nequip-seed001's 1024-row blocks are 4 MiB each)."""
+    if x.ndim == 3:
+        left, right = (x, x.mT) if mode == 0 else (x.mT, x)
+        gg.baddbmm_(left, right, beta=beta, alpha=1 - beta)
+    else:
+        gg.lerp_(gram(x, mode), 1 - beta)
+
+
 def project(x: Tensor, bases: list[Tensor | None], back: bool = False) -> Tensor:
     """Apply ``Qₖᵀ`` (or ``Qₖ`` when ``back``) along every mode ``k`` that has a basis."""
     if x.ndim == 3:  # 2-D blocks: Q_Lᵀ G Q_R (or Q_L G Q_Rᵀ) as two plain batched matmuls
@@ -274,7 +285,7 @@ class SOAP(BlockOptimizer):
         grams, bases = bucket.state["GG"], bucket.state["Q"]
         for mode, gg in enumerate(grams):
             if gg is not None:
-                gg.lerp_(gram(g, mode), 1 - beta)
+                accumulate_gram(gg, g, mode, beta)
         if steps_done % group["precondition_frequency"] != 0:
             return
         m, v = bucket.state["exp_avg"], bucket.state["exp_avg_sq"]
