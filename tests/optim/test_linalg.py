@@ -207,7 +207,7 @@ def test_isotropic_refresh_falls_back_to_rayleigh_ritz_when_the_live_part_is_not
     gram, basis, null = _with_new_directions(20, 2, 17, seed=12)  # 17 live of 18: above the cap of 16
     sizes = _eigenbasis_sizes(monkeypatch)
     q, _, flags, failed = _linalg.isotropic_refresh(gram, basis, null)
-    assert failed == 0 and sizes == [18]
+    assert failed == 0 and sizes == [20]  # one d × d eigh, the determined positions shifted apart
     torch.testing.assert_close(q[0].T @ q[0], torch.eye(20, dtype=torch.float64))
     tail = q[0, :, 2:]
     compressed = tail.T @ gram[0] @ tail
@@ -233,9 +233,30 @@ def test_isotropic_refresh_with_complement_energy_at_the_null_threshold():
     complement = torch.linalg.qr(torch.cat([head, torch.randn(1, 8, 6, dtype=torch.float64)], -1))[0][..., 2:]
     g = head @ head.mT + 1e-20 * torch.eye(8, dtype=torch.float64)
     floor = torch.tensor([1e-12], dtype=torch.float64)
-    tail, est, failed = _linalg._live_complement(g, head, complement, floor)
-    assert torch.equal(tail, complement) and tail.data_ptr() != complement.data_ptr()  # written back
-    assert torch.equal(est, torch.zeros(1, 6, dtype=torch.float64)) and failed == 0
+    q = torch.cat([head, complement], dim=-1)
+    est = torch.tensor([[1.0, 1.0, 0, 0, 0, 0, 0, 0]], dtype=torch.float64)
+    q_new, est_new, failed = _linalg._live_complement(g, q, torch.tensor([2]), 2, est, floor)
+    assert torch.equal(q_new, q) and torch.equal(est_new, est) and failed == 0
+
+
+@pytest.mark.parametrize("d,live", [(24, 2), (300, 2)])  # Rayleigh–Ritz, pivoted Cholesky
+def test_blocks_of_different_rank_refreshed_together_equal_each_alone(d, live):
+    """A bucket's blocks differ in rank (on nequip-seed001 a bucket of 17 held 12 ranks): they share one
+    call, padded to the largest rank, and each gets the basis, order and flags it gets alone."""
+    cases = [_with_new_directions(d, rank, live, seed=20 + rank) for rank in (3, 5, 8)]
+    cases.append(_with_new_directions(d, 4, 0, seed=30))  # a block whose complement stays null
+    gram, basis, null = (torch.cat(parts) for parts in zip(*cases))
+    q, order, flags, failed = _linalg.isotropic_refresh(gram, basis, null)
+    assert failed == 0
+    for i, (g, b, n) in enumerate(cases):
+        q1, order1, flags1, _ = _linalg.isotropic_refresh(g, b, n)
+        assert torch.equal(order[i], order1[0]) and torch.equal(flags[i], flags1[0])
+        rank = int((~flags1[0]).sum())
+        signs = torch.sign((q[i, :, :rank] * q1[0, :, :rank]).sum(0))
+        torch.testing.assert_close(q[i, :, :rank] * signs, q1[0, :, :rank], atol=1e-9, rtol=0)
+        projector = lambda m: m @ m.T  # noqa: E731 — the null span, whatever basis of it was returned
+        torch.testing.assert_close(projector(q[i, :, rank:]), projector(q1[0, :, rank:]), atol=1e-9, rtol=0)
+        torch.testing.assert_close(q[i].T @ q[i], torch.eye(d, dtype=torch.float64))
 
 
 def test_isotropic_refresh_keeps_a_never_touched_block_null_without_an_eigh(monkeypatch):

@@ -200,24 +200,40 @@ def isotropic_refresh(
     """
     d = basis.shape[-1]
     determined = d - null.sum(dim=-1)
-    ranks = sorted({int(x) for x in determined.tolist()})
-    whole = len(ranks) == 1  # one rank in the bucket (the usual case): no row copies
+    # three kinds of block, each refreshed in one batched call whatever their ranks (one call per rank
+    # cost 1.6–4× on buckets whose blocks differ in rank, as most buckets of a real model's do)
+    # 2 full rank; 1 partial, or a zero Gram matrix (nothing to resolve: it keeps its basis); 0 no
+    # determined column but energy (solved by eigh)
+    empty = torch.diagonal(gram, dim1=-2, dim2=-1).sum(-1) <= 0
+    kind = torch.where(determined == d, 2, ((determined > 0) | empty).long())
+    kinds = sorted({int(x) for x in kind.tolist()})
+    whole = len(kinds) == 1  # no row copies
     if not whole:
         q_out, order_out, null_out = basis.clone(), torch.empty_like(null, dtype=torch.long), null.clone()
     n_failed = 0
-    for r in ranks:
-        rows = None if whole else (determined == r).nonzero().squeeze(-1)
-        g, b, nl = (gram, basis, null) if whole else (t.index_select(0, rows) for t in (gram, basis, null))
-        if r == d:
+    for k in kinds:
+        rows = None if whole else (kind == k).nonzero().squeeze(-1)
+        picked = None if whole else rows.tolist()
+        g, b, nl = (
+            (gram, basis, null)
+            if whole
+            else (torch.stack([t[i] for i in picked]) for t in (gram, basis, null))
+        )
+        if k == 2:
             q, order, failed = power_iteration_basis(g, b, None)
             flags = null_directions(eigenvalue_estimates(g, q), tolerance)
-        elif r == 0:
+        elif k == 0:
             q, order, flags, failed = _refresh_undetermined(g, b, nl, tolerance)
         else:
-            q, order, flags, failed = _refresh_determined(g, b, nl, r, tolerance)
+            rank = determined if whole else determined[rows]
+            q, order, flags, failed = _refresh_determined(g, b, nl, rank, tolerance)
+            q = rows_where(rank > 0, q, b)  # zero Gram matrices keep their basis (and the index order)
         if whole:
             return q, order, flags, failed
-        q_out[rows], order_out[rows], null_out[rows] = q, order, flags
+        for j, i in enumerate(picked):
+            q_out[i].copy_(q[j])
+            order_out[i].copy_(order[j])
+            null_out[i].copy_(flags[j])
         n_failed += failed
     return q_out, order_out, null_out, n_failed
 
@@ -241,47 +257,59 @@ def _refresh_undetermined(
 
 
 def _refresh_determined(
-    g: Tensor, b: Tensor, null: Tensor, r: int, tolerance: float | None
+    g: Tensor, b: Tensor, null: Tensor, rank: Tensor, tolerance: float | None
 ) -> tuple[Tensor, Tensor, Tensor, int]:
-    """:func:`isotropic_refresh` for blocks that all have ``r`` determined columns (0 < r < d)."""
+    """:func:`isotropic_refresh` for blocks with ``rank`` ``(n,)`` determined columns each (0 < r < d).
+
+    Blocks of different rank share every call: the determined columns are padded to the largest rank
+    ``R`` with zero columns, which change no product and which Householder QR passes over (a zero
+    column gets the identity reflector), so each block's result is the one it would get alone, up to
+    rounding; the complement is then resolved per block at its own rank."""
     n, d = b.shape[0], b.shape[-1]
+    big = int(rank.max())
+    cols = torch.arange(d, device=b.device)
+    if big == 0:  # only zero Gram matrices: nothing to refresh
+        return b, cols.expand(n, d), null, 0
+    is_head = cols < rank.unsqueeze(-1)  # (n, d): the block's determined positions
+    head_mask = is_head[:, None, :big]
     idx = torch.argsort(null.to(torch.int8), dim=-1, stable=True)  # determined first, index order
-    head_old = b.gather(-1, idx[:, None, :r].expand(n, d, r))
+    head_old = b.gather(-1, idx[:, None, :big].expand(n, d, big)) * head_mask
     prod = g @ head_old
-    by_estimate = torch.argsort((head_old * prod).sum(dim=-2), dim=-1, descending=True, stable=True)
-    order = torch.cat([idx[:, :r].gather(-1, by_estimate), idx[:, r:]], dim=-1)
-    power = prod.gather(-1, by_estimate[:, None, :].expand(n, d, r))
+    estimates = (head_old * prod).sum(dim=-2).masked_fill(~is_head[:, :big], float("-inf"))
+    by_estimate = torch.argsort(estimates, dim=-1, descending=True, stable=True)  # padding stays last
+    order = torch.cat([idx[:, :big].gather(-1, by_estimate), idx[:, big:]], dim=-1)
+    power = prod.gather(-1, by_estimate[:, None, :].expand(n, d, big))
     work = power if power.dtype in (torch.float32, torch.float64) else power.float()
     try:
         q = qr_complete(work).to(b.dtype)
     except RuntimeError:
         q = torch.full_like(b, float("nan"))
-    head = q[..., :r]
-    head_est = (head * (g @ head)).sum(dim=-2)
-    tail_est = torch.zeros(n, d - r, dtype=head_est.dtype, device=head_est.device)
+    head = q[..., :big]
+    head_est = ((head * (g @ head)).sum(dim=-2) * is_head[:, :big]).to(g.dtype)
+    est = torch.cat([head_est, head_est.new_zeros(n, d - big)], dim=-1)
     tol = null_threshold(d, g.dtype, tolerance)
     tail_energy = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1) - head_est.sum(-1)
     live = tail_energy > tol * head_est.amax(dim=-1).clamp_min(0.0)
     n_failed = 0
     if bool(live.any()):  # resolve the energy that entered the complement
-        every = bool(live.all())  # no row copies of the d × d matrices then
-        rows = live.nonzero().squeeze(-1)
-        g_live, q_live = (g, q) if every else (g.index_select(0, rows), q.index_select(0, rows))
-        floor = tol * head_est.index_select(0, rows).amax(dim=-1).clamp_min(0.0)
+        floor = tol * head_est.amax(dim=-1).clamp_min(0.0)
         resolved = None
-        if d - r >= LIVE_COMPLEMENT_MIN:
-            resolved = _live_complement(g_live, q_live[..., :r], q_live[..., r:], floor)
-        if resolved is not None:
-            tail, est, n_failed = resolved
-        else:  # the live part is not of low rank: Rayleigh–Ritz on the whole complement
-            tail = q_live[..., r:]
-            compressed = tail.mT @ (g_live @ tail)
-            compressed = (compressed + compressed.mT) / 2
-            rotation, n_failed = eigenbasis(compressed, None)
-            tail, est = tail @ rotation, eigenvalue_estimates(compressed, rotation)
-        q[rows, :, r:] = tail
-        tail_est[rows] = est
-    flags = null_directions(torch.cat([head_est, tail_est], dim=-1), tolerance)
+        if d - big >= LIVE_COMPLEMENT_MIN:  # every block at once (a row copy costs more than its work)
+            stopped = floor.masked_fill(~live, float("inf"))  # no factor column for the others
+            resolved = _live_complement(g, q, rank, big, est, stopped)
+            if resolved is not None:
+                q_new, est_new, n_failed = resolved
+                q, est = rows_where(live, q_new, q), rows_where(live, est_new, est)
+        if resolved is None:  # the live part is not of low rank: Rayleigh–Ritz on the whole complement
+            every = bool(live.all())  # no row copies of the d × d matrices then
+            rows = live.nonzero().squeeze(-1)
+            pick = (lambda t: t) if every else (lambda t: t.index_select(0, rows))
+            q_new, est_new, n_failed = _rayleigh_ritz_complement(pick(g), pick(q), pick(rank), pick(est))
+            if every:
+                q, est = q_new, est_new
+            else:
+                q, est = q.index_copy_(0, rows, q_new), est.index_copy_(0, rows, est_new)
+    flags = null_directions(est, tolerance)
     ok = _finite_per_block(q) & _finite_per_block(g)
     if not bool(ok.all()):
         n_failed = int((~ok).sum())
@@ -292,13 +320,56 @@ def _refresh_determined(
     return q, order, flags, n_failed
 
 
+def rows_where(mask: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``a`` where ``mask`` ``(n,)`` is set, else ``b``, row by row: row copies instead of ``torch.where``
+    over every entry (a broadcast ``where`` over seven 1024 × 1024 matrices cost 5 ms on CPU). May return
+    (and then modify) ``a``."""
+    if bool(mask.all()):
+        return a
+    if not bool(mask.any()):
+        return b
+    for row in (~mask).nonzero().squeeze(-1).tolist():  # plain copies: index_copy_ was 2× slower here
+        a[row].copy_(b[row])
+    return a
+
+
+def _place_after_head(head: Tensor, rest: Tensor, rank: Tensor) -> Tensor:
+    """Per block, ``head``'s first ``r`` entries along the last axis followed by ``rest``'s first ``d − r``
+    (``head`` and ``rest`` ``(…, d)``, ``rank`` ``(n,)``): a basis assembled at each block's own rank."""
+    d = head.shape[-1]
+    cols = torch.arange(d, device=head.device)
+    at = torch.where(cols < rank.unsqueeze(-1), cols, d + cols - rank.unsqueeze(-1))  # (n, d)
+    at = at.view(at.shape[0], *([1] * (head.ndim - 2)), d).expand(head.shape)
+    return torch.cat([head, rest], dim=-1).gather(-1, at)
+
+
+def _rayleigh_ritz_complement(g: Tensor, q: Tensor, rank: Tensor, est: Tensor) -> tuple[Tensor, Tensor, int]:
+    """The complement of each block's first ``r`` columns of ``q`` resolved by Rayleigh–Ritz, blocks of
+    any rank in one ``eigh``: ``C = Qᵀ G Q`` with the determined rows and columns replaced by distinct
+    negative diagonal entries (``−(1+j)·(trace G + 1)``) is block diagonal, so its eigenvectors of
+    non-negative eigenvalue are the complement's Ritz vectors, descending, followed by the determined
+    positions. Returns ``(Q_new, estimates, n_failed)`` with ``est``'s determined entries kept."""
+    d = q.shape[-1]
+    compressed = q.mT @ (g @ q)
+    compressed = (compressed + compressed.mT) / 2
+    cols = torch.arange(d, device=q.device)
+    is_head = cols < rank.unsqueeze(-1)
+    keep = ~(is_head.unsqueeze(-1) | is_head.unsqueeze(-2))
+    shift = torch.diagonal(g, dim1=-2, dim2=-1).sum(-1).abs() + 1.0
+    marks = -(1.0 + cols.to(g.dtype)) * shift.unsqueeze(-1) * is_head
+    compressed = torch.where(keep, compressed, 0.0) + torch.diag_embed(marks)
+    rotation, n_failed = eigenbasis(compressed, None)
+    ritz = eigenvalue_estimates(compressed, rotation)
+    q_new = _place_after_head(q, q @ rotation, rank)
+    return q_new, _place_after_head(est, ritz, rank), n_failed
+
+
 def _live_complement(
-    g: Tensor, head: Tensor, complement: Tensor, floor: Tensor
+    g: Tensor, q: Tensor, rank: Tensor, big: int, est: Tensor, floor: Tensor
 ) -> tuple[Tensor, Tensor, int] | None:
-    """The complement of the determined columns ``head`` ``(n, d, r)`` (``complement``: a basis of it),
-    live directions first: returns
-    ``(tail (n, d, d − r), estimates (n, d − r), n_failed)``, or None when the live part is not of low
-    rank (the caller then runs Rayleigh–Ritz on the whole complement).
+    """The complement of each block's first ``r`` columns of ``q`` (``head``, padded with zero columns to
+    ``big``), live directions first: returns ``(Q_new, estimates, n_failed)`` with ``est``'s determined
+    entries kept, or None when the live part is not of low rank (the caller then runs Rayleigh–Ritz).
 
     The Gram energy in the complement is ``H = P G P`` with ``P = I − head headᵀ``; between two refreshes
     only one period's gradients enter it, so its rank ``ℓ`` is far below the null count ``k = d − r`` (on
@@ -312,7 +383,8 @@ def _live_complement(
     of the null span the last refresh returned; the directions left in the residual carry less energy
     than the null threshold, so they are null either way. (torch has no rank-revealing pivoted Cholesky
     or QR, hence this loop; scipy's would leave the device.)"""
-    n, d, r = head.shape
+    n, d = q.shape[0], q.shape[-1]
+    head = q[..., :big] * (torch.arange(big, device=q.device) < rank.unsqueeze(-1)).unsqueeze(-2)
     gh = g @ head
     x = gh - head @ (head.mT @ gh) / 2
     diag = torch.diagonal(g, dim1=-2, dim2=-1) - 2 * (head * x).sum(-1)
@@ -320,32 +392,44 @@ def _live_complement(
 
     def column(pivot: Tensor) -> Tensor:
         """``H[:, pivot]`` of each block, ``(n, d)``."""
-        at_pivot = (head[blocks, pivot], x[blocks, pivot])  # rows of head and X, (n, r) each
+        at_pivot = (head[blocks, pivot], x[blocks, pivot])  # rows of head and X, (n, big) each
         return (
             g[blocks, :, pivot]
             - (head @ x[blocks, pivot].unsqueeze(-1)).squeeze(-1)
             - (x @ at_pivot[0].unsqueeze(-1)).squeeze(-1)
         )
 
-    cap = min(d - r, max(16, (d - r) // 8))  # beyond it the factor costs what Rayleigh–Ritz does
+    cap = min(d - big, max(16, (d - big) // 8))  # beyond it the factor costs what Rayleigh–Ritz does
     factor = _pivoted_cholesky(diag, column, floor, cap)
     if factor is None:
         return None
-    if factor.shape[-1] == 0:  # the trace test saw energy (its rounding differs); none is above the floor
-        return complement.clone(), complement.new_zeros(n, d - r), 0  # a copy: the caller writes it back
+    ell = factor.shape[-1]
+    if ell == 0:  # the trace test saw energy (its rounding differs); none is above the floor
+        return q, est, 0
     small = factor.mT @ factor
     rotation, n_failed = eigenbasis((small + small.mT) / 2, None)
     weights = eigenvalue_estimates(small, rotation)
-    keep = weights > factor.shape[-1] * torch.finfo(g.dtype).eps * weights.amax(-1, keepdim=True)
+    keep = weights > ell * torch.finfo(g.dtype).eps * weights.amax(-1, keepdim=True)
     live = (factor @ rotation) / weights.clamp_min(torch.finfo(g.dtype).tiny).sqrt().unsqueeze(-2)
     live = torch.where(keep.unsqueeze(-2), live, 0.0)
+    # [head, live, 0…] at each block's rank: zero columns (padding, dropped directions) get the identity
+    # reflector, so the complete QR's columns r…r+ℓ span the live directions and the rest completes them
+    # (only the first big + ℓ columns: a QR of all d would cost d³ however many are zero)
+    stacked = torch.cat([head, live, live.new_zeros(n, d, 1)], dim=-1)
+    width = torch.arange(big + ell, device=q.device)
+    r = rank.unsqueeze(-1)
+    at = torch.where(width < r, width, torch.where(width < r + ell, big + width - r, big + ell))
     try:
-        tail = qr_complete(torch.cat([head, live], dim=-1))[..., r:]
+        completed = qr_complete(stacked.gather(-1, at.unsqueeze(-2).expand(n, d, big + ell)))
     except RuntimeError:
-        tail = torch.full((n, d, d - r), float("nan"), dtype=g.dtype, device=g.device)
-    est = eigenvalue_estimates(g, tail[..., : live.shape[-1]])
-    est = torch.cat([est, est.new_zeros(n, d - r - live.shape[-1])], dim=-1)
-    return tail, est, n_failed
+        completed = torch.full_like(q, float("nan"))
+    # its first r columns are ±head up to rounding (Householder QR of orthonormal columns): the
+    # determined columns are taken from it too (a per-column select over d × d costs more than the QR)
+    q_new = completed
+    live_at = (r + torch.arange(ell, device=q.device)).unsqueeze(-2).expand(n, d, ell)
+    live_est = eigenvalue_estimates(g, completed.gather(-1, live_at))
+    est_new = est.scatter(-1, live_at[:, 0, :], live_est)
+    return q_new, est_new, n_failed
 
 
 def _pivoted_cholesky(
