@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mlipopt.optim import build_optimizer
-from mlipopt.optim.factory import DEFAULT_LR_GRIDS, OPTIMIZERS
+from mlipopt.optim.registry import OPTIMIZERS
 from mlipopt.study.presets import STUDY_PRESETS
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "optimizers.md"
@@ -36,6 +36,6 @@ def test_documented_defaults_are_the_ones_used(name):
     for item in defaults.strip("`").split("; "):
         key, value = item.split("=", 1)
         assert group[key] == ast.literal_eval(value), (name, key, group[key])
-    assert DEFAULT_LR_GRIDS[name] == ast.literal_eval(default_grid.strip("`"))
+    assert list(OPTIMIZERS[name].lr_grid) == ast.literal_eval(default_grid.strip("`"))
     for preset in ("finetune-ethanol", "finetune-3bpa"):
         assert STUDY_PRESETS[preset]["optimizers"][name]["lr"] == ast.literal_eval(finetune_lr.strip("`"))

@@ -47,6 +47,35 @@ def test_state_dict_round_trip_is_bit_identical(name, dtype):
         assert torch.equal(a.detach(), b.detach())
 
 
+def _same(a, b) -> bool:
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_a_loaded_state_is_the_saved_state_dtypes_included(name):
+    """torch's load_state_dict casts every state tensor to the parameter's dtype; SOAP's boolean null-space
+    flags must come back boolean, so that a trainer that saves a just-loaded optimizer (MACE's restart)
+    writes the checkpoint it read."""
+    params = make_params(SHAPES, torch.float32)
+    opt = FACTORIES[name](groups(params))
+    run(opt, params, 4)
+    saved = opt.state_dict()
+    kinds = {v.dtype for state in saved["state"].values() for v in state.values() if torch.is_tensor(v)}
+    kinds |= {t.dtype for st in saved["state"].values() for v in st.values() if isinstance(v, list)
+              for row in v if isinstance(row, list) for t in row if torch.is_tensor(t)}  # fmt: skip
+    if name.startswith("soap"):
+        assert torch.bool in kinds  # the null flags: what the cast used to turn into floats
+    again = FACTORIES[name](groups(params))
+    again.load_state_dict(saved)
+    assert _same(saved["state"], again.state_dict()["state"])
+
+
 def test_state_dict_is_a_snapshot_of_plain_tensors():
     params = make_params(SHAPES)
     opt = SOAP(groups(params), lr=1e-2)

@@ -298,10 +298,17 @@ def test_a_study_trains_each_run_on_two_data_parallel_processes(tmp_path):
 
 
 def test_default_grids_try_weight_decays_on_the_selected_rate_so_adam_and_adamw_differ(tmp_path, monkeypatch):
-    from mlipopt.optim import DEFAULT_LR_GRIDS, DEFAULT_WEIGHT_DECAYS
+    import dataclasses
+    from types import MappingProxyType
 
-    for name in ("adam", "adamw"):  # two rates keep the test short; the decay stage is what is tested
-        monkeypatch.setitem(DEFAULT_LR_GRIDS, name, [1e-3, 5e-3])
+    from mlipopt.optim import registry
+    from mlipopt.optim.registry import DEFAULT_WEIGHT_DECAYS
+
+    short = {
+        n: dataclasses.replace(s, lr_grid=(1e-3, 5e-3)) if n in ("adam", "adamw") else s
+        for n, s in registry.OPTIMIZERS.items()
+    }  # two rates keep the test short; the decay stage is tested
+    monkeypatch.setattr(registry, "OPTIMIZERS", MappingProxyType(short))  # fmt: skip
     raw = tiny_study(tmp_path, optimizers={"adam": {}, "adamw": {}, "soap": {"lr": [5e-3, 1e-2]}},
                      loss_ratios=[[1, 1]], seeds=[1])  # fmt: skip
     raw["force_fractions"] = [1.0]

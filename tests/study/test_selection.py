@@ -73,7 +73,7 @@ def test_a_best_rate_on_the_grid_edge_extends_the_grid(tmp_path):
 
 
 def test_a_study_without_grids_runs_on_the_default_grids_and_measures_step_cost(tmp_path):
-    from mlipopt.optim import DEFAULT_LR_GRIDS
+    from mlipopt.optim.registry import optimizer_spec
 
     raw = tiny_study(tmp_path, optimizers={"adamw": {}, "soap": {}}, force_fractions=[1.0], seeds=[1])
     raw["loss_ratios"] = [[1.0, 1.0]]
@@ -81,7 +81,7 @@ def test_a_study_without_grids_runs_on_the_default_grids_and_measures_step_cost(
     db = ResultsDB(load_study(raw).database_url)
     for name in ("adamw", "soap"):
         swept = {r.lr for r in db.runs("tiny", stage="sweep") if r.optimizer == name}
-        assert swept == set(DEFAULT_LR_GRIDS[name])
+        assert swept == set(optimizer_spec(name).lr_grid)
     finals = db.runs("tiny", stage="final")
     assert {r.optimizer for r in finals if r.status == "done"} == {"adamw", "soap"}
     costs = {c.optimizer: c for c in db.step_costs("tiny")}

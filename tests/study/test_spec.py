@@ -19,16 +19,17 @@ def test_learning_rate_grid_around_an_order():
 
 def test_an_optimizer_without_a_grid_gets_its_default_grid(tmp_path):
     """`optimizers: {adamw: {}, soap_muon: {}}` is a complete study: the default grids are swept."""
-    from mlipopt.optim import DEFAULT_LR_GRIDS
+    from mlipopt.optim.registry import optimizer_spec
 
     spec = load_study(tiny_study(tmp_path, optimizers={"adamw": {}, "soap_muon": {}}))
     for name in ("adamw", "soap_muon"):
         rates = spec.optimizers[name].learning_rates(name)
-        assert rates == DEFAULT_LR_GRIDS[name] and len(rates) >= 4
+        assert rates == list(optimizer_spec(name).lr_grid) and len(rates) >= 4
     # seed 001 table 4's optima and seed 002's fine-tuning rates lie inside, with a point beyond each end
-    adam = DEFAULT_LR_GRIDS["adamw"]
+    adam = list(optimizer_spec("adamw").lr_grid)
     assert adam[0] < 5e-4 and adam[-1] > 3e-2
-    assert DEFAULT_LR_GRIDS["soap_muon"][0] < 3e-4 and DEFAULT_LR_GRIDS["soap_muon"][-1] > 1e-3
+    soap_muon = optimizer_spec("soap_muon").lr_grid
+    assert soap_muon[0] < 3e-4 and soap_muon[-1] > 1e-3
 
 
 def test_neighbour_rate_walks_the_grid_ladder():
@@ -84,10 +85,3 @@ def test_presets_expand(tmp_path, name):
         # seed 001 table 4 (water): AdamW/Muon/SOAP at 1e-2 or 5e-3, SOAP-Muon at 1e-3 or 3e-4
         assert spec.optimizers["adamw"].learning_rates("adamw") == [3e-3, 5e-3, 1e-2, 3e-2]
         assert spec.optimizers["soap_muon"].learning_rates("soap_muon") == [3e-4, 5e-4, 1e-3, 3e-3]
-
-
-def test_the_presets_weight_decays_are_the_default_decays():
-    from mlipopt.optim import DEFAULT_WEIGHT_DECAYS
-    from mlipopt.study.presets import WEIGHT_DECAYS
-
-    assert WEIGHT_DECAYS == DEFAULT_WEIGHT_DECAYS

@@ -1,29 +1,29 @@
-"""Optimizers: structure-aware Muon, SOAP and SOAP-Muon (plus their reference oracles)."""
+"""Optimizers: structure-aware Muon, SOAP and SOAP-Muon (plus their reference oracles), and the registry
+of every optimizer mlipopt builds by name.
 
-from ._base import NonFiniteGradientError
-from ._linalg import newton_schulz
-from .factory import (
-    DEFAULT_LR_GRIDS,
-    DEFAULT_WEIGHT_DECAYS,
-    OPTIMIZERS,
-    build_optimizer,
-    canonical_name,
-    has_train_eval_modes,
-)
-from .muon import Muon, muon_scale
-from .soap import SOAP, SOAPMuon
+Exports are lazy (PEP 562): ``from mlipopt.optim.registry import OPTIMIZERS`` or
+``from mlipopt.optim import canonical_name`` does not import torch, so the CLI and the study presets can
+name optimizers without loading it.
+"""
 
-__all__ = [
-    "DEFAULT_LR_GRIDS",
-    "DEFAULT_WEIGHT_DECAYS",
-    "OPTIMIZERS",
-    "SOAP",
-    "Muon",
-    "NonFiniteGradientError",
-    "SOAPMuon",
-    "build_optimizer",
-    "canonical_name",
-    "has_train_eval_modes",
-    "muon_scale",
-    "newton_schulz",
-]
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "NonFiniteGradientError": "._base",
+    "newton_schulz": "._linalg",
+    "build_optimizer": ".factory",
+    "has_train_eval_modes": ".factory",
+    "optimizer_class": ".factory",
+    "BASELINE": ".registry",
+    "DEFAULT_WEIGHT_DECAYS": ".registry",
+    "OPTIMIZERS": ".registry",
+    "OptimizerSpec": ".registry",
+    "canonical_name": ".registry",
+    "optimizer_spec": ".registry",
+    "Muon": ".muon",
+    "muon_scale": ".muon",
+    "SOAP": ".soap",
+    "SOAPMuon": ".soap",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

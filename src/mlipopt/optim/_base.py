@@ -56,6 +56,18 @@ def reject_unknown(cls: type, unknown: dict[str, Any]) -> None:
     )
 
 
+def _with_saved_dtypes(loaded: Any, saved: Any) -> Any:
+    """``loaded`` with each non-floating tensor back in the dtype it had in ``saved`` (same nesting)."""
+    if torch.is_tensor(loaded) and torch.is_tensor(saved):
+        same = loaded.dtype == saved.dtype or saved.is_floating_point() or saved.is_complex()
+        return loaded if same else loaded.to(saved.dtype)
+    if isinstance(loaded, (list, tuple)) and isinstance(saved, (list, tuple)) and len(loaded) == len(saved):
+        return type(loaded)(_with_saved_dtypes(a, b) for a, b in zip(loaded, saved))
+    if isinstance(loaded, dict) and isinstance(saved, dict):
+        return {k: _with_saved_dtypes(v, saved[k]) if k in saved else v for k, v in loaded.items()}
+    return loaded
+
+
 class NonFiniteGradientError(FloatingPointError):
     """A gradient contained NaN or inf and the optimizer was asked to refuse it."""
 
@@ -63,12 +75,13 @@ class NonFiniteGradientError(FloatingPointError):
 class BlockOptimizer(torch.optim.Optimizer):
     """Base class: param-group plans, non-finite gradient policy, state (de)serialisation.
 
-    Subclasses define ``_convention`` (``"muon"`` or ``"soap"``), ``_flat_keys`` (state tensors
-    shaped like the parameter: key -> ``"both"`` or ``"elem"`` for elementwise-only entries),
+    Subclasses define ``_convention`` (``"as_matrix"`` or ``"by_modes"``, see ``resolve_layout``),
+    ``_flat_keys`` (state tensors shaped like the parameter: key -> ``"both"`` or ``"elem"`` for
+    elementwise-only entries),
     ``_init_bucket``/``_export_bucket`` for per-block state, and ``_step_plan``.
     """
 
-    _convention = "soap"
+    _convention = "by_modes"
     _flat_keys: dict[str, str] = {}
 
     def __init__(self, params: Any, defaults: dict[str, Any]):
@@ -223,6 +236,17 @@ class BlockOptimizer(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
+        # torch casts every state tensor but "step" to its parameter's floating dtype: the boolean null-space
+        # flags would come back as 0./1. floats. Restore the saved dtype of every non-floating tensor, so that
+        # a loaded optimizer's state (and its next state_dict) is the saved one exactly.
+        saved = state_dict["state"]
+        indices = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, p in zip(indices, params):
+            if index in saved and p in self.state:
+                state = self.state[p]
+                for key, value in saved[index].items():
+                    state[key] = _with_saved_dtypes(state[key], value)
         self._plans = {}
         for group in self.param_groups:
             self._validate_group(group)

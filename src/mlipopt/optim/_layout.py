@@ -18,6 +18,7 @@ from torch import Tensor
 
 Block = tuple[int, int, tuple[int, ...]]
 ROLES = ("matrix", "adam")
+CONVENTIONS = ("as_matrix", "by_modes")  # how a tensor without a structure role is split (resolve_layout)
 FANS = ("out_in", "in_out")
 
 
@@ -76,18 +77,20 @@ def validate_blocks(blocks: Any, numel: int, where: str) -> tuple[Block, ...]:
 def resolve_layout(group: dict, index: int, p: Tensor, convention: str) -> ParamLayout:
     """Decide the blocks of parameter ``index`` of ``group``.
 
-    ``convention`` is ``"muon"`` (plain tensors become one ``(d0, rest)`` matrix) or ``"soap"``
-    (plain tensors are preconditioned along their own modes, as in official SOAP). With a
-    structure ``role`` the group decides: ``"matrix"`` uses ``group["blocks"][index]`` (default:
+    ``convention`` is ``"as_matrix"`` (Muon's: plain tensors become one ``(d0, rest)`` matrix) or
+    ``"by_modes"`` (SOAP's: plain tensors are preconditioned along their own modes, as in official SOAP).
+    With a structure ``role`` the group decides: ``"matrix"`` uses ``group["blocks"][index]`` (default:
     the parameter's own shape); ``"adam"`` is elementwise for Muon, and for SOAP preconditions a
     parameter only by its own multi-dimensional shape (Harari et al. A.3–A.4).
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"layout convention must be one of {CONVENTIONS}, got {convention!r}")
     role = group.get("role")
     fans = group.get("layouts")
     fan = fans[index] if fans is not None else "out_in"
     if fan not in FANS:
         raise ValueError(f"param group layout must be one of {FANS}, got {fan!r}")
-    default = matrix_block(p) if convention == "muon" else own_shape_block(p)
+    default = matrix_block(p) if convention == "as_matrix" else own_shape_block(p)
     if role is None:
         return ParamLayout(default, ortho=p.ndim >= 2, fan=fan)
     if role not in ROLES:
@@ -100,7 +103,7 @@ def resolve_layout(group: dict, index: int, p: Tensor, convention: str) -> Param
             name = _param_name(group, index)
             blocks = validate_blocks(given[index], p.numel(), f"parameter {name}")
         return ParamLayout(blocks, ortho=True, fan=fan)
-    blocks = () if convention == "muon" else own_shape_block(p)
+    blocks = () if convention == "as_matrix" else own_shape_block(p)
     return ParamLayout(blocks, ortho=False, fan=fan)
 
 

@@ -56,7 +56,7 @@ class Muon(BlockOptimizer):
             check reads one flag back per step).
     """
 
-    _convention = "muon"
+    _convention = "as_matrix"
     _flat_keys = {"momentum_buffer": "both", "exp_avg_sq": "elem"}
 
     def __init__(

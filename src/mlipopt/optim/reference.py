@@ -110,7 +110,7 @@ class SOAPReference(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                layout = resolve_layout(group, i, p, "soap")
+                layout = resolve_layout(group, i, p, "by_modes")
                 ortho = layout.ortho and group["ortho"]
                 betas = self._role_betas(group, ortho)
                 state = self.state[p]
@@ -141,7 +141,7 @@ class SOAPReference(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                layout = resolve_layout(group, i, p, "soap")
+                layout = resolve_layout(group, i, p, "by_modes")
                 ortho = layout.ortho and group["ortho"]
                 state = self.state[p]
                 update = torch.zeros_like(p).reshape(-1)
@@ -272,7 +272,7 @@ class MuonReference(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                layout = resolve_layout(group, i, p, "muon")
+                layout = resolve_layout(group, i, p, "as_matrix")
                 state = self.state[p]
                 if not state:
                     state["m"] = torch.zeros_like(p).reshape(-1)

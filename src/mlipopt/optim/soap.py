@@ -112,7 +112,7 @@ class SOAP(BlockOptimizer):
             check reads one flag back per step).
     """
 
-    _convention = "soap"
+    _convention = "by_modes"
     _flat_keys = {"exp_avg": "both", "exp_avg_sq": "both"}
     _orthogonalize = False
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..figures import save_figure
+from ..optim.registry import baseline_first
 from ..study.axes import SEPARATOR
 from ..study.db import ResultsDB
 from ..train.diagnostics import VERDICT, verdicts
@@ -130,7 +131,7 @@ def learning_curves(cells: list[ArchitectureCell], path: Path) -> list[str]:
 
     fractions = sorted({c.force_fraction for c in cells}, reverse=True)
     models = sorted({c.model for c in cells})
-    optimizers = sorted({c.optimizer for c in cells}, key=lambda o: (o != "adamw", o))
+    optimizers = baseline_first({c.optimizer for c in cells})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
     styles = {o: s for o, s in zip(optimizers, ["-", "--", ":", "-."] * 3)}
     markers = {o: m for o, m in zip(optimizers, ["o", "s", "^", "D"] * 3)}
@@ -200,7 +201,7 @@ def pareto_figure(cells: list[ArchitectureCell], costs: dict[str, float], path: 
     points = [(costs[c.model], float(np.mean(_error(c)))) for c in chosen]
     front = pareto_front(points)
     fig, ax = plt.subplots(figsize=(6, 4.4))
-    optimizers = sorted({c.optimizer for c in chosen}, key=lambda o: (o != "adamw", o))
+    optimizers = baseline_first({c.optimizer for c in chosen})
     colours = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optimizers)}
     for o in optimizers:
         mine = [(x, y) for c, (x, y) in zip(chosen, points) if c.optimizer == o]

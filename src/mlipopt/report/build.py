@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..figures import save_figure
+from ..optim.registry import BASELINE, baseline_first
 from ..study.db import ResultsDB, Run
 from ..train.diagnostics import CONSTANT_MARGIN
 from .accounting import StudyAccount, study_account
@@ -44,8 +45,6 @@ from .trust import (
     same_optimizer_line,
     selections_section,
 )
-
-BASELINE = "adamw"
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -188,7 +187,7 @@ def relative_heatmap(cells: dict[tuple[str, float], Cell], path: Path) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
 
-    optimizers = sorted({o for o, _ in cells}, key=lambda o: (o != BASELINE, o))
+    optimizers = baseline_first({o for o, _ in cells})
     fractions = sorted({s for _, s in cells}, reverse=True)
     reference = BASELINE if any(o == BASELINE for o, _ in cells) else optimizers[0]
     fig, axes = plt.subplots(1, 2, figsize=(3 + 1.3 * len(fractions) * 2, 0.6 * len(optimizers) + 1.8))
@@ -239,7 +238,7 @@ def curves_figure(db: ResultsDB, study: str, path: Path, targets: dict[float, fl
 
     runs = final_runs(db, study)
     fractions = sorted({r.force_fraction for r in runs}, reverse=True)
-    optimizers = sorted({r.optimizer for r in runs}, key=lambda o: (o != BASELINE, o))
+    optimizers = baseline_first({r.optimizer for r in runs})
     colours = {o: plt.cm.tab10(i % 10) for i, o in enumerate(optimizers)}
     fig, axes = plt.subplots(2, len(fractions), figsize=(4.2 * len(fractions), 6.6), squeeze=False)
     for ax, energy_ax, s in zip(axes[0], axes[1], fractions):

@@ -23,10 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..optim.registry import BASELINE, baseline_first
 from ..study.db import ResultsDB, Run
 from .trust import flags_of, measured_step_seconds
-
-BASELINE = "adamw"
 
 
 @dataclass
@@ -180,7 +179,7 @@ def time_to_target_section(db: ResultsDB, study: str, runs: list[Run]) -> tuple[
         base_q = {k: quartiles(getattr(base, k)) for k in ("epochs", "gradient_evaluations", "seconds")}
         if not converged:
             capped.append(f"{100 * s:g} %")
-        order = sorted(curves, key=lambda o: (o != BASELINE, o))
+        order = baseline_first(curves)
         for o in order:
             mine = reach(curves[o], target)
             q = {k: quartiles(getattr(mine, k)) for k in ("epochs", "gradient_evaluations", "seconds")}

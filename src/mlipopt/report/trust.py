@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..figures import save_figure
+from ..optim.registry import same_without_decay_pairs
 from ..study.db import ResultsDB, Run, run_flags
 from ..train.diagnostics import converged_from_final, training_checks, training_flags, verdicts
 from .aggregate import mean_std
@@ -76,18 +77,22 @@ def constant_predictor_line(runs: list[Run]) -> list[str]:
 
 
 def same_optimizer_line(runs: list[Run]) -> list[str]:
-    """A warning when the study compares ``adam`` with ``adamw`` at zero weight decay: the two differ only
-    in how weight decay enters the update (coupled L2 against decoupled), so without it their rows are
-    the same optimizer's and any difference or tie between them means nothing (Loshchilov & Hutter)."""
-    decays = {name: {r.weight_decay for r in runs if r.optimizer == name} for name in ("adam", "adamw")}
-    if not decays["adam"] or not decays["adamw"] or decays["adam"] | decays["adamw"] != {0.0}:
-        return []
-    return [
-        "**adam and adamw are the same optimizer in this study**: they differ only in how weight decay is "
-        "applied, and every final run of both used weight decay 0. Sweep it (e.g. "
-        "`optimizers.adamw.weight_decay=[0,1e-5,1e-4,1e-3]`, the same for adam) to compare them.",
-        "",
-    ]
+    """A warning when the study compares two optimizers that differ only in how weight decay enters the
+    update (``adam`` and ``adamw``: coupled L2 against decoupled; the registry's ``same_without_decay``)
+    at zero weight decay: their rows are then the same optimizer's and any difference or tie between them
+    means nothing (Loshchilov & Hutter)."""
+    lines = []
+    for name, twin in same_without_decay_pairs():
+        decays = {o: {r.weight_decay for r in runs if r.optimizer == o} for o in (name, twin)}
+        if not decays[name] or not decays[twin] or decays[name] | decays[twin] != {0.0}:
+            continue
+        lines += [
+            f"**{twin} and {name} are the same optimizer in this study**: they differ only in how weight "
+            f"decay is applied, and every final run of both used weight decay 0. Sweep it (e.g. "
+            f"`optimizers.{name}.weight_decay=[0,1e-5,1e-4,1e-3]`, the same for {twin}) to compare them.",
+            "",
+        ]
+    return lines
 
 
 def reproducibility_line(runs: list[Run]) -> list[str]:

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from ..figures import save_figure
-from ..optim import canonical_name
+from ..optim.registry import canonical_name, optimizer_spec
 from ..structure import param_groups
 from ..train import Trainer, load_config
 from ..train.checkpoint import load_torch, save_json
 from .hessian import HessianOperator, trainer_loss_terms
 from .lanczos import Spectrum, analyse
-from .preconditioners import NOT_LINEAR, Preconditioner, from_lbfgs_history, from_optimizer
+from .preconditioners import Preconditioner, from_lbfgs_history, from_optimizer
 
 CHECKPOINT_FILES = {"last": "checkpoint.pt", "best": "best_model.pt", "refined": "refined_model.pt"}
 
@@ -100,12 +100,17 @@ def analyse_run(
         history = weights["lbfgs"]
         preconditioner = from_lbfgs_history(history["s"], history["y"], hessian.flat)
         label = "lbfgs"
-    elif optimizer_state is not None and name not in NOT_LINEAR:
+    elif optimizer_state is not None and optimizer_spec(name).preconditioner != "none":
         trainer.optimizer.load_state_dict(optimizer_state)
         preconditioner = from_optimizer(name, trainer.optimizer, hessian.flat)
         label = name
     else:
-        note = NOT_LINEAR.get(name, "no optimizer state saved: P not formed")
+        not_formed = optimizer_spec(name).preconditioner == "none"
+        note = (
+            optimizer_spec(name).preconditioner_note
+            if not_formed
+            else "no optimizer state saved: P not formed"
+        )
         label = name
     if preconditioner is not None:
         note = preconditioner.note

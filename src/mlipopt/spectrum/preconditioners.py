@@ -31,19 +31,9 @@ import torch
 
 from ..optim import _layout
 from ..optim.muon import muon_scale
+from ..optim.registry import optimizer_spec
 from ..optim.soap import project
 from .hessian import FlatParameters
-
-#: optimizer name → what the analysis can say about its preconditioner
-NOT_LINEAR = {
-    "lamb": "LAMB's layer-wise trust ratio depends on the current update: P is not formed",
-    "ranger": "Ranger's gradient centralisation and Lookahead are not a preconditioner: P is not formed",
-}
-NOTES = {
-    "muon": "Muon linearised at its momentum: right-multiplication by (MᵀM)^{-1/2} (its polar factor)",
-    "soap_muon": "SOAP-Muon: SOAP's P; its orthogonalisation and RMS normalisation are not linear",
-    "sgd": "SGD: P = I",
-}
 
 
 class Preconditioner:
@@ -79,31 +69,39 @@ def _adam_diag(v: torch.Tensor, eps: float, bias2: float = 1.0) -> torch.Tensor:
 
 
 def from_optimizer(name: str, optimizer: torch.optim.Optimizer, flat: FlatParameters) -> Preconditioner:
-    """The preconditioner of a loaded ``optimizer`` (built by ``build_optimizer(name, ...)``)."""
-    if name in NOT_LINEAR:
-        raise NotImplementedError(NOT_LINEAR[name])
-    pre = Preconditioner(flat, name, NOTES.get(name, ""))
-    if name == "sgd":
+    """The preconditioner of a loaded ``optimizer`` (built by ``build_optimizer(name, ...)``), formed the
+    way its registry entry's ``preconditioner`` view says (mlipopt.optim.registry)."""
+    entry = optimizer_spec(name)
+    view = entry.preconditioner
+    if view == "none":
+        raise NotImplementedError(
+            entry.preconditioner_note or f"no preconditioner model for optimizer {name!r}"
+        )
+    pre = Preconditioner(flat, entry.name, entry.preconditioner_note)
+    if view == "identity":
         return pre
-    if name in ("adam", "adamw", "radam", "schedulefree_adamw"):
-        for group in optimizer.param_groups:
-            beta2 = group["betas"][1]
-            for p in group["params"]:
-                state = optimizer.state.get(p, {})
-                if "exp_avg_sq" not in state:
-                    continue
-                step = float(state.get("step", group.get("k", 1)) or 1)
-                bias2 = 1 - beta2**step if name != "schedulefree_adamw" else 1.0
-                diag = _adam_diag(state["exp_avg_sq"], group["eps"], bias2).reshape(-1)
-                pre._diag[flat.slice(_index(flat, p))] = diag.sqrt()
-        return pre
-    if name in ("soap", "soap_muon"):
+    if view in ("diagonal", "diagonal_uncorrected"):
+        _adam(optimizer, flat, pre, bias_corrected=view == "diagonal")
+    elif view == "eigenbasis":
         _soap(optimizer, flat, pre)
-        return pre
-    if name == "muon":
+    elif view == "polar":
         _muon(optimizer, flat, pre)
-        return pre
-    raise NotImplementedError(f"no preconditioner model for optimizer {name!r}")
+    return pre
+
+
+def _adam(
+    optimizer: torch.optim.Optimizer, flat: FlatParameters, pre: Preconditioner, bias_corrected: bool
+) -> None:
+    for group in optimizer.param_groups:
+        beta2 = group["betas"][1]
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state:
+                continue
+            step = float(state.get("step", group.get("k", 1)) or 1)
+            bias2 = 1 - beta2**step if bias_corrected else 1.0
+            diag = _adam_diag(state["exp_avg_sq"], group["eps"], bias2).reshape(-1)
+            pre._diag[flat.slice(_index(flat, p))] = diag.sqrt()
 
 
 def _soap(optimizer: torch.optim.Optimizer, flat: FlatParameters, pre: Preconditioner) -> None:
@@ -116,7 +114,7 @@ def _soap(optimizer: torch.optim.Optimizer, flat: FlatParameters, pre: Precondit
             where = flat.slice(_index(flat, p))
             v = state["exp_avg_sq"].reshape(-1)
             pre._diag[where] = _adam_diag(v, eps).sqrt()  # elements outside blocks: Adam
-            layout = _layout.resolve_layout(group, i, p, "soap")
+            layout = _layout.resolve_layout(group, i, p, "by_modes")
             for b, (start, stop, shape) in enumerate(layout.blocks):
                 bases = [None if q is None else q for q in (state.get("Q") or [[None] * len(shape)])[b]]
                 d = _adam_diag(v[start:stop], eps).reshape(1, *shape).sqrt()
@@ -142,7 +140,7 @@ def _muon(optimizer: torch.optim.Optimizer, flat: FlatParameters, pre: Precondit
                 step = float(group.get("step", 1) or 1)
                 diag = _adam_diag(state["exp_avg_sq"].reshape(-1), group["eps"], 1 - beta2**step)
                 pre._diag[where] = diag.sqrt()
-            layout = _layout.resolve_layout(group, i, p, "muon")
+            layout = _layout.resolve_layout(group, i, p, "as_matrix")
             momentum = state["momentum_buffer"].reshape(-1)
             for start, stop, shape in layout.blocks:
                 m = momentum[start:stop].reshape(-1, shape[-1])

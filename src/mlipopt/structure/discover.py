@@ -225,3 +225,47 @@ def describe(model: torch.nn.Module, tp_blocks: str = "flatten", adam_names: Ite
         lines.append(f"{role:>6}: {n} parameters ({100 * n / max(total, 1):.1f} %){extra}")
     lines.append(f" total: {total} parameters (tp_blocks={tp_blocks!r})")
     return "\n".join(lines)
+
+
+def split_groups(
+    model: torch.nn.Module,
+    groups: Iterable[dict[str, Any]],
+    tp_blocks: str = "flatten",
+    adam_names: Iterable[str] = (),
+) -> list[dict[str, Any]]:
+    """Another trainer's param groups with mlipopt's block structure added inside each of them.
+
+    Each of ``groups`` (torch param-group dicts: ``params`` plus settings such as a per-group
+    ``weight_decay``) becomes up to two groups with the same settings: its matrix parameters
+    (``role="matrix"``, ``blocks``, ``layouts``) and the rest (``role="adam"``). A trainer's own grouping
+    (MACE's per-group decay, a frozen backbone left out) is therefore kept, and the matrix optimizers see
+    the blocks they would in :func:`param_groups`. A parameter of a group that is not a trainable
+    parameter of ``model`` is an error: its structure cannot be known.
+    """
+    names = {id(p): n for n, p in model.named_parameters()}
+    infos = {i.name: i for i in discover(model, tp_blocks, adam_names)}
+    out = []
+    for index, group in enumerate(groups):
+        params = list(group["params"])
+        settings = {k: v for k, v in group.items() if k != "params"}
+        unknown = [p for p in params if names.get(id(p)) not in infos]
+        if unknown:
+            raise ValueError(
+                f"param group {index} ({group.get('name', 'unnamed')}) holds {len(unknown)} tensor(s) that "
+                "are not trainable parameters of the model: their block structure is unknown"
+            )
+        for role in ("matrix", "adam"):
+            members = [infos[names[id(p)]] for p in params if infos[names[id(p)]].role == role]
+            if not members:
+                continue
+            split: dict[str, Any] = {
+                **settings,
+                "params": [p for p in params if infos[names[id(p)]].role == role],
+                "param_names": [i.name for i in members],
+                "role": role,
+            }
+            if role == "matrix":
+                split["blocks"] = [list(i.blocks) for i in members]
+                split["layouts"] = [i.fan for i in members]
+            out.append(split)
+    return out

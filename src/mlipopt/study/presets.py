@@ -21,14 +21,15 @@ force fractions {100, 75, 50, 10, 5, 0} %. That is 4 optimizers × 6 fractions �
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+from ..optim.registry import BASELINE, DEFAULT_WEIGHT_DECAYS, OPTIMIZERS
 
 #: Harari et al.'s five seeds (appendix B).
 PAPER_SEEDS = [7, 42, 123, 2026, 1618]
 
-# mlipopt.optim.DEFAULT_WEIGHT_DECAYS, written out: importing mlipopt.optim loads torch, which `mlipopt
-# --help` must not (a test holds the two equal)
-WEIGHT_DECAYS = [0.0, 1e-5, 1e-4, 1e-3]
+WEIGHT_DECAYS = list(DEFAULT_WEIGHT_DECAYS)
 PAPER_FRACTIONS = [1.0, 0.75, 0.5, 0.1, 0.05, 0.0]
 
 DEMO: dict[str, Any] = {
@@ -145,7 +146,7 @@ CONVERGED_ETHANOL: dict[str, Any] = {
     "force_fractions": [1.0, 0.1],
     "sweep_epochs": 30,
     "published": {
-        "baseline": "adamw",
+        "baseline": BASELINE,
         "figures": [
             {
                 "source": "Batzner et al. 2022 (Nat. Commun. 13, 2453), rMD17 table",
@@ -227,21 +228,10 @@ PAPER_ALLEGRO: dict[str, Any] = {
     "sweep_epochs": 100,
 }
 
-#: The ten optimizers of Liu et al. (seven first-order) and Harari et al. (three matrix-aware), each with a
-#: three-point learning-rate grid (docs/optimizers.md) swept on one seed with a 2-epoch schedule. Probes
-#: on ethanol showed 1e-4 — a common fine-tuning default — leaves Adam at 173 meV/Å after 2 epochs
-#: where 1e-3 reaches 91, and the matrix optimizers need larger steps still; hence grids, not guesses.
+#: The ten optimizers of Liu et al. (seven first-order) and Harari et al. (three matrix-aware), each with
+#: its fine-tuning grid from the registry (docs/optimizers.md), swept on one seed with a 2-epoch schedule.
 FINETUNE_OPTIMIZERS: dict[str, Any] = {
-    "adam": {"lr": [1e-4, 3e-4, 1e-3]},
-    "adamw": {"lr": [1e-4, 3e-4, 1e-3], "weight_decay": [1e-5]},
-    "radam": {"lr": [1e-4, 3e-4, 1e-3]},
-    "sgd": {"lr": [1e-3, 3e-3, 1e-2]},
-    "lamb": {"lr": [3e-4, 1e-3, 3e-3]},
-    "ranger": {"lr": [3e-4, 1e-3, 3e-3]},
-    "schedulefree_adamw": {"lr": [1e-4, 3e-4, 1e-3]},
-    "muon": {"lr": [3e-4, 1e-3, 3e-3]},
-    "soap": {"lr": [3e-4, 1e-3, 3e-3]},
-    "soap_muon": {"lr": [1e-4, 3e-4, 1e-3], "options": {"rho": 0.0}},
+    name: json.loads(json.dumps(dict(entry.finetune))) for name, entry in OPTIMIZERS.items()
 }
 
 #: Liu et al.'s protocol: ten optimizers (learning rate swept on seed 7 over 2 epochs), full forces, three

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.xtb import XTBDatasetSpec
-from ..optim import DEFAULT_LR_GRIDS, DEFAULT_WEIGHT_DECAYS, canonical_name
+from ..optim.registry import BASELINE, DEFAULT_WEIGHT_DECAYS, optimizer_spec
 from ..train.config import (
     ConfigError,
     RunConfig,
@@ -42,11 +42,12 @@ class OptimizerGrid:
     """Hyperparameter grid of one optimizer. ``lr_order`` p gives {3·10^-(p+1), 10^-p, 3·10^-p}.
 
     Harari et al., appendix B; ``lr`` lists learning rates explicitly instead; with neither, the
-    optimizer's default grid (``mlipopt.optim.DEFAULT_LR_GRIDS``, docs/optimizers.md) is swept.
+    optimizer's default grid (its registry entry's ``lr_grid``, docs/optimizers.md) is swept.
 
     ``weight_decay`` lists decays swept jointly with the rates. Left unset, the rates are swept without
-    decay; where the rates are the default grid too, the decays ``mlipopt.optim.DEFAULT_WEIGHT_DECAYS``
-    are then tried on the selected rate (issue 24: a cheap decay sweep, so that Adam and AdamW differ).
+    decay; where the rates are the default grid too, the decays
+    ``mlipopt.optim.registry.DEFAULT_WEIGHT_DECAYS`` are then tried on the selected rate (issue 24: a
+    cheap decay sweep, so that Adam and AdamW differ).
     """
 
     lr: list[float] | None = None
@@ -81,7 +82,7 @@ class OptimizerGrid:
             return list(self.lr)
         if self.lr_order is None:
             try:
-                return list(DEFAULT_LR_GRIDS[canonical_name(name)])
+                return list(optimizer_spec(name).lr_grid)
             except ValueError as exc:
                 raise ConfigError(f"optimizers.{name}: {exc}") from None
         p = self.lr_order
@@ -172,7 +173,7 @@ class PublishedSpec:
     has it and extrapolated along its fitted learning curve (err = a·N^b) where it does not."""
 
     figures: list[PublishedFigure] = field(default_factory=list)
-    baseline: str = "adamw"
+    baseline: str = BASELINE
     differences: list[str] = field(default_factory=list)
 
 

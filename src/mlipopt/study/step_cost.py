@@ -26,12 +26,10 @@ import numpy as np
 import torch
 
 from ..machine import cpu_model
-from ..optim import build_optimizer, has_train_eval_modes
+from ..optim import BASELINE, build_optimizer, has_train_eval_modes
 from ..train import Trainer, load_config
 from ..train.loss import eq11_loss
 from .spec import RunSpec, StudySpec
-
-BASELINE = "adamw"
 
 
 def measure_step_costs(

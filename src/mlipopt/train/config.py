@@ -19,7 +19,7 @@ import yaml
 from ..data.io import file_digest
 from ..models import PRESETS
 from ..models.energy_shifts import SHIFT_MODES
-from ..optim import canonical_name
+from ..optim.registry import BASELINE, canonical_name
 from ..suggest import did_you_mean
 
 
@@ -88,7 +88,7 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # adamw adam radam sgd lamb ranger schedulefree_adamw muon soap soap_muon
+    name: str = BASELINE  # any name of mlipopt.optim.registry.OPTIMIZERS
     lr: float = 1e-3
     weight_decay: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)  # e.g. betas, rho, precondition_frequency

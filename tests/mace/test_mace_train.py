@@ -1,0 +1,146 @@
+"""``mlipopt-mace-train``: MACE's own training with mlipopt's optimizers (in .venv-mace, like test_mace)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("mace", reason="mlipopt-mace-train needs MACE's environment (mlipopt[mace])")
+
+from mlipopt.integrations import mace_train  # noqa: E402
+
+from ..conftest import SHARED_DATA  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def frames(tmp_path_factory) -> Path:
+    source = SHARED_DATA / "ethanol" / "train.xyz"
+    if not source.is_file():
+        pytest.skip(f"{source} not found (../shared is absent)")
+    path = tmp_path_factory.mktemp("data") / "ethanol30.xyz"
+    path.write_text("".join(source.read_text().splitlines(keepends=True)[: 11 * 30]))  # 30 frames of 9 atoms
+    return path
+
+
+def _args(frames: Path, work: Path, optimizer: str, epochs: int, *extra: str) -> list[str]:
+    return [
+        "--name", "t", "--train_file", str(frames), "--valid_fraction", "0.2", "--energy_key", "energy",
+        "--forces_key", "forces", "--E0s", "average", "--model", "MACE", "--num_channels", "8",
+        "--max_L", "0", "--r_max", "4.0", "--num_interactions", "2", "--correlation", "2",
+        "--batch_size", "4", "--max_num_epochs", str(epochs), "--device", "cpu", "--default_dtype",
+        "float64", "--seed", "1", "--num_workers", "0", "--eval_interval", "1", "--optimizer", optimizer,
+        "--work_dir", str(work), *extra,
+    ]  # fmt: skip
+
+
+def _weights(work: Path) -> dict[str, torch.Tensor]:
+    return torch.load(work / "t.model", weights_only=False).state_dict()
+
+
+def _evaluations(work: Path) -> list[dict]:
+    """MACE's validation records (results/*.txt holds one JSON per line: training and eval)."""
+    files = (work / "results").glob("*.txt")
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    return [r for r in lines if r.get("mode") == "eval" and "mae_f" in r]
+
+
+def _valid_force_mae(work: Path) -> list[float]:
+    return [r["mae_f"] for r in _evaluations(work)]
+
+
+def _same(a, b) -> bool:
+    """Bitwise equality of nested optimizer state (tensors, lists and tuples of them, plain values)."""
+    if torch.is_tensor(a):
+        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def test_with_maces_own_optimizer_the_wrapper_is_mace(frames, tmp_path):
+    for command, work in (
+        ("mace_run_train", tmp_path / "mace"),
+        ("mlipopt-mace-train", tmp_path / "wrapped"),
+    ):
+        done = subprocess.run(
+            [str(BIN / command), *_args(frames, work, "adamw", 2)], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+    mace, wrapped = _weights(tmp_path / "mace"), _weights(tmp_path / "wrapped")
+    assert mace.keys() == wrapped.keys() and all(torch.equal(mace[k], wrapped[k]) for k in mace)
+
+
+@pytest.mark.parametrize("optimizer, options", [("soap", {}), ("muon", {}), ("soap_muon", {"rho": 0.0})])
+def test_mlipopts_optimizers_train_a_small_mace(frames, tmp_path, optimizer, options):
+    extra = ["--lr", "0.01", "--optimizer_options", json.dumps(options)]
+    mace_train.main(_args(frames, tmp_path, optimizer, 4, *extra))
+    errors = _valid_force_mae(tmp_path)
+    assert len(errors) >= 4 and errors[-1] < errors[0], errors
+
+
+def test_the_optimizer_keeps_maces_groups_and_gets_the_blocks(frames, tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(
+        mace_train,
+        "mlipopt_optimizer",
+        lambda *a, f=mace_train.mlipopt_optimizer: built.append(f(*a)) or built[-1],
+    )
+    mace_train.main(_args(frames, tmp_path, "soap", 1, "--weight_decay", "1e-3"))
+    [optimizer] = built
+    groups = optimizer.param_groups
+    assert {g["role"] for g in groups} == {"matrix", "adam"} and all("name" in g for g in groups)
+    decays = {g["name"]: g["weight_decay"] for g in groups}
+    assert decays["embedding"] == 0.0 and decays["interactions_decay"] == 1e-3  # MACE's per-group decay kept
+    matrix = [g for g in groups if g["role"] == "matrix"]
+    assert (
+        all(len(g["blocks"]) == len(g["params"]) for g in matrix)
+        and sum(len(g["params"]) for g in matrix) > 0
+    )
+
+
+def test_restart_latest_restores_the_optimizer_state_exactly(frames, tmp_path, monkeypatch):
+    mace_train.main(_args(frames, tmp_path, "soap", 2, "--lr", "0.01"))
+    [checkpoint] = (tmp_path / "checkpoints").glob("t_run-1_epoch-1.pt")
+    saved = torch.load(checkpoint, weights_only=False)["optimizer"]
+    at_resume = []
+    original = mace_train.mlipopt_optimizer
+
+    def capture(*args):
+        optimizer = original(*args)
+        optimizer.register_step_pre_hook(
+            lambda opt, *_: at_resume.append(opt.state_dict()) if not at_resume else None
+        )  # the state the first resumed step starts from: what MACE loaded from the checkpoint
+        return optimizer
+
+    monkeypatch.setattr(mace_train, "mlipopt_optimizer", capture)
+    mace_train.main(_args(frames, tmp_path, "soap", 3, "--lr", "0.01", "--restart_latest"))
+    assert at_resume, "the resumed run took no step"
+    loaded = at_resume[0]
+    assert loaded["param_groups"] == saved["param_groups"]
+    assert loaded["state"].keys() == saved["state"].keys() and saved["state"]
+    for index, state in saved["state"].items():
+        for key, value in state.items():
+            assert _same(value, loaded["state"][index][key]), (index, key)
+    assert (
+        max(r["epoch"] for r in _evaluations(tmp_path) if r["epoch"] is not None) == 2
+    )  # and it trained on after the restart
+
+
+def test_a_wrong_use_fails_in_one_line(frames, tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit, match="--optimizer_options is for mlipopt's optimizers, not adamw"):
+        mace_train.main(_args(frames, tmp_path, "adamw", 1, "--optimizer_options", '{"rho": 0}'))
+    with pytest.raises(SystemExit):
+        mace_train.main(_args(frames, tmp_path, "soup", 1))
+    assert "invalid choice: 'soup'" in capsys.readouterr().err
+    import mace
+
+    monkeypatch.setattr(mace, "__version__", "0.2.0")
+    with pytest.raises(SystemExit, match=r"mace-torch 0\.2\.0 is not supported \(tested: 0\.3\.16\)"):
+        mace_train.main(_args(frames, tmp_path, "soap", 1))
