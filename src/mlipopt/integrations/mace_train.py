@@ -7,9 +7,9 @@ also accepts every name of :mod:`mlipopt.optim.registry` (``soap``, ``muon``, ``
 ``--optimizer soap --optimizer_options '{"precondition_frequency": 10}'``.
 
 The seam is MACE's optimizer factory (``mace.cli.run_train.get_optimizer``), the narrowest there is:
-MACE's own names (``adam``, ``adamw``, ``schedulefree``) still go to MACE's factory untouched, so a run
-with them is MACE's run. For an mlipopt optimizer, MACE's parameter groups (its per-group weight decay)
-are kept and :func:`mlipopt.structure.split_groups` adds the block structure inside each of them.
+the names MACE's parser offers (0.3.16: adam, adamw, schedulefree) still go to MACE's factory untouched,
+so a run with them is MACE's run. For an mlipopt optimizer, MACE's parameter groups (its per-group
+weight decay) are kept and :func:`mlipopt.structure.split_groups` adds the block structure inside each.
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from typing import Any
 #: mace-torch versions this wrapper is tested with (tests/mace/test_mace_train.py); others are refused,
 #: because the seam (run_train's imported ``get_optimizer`` and ``get_params_options``) is private API.
 SUPPORTED_MACE = ("0.3.16",)
-#: names MACE's own factory builds; kept MACE's even where the registry knows the name too
-MACE_OWN = ("adam", "adamw", "schedulefree")
 
 
 def _check_version() -> Any:
@@ -50,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = tools.build_default_arg_parser()
     for action in parser._actions:  # argparse has no public way to widen an existing option's choices
         if "--optimizer" in action.option_strings:
-            action.choices = [*MACE_OWN, *(n for n in OPTIMIZERS if n not in MACE_OWN)]
-            action.help = "MACE's adam, adamw, schedulefree, or any optimizer of mlipopt.optim.registry"
+            own = tuple(action.choices)
+            action.choices = [*own, *(n for n in OPTIMIZERS if n not in own)]
+            action.help = f"MACE's {', '.join(own)}, or any optimizer of mlipopt.optim.registry"
+    parser.set_defaults(mace_optimizers=own)  # what MACE's factory builds: those runs stay MACE's own
     parser.add_argument(
         "--optimizer_options",
         type=json.loads,
@@ -84,11 +84,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Parse MACE's arguments (plus ``--optimizer_options``) and run MACE's training."""
     run_train = _check_version()
     args = build_parser().parse_args(argv)
-    if args.optimizer_options and args.optimizer in MACE_OWN:
+    mace_own = args.__dict__.pop("mace_optimizers")  # not an argument of MACE's: keep its args unchanged
+    if args.optimizer_options and args.optimizer in mace_own:
         raise SystemExit(
             f"mlipopt-mace-train: --optimizer_options is for mlipopt's optimizers, not {args.optimizer}"
         )
-    if args.optimizer in MACE_OWN:
+    if args.optimizer in mace_own:
+        del args.optimizer_options
         run_train.run(args)
         return
     mace_params_options, mace_optimizer = run_train.get_params_options, run_train.get_optimizer
