@@ -11,7 +11,7 @@ import yaml
 
 pytest.importorskip("sevenn", reason="mlipopt-sevenn needs SevenNet (mlipopt[sevennet])")
 
-from ..conftest import SHARED_DATA  # noqa: E402
+from ..conftest import SHARED_DATA, same_state  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -59,24 +59,15 @@ def test_with_sevenns_own_optimizer_the_wrapper_is_sevenn(tmp_path):
     assert own.keys() == wrapped.keys() and all(torch.equal(own[k], wrapped[k]) for k in own)
 
 
-def test_soap_fine_tunes_sevennet_0_in_sevenns_trainer(tmp_path):
-    _train("mlipopt-sevenn", _input(tmp_path, "soap", 1e-3, 3), tmp_path / "soap")
+@pytest.mark.parametrize("optimizer, lr", [("soap", 1e-3), ("muon", 1e-3), ("soap_muon", 3e-4)])
+def test_matrix_optimizers_fine_tune_sevennet_0_in_sevenns_trainer(tmp_path, optimizer, lr):
+    _train("mlipopt-sevenn", _input(tmp_path, optimizer, lr, 3), tmp_path / "soap")
     with open(tmp_path / "soap" / "lc.csv") as f:
         errors = [float(row["validset_Force_RMSE"]) for row in csv.DictReader(f)]
     assert len(errors) == 3 and errors[-1] < errors[0], errors
     state = torch.load(tmp_path / "soap" / "checkpoint_3.pth", weights_only=False)["optimizer_state_dict"]
     roles = {g["role"]: len(g["params"]) for g in state["param_groups"]}
     assert roles["matrix"] > 0 and "adam" in roles  # SevenNet's flat list, given its block structure
-
-
-def _same(a, b) -> bool:
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
 
 
 def test_continuing_a_soap_run_restores_its_optimizer_state_exactly(tmp_path):
@@ -93,7 +84,7 @@ def test_continuing_a_soap_run_restores_its_optimizer_state_exactly(tmp_path):
     trainer = Trainer.from_config(saved.build_model(), saved.config)
     trainer.load_state_dicts(None, saved.optimizer_state_dict, saved.scheduler_state_dict, strict=False)
     assert type(trainer.optimizer).__name__ == "SOAP"
-    assert _same(saved.optimizer_state_dict, trainer.optimizer.state_dict())
+    assert same_state(saved.optimizer_state_dict, trainer.optimizer.state_dict())
     # and `continue:` with the optimizer kept trains on from it
     config = yaml.safe_load((tmp_path / "input.yaml").read_text())
     config["train"]["epoch"] = 3

@@ -12,7 +12,7 @@ pytest.importorskip("mace", reason="mlipopt-mace-train needs MACE's environment 
 
 from mlipopt.integrations import mace_train  # noqa: E402
 
-from ..conftest import SHARED_DATA  # noqa: E402
+from ..conftest import SHARED_DATA, same_state  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -53,17 +53,6 @@ def _valid_force_mae(work: Path) -> list[float]:
     return [r["mae_f"] for r in _evaluations(work)]
 
 
-def _same(a, b) -> bool:
-    """Bitwise equality of nested optimizer state (tensors, lists and tuples of them, plain values)."""
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
 def test_with_maces_own_optimizer_the_wrapper_is_mace(frames, tmp_path):
     for command, work in (
         ("mace_run_train", tmp_path / "mace"),
@@ -83,6 +72,15 @@ def test_mlipopts_optimizers_train_a_small_mace(frames, tmp_path, optimizer, opt
     mace_train.main(_args(frames, tmp_path, optimizer, 4, *extra))
     errors = _valid_force_mae(tmp_path)
     assert len(errors) >= 4 and errors[-1] < errors[0], errors
+
+
+def test_stage_two_swa_and_ema_run_with_an_mlipopt_optimizer(frames, tmp_path):
+    extra = ["--lr", "0.01", "--swa", "--start_swa", "2", "--ema", "--optimizer_options", '{"rho": 0.0}']
+    mace_train.main(_args(frames, tmp_path, "soap_muon", 4, *extra))
+    assert (tmp_path / "t_stagetwo.model").is_file()  # MACE's stage two ran (its SWALR over our groups)
+    assert any(tmp_path.glob("checkpoints/*_swa.pt"))
+    stage_two = torch.load(tmp_path / "t_stagetwo.model", weights_only=False).state_dict()
+    assert all(torch.isfinite(v).all() for v in stage_two.values() if v.is_floating_point())
 
 
 def test_the_optimizer_keeps_maces_groups_and_gets_the_blocks(frames, tmp_path, monkeypatch):
@@ -127,7 +125,7 @@ def test_restart_latest_restores_the_optimizer_state_exactly(frames, tmp_path, m
     assert loaded["state"].keys() == saved["state"].keys() and saved["state"]
     for index, state in saved["state"].items():
         for key, value in state.items():
-            assert _same(value, loaded["state"][index][key]), (index, key)
+            assert same_state(value, loaded["state"][index][key]), (index, key)
     assert (
         max(r["epoch"] for r in _evaluations(tmp_path) if r["epoch"] is not None) == 2
     )  # and it trained on after the restart

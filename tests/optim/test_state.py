@@ -7,6 +7,7 @@ import torch
 
 from mlipopt.optim import SOAP, Muon, NonFiniteGradientError, SOAPMuon
 
+from ..conftest import same_state
 from .helpers import make_params, run
 
 SHAPES = [(40,), (6, 6), (9,), (3, 4, 5)]
@@ -47,16 +48,6 @@ def test_state_dict_round_trip_is_bit_identical(name, dtype):
         assert torch.equal(a.detach(), b.detach())
 
 
-def _same(a, b) -> bool:
-    if torch.is_tensor(a):
-        return torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
-    if isinstance(a, (list, tuple)):
-        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
-    if isinstance(a, dict):
-        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-    return a == b
-
-
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 def test_a_loaded_state_is_the_saved_state_dtypes_included(name):
     """torch's load_state_dict casts every state tensor to the parameter's dtype; SOAP's boolean null-space
@@ -73,7 +64,7 @@ def test_a_loaded_state_is_the_saved_state_dtypes_included(name):
         assert torch.bool in kinds  # the null flags: what the cast used to turn into floats
     again = FACTORIES[name](groups(params))
     again.load_state_dict(saved)
-    assert _same(saved["state"], again.state_dict()["state"])
+    assert same_state(saved["state"], again.state_dict()["state"])
 
 
 def test_state_dict_is_a_snapshot_of_plain_tensors():
