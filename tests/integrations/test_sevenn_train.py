@@ -71,6 +71,15 @@ def test_matrix_optimizers_fine_tune_sevennet_0_in_sevenns_trainer(tmp_path, opt
 
 
 def test_continuing_a_soap_run_restores_its_optimizer_state_exactly(tmp_path):
+    from mlipopt.models.family import default_dtype
+
+    # as in sevenn's own process: float32. An earlier test can leave float64 the default (nequip sets it
+    # globally when it builds a model), and torch casts a loaded float32 state to a float64 model's dtype.
+    with default_dtype(torch.float32):
+        _continue_soap(tmp_path)
+
+
+def _continue_soap(tmp_path):
     _train("mlipopt-sevenn", _input(tmp_path, "soap", 1e-3, 2), tmp_path / "first")
     checkpoint = tmp_path / "first" / "checkpoint_2.pth"
     # SevenNet's continue path, in this process: Trainer.from_config, then load_state_dicts
