@@ -179,24 +179,11 @@ def param_groups(
     groups; ``matrix``/``adam`` dicts override per role (e.g. ``adam={"lr": 1e-3}``). Only plain
     ints, tuples and strings are stored, so the groups survive a checkpoint round trip.
     """
-    named = dict(model.named_parameters())
-    infos = discover(model, tp_blocks, adam_names)
-    out = []
-    for role, overrides in (("matrix", matrix), ("adam", adam)):
-        members = [i for i in infos if i.role == role]
-        if not members:
-            continue
-        group: dict[str, Any] = {
-            "params": [named[i.name] for i in members],
-            "param_names": [i.name for i in members],
-            "role": role,
-        }
-        if role == "matrix":
-            group["blocks"] = [list(i.blocks) for i in members]
-            group["layouts"] = [i.fan for i in members]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    out = split_groups(model, [{"params": trainable}], tp_blocks, adam_names) if trainable else []
+    for group in out:
         group.update(group_options)
-        group.update(overrides or {})
-        out.append(group)
+        group.update((matrix if group["role"] == "matrix" else adam) or {})
     return out
 
 
