@@ -376,7 +376,9 @@ def train(config: RunConfig, restart: bool = False, log: Callable[[str], None] =
             (trainer.run_dir / "best_model.pt").unlink(missing_ok=True)
         ranks.barrier()
         trainer.resume()
-        return trainer.fit()
+        final = trainer.fit()
+        ranks.barrier()  # no rank leaves the group while another still has collectives to finish
+        return final
     finally:
         if owns_group:
             shutdown()
