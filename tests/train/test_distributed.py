@@ -43,7 +43,17 @@ def two_ranks(tmp_path_factory):
 
 
 def _emulated_epoch(run_dir: Path, optimizer: str) -> dict[str, torch.Tensor]:
-    """One process doing the 2 ranks' arithmetic: each global batch's two shares, their gradients added."""
+    """One process doing the 2 ranks' arithmetic: each global batch's two shares, their gradients added.
+    On one thread, as each rank computes (more threads sum in another order: other bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _emulate(run_dir, optimizer)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _emulate(run_dir: Path, optimizer: str) -> dict[str, torch.Tensor]:
     trainer = Trainer(worker.config(run_dir, optimizer), log=lambda _: None)
     train, config = trainer.sets["train"], trainer.config
     trainer.model.train()
