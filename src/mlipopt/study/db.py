@@ -226,12 +226,33 @@ def _finite(value: Any) -> float | None:
     return None if value is None or value != value or value in (float("inf"), float("-inf")) else float(value)
 
 
+def database_url(url: str) -> str:
+    """``url`` with the PostgreSQL driver mlipopt installs (``mlipopt[postgres]``: psycopg 3) named in it.
+
+    SQLAlchemy reads a bare ``postgresql://`` as psycopg2, which the extra does not install; a URL that
+    names its driver (``postgresql+psycopg2://``) is left as it is. Without any driver the error says
+    what to install instead of SQLAlchemy's ``No module named 'psycopg2'``."""
+    from importlib.util import find_spec
+
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or not sep:
+        return url
+    if find_spec("psycopg") is not None:
+        return f"postgresql+psycopg://{rest}"
+    if find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    raise ValueError(
+        f"{scheme}://…: no PostgreSQL driver is installed; pip install 'mlipopt[postgres]' (psycopg 3)"
+    )
+
+
 class ResultsDB:
     """Thin access layer over the tables; safe to open from several processes (and machines) at once:
     runs are claimed atomically with an expiring lease (:meth:`claim`), so concurrent studies on one
     database share the work and train each run once."""
 
     def __init__(self, url: str) -> None:
+        url = database_url(url)
         self.url = url
         sqlite = url.startswith("sqlite")
         if sqlite and url.startswith("sqlite:///") and url != "sqlite:///:memory:":
