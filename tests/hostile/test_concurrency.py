@@ -52,6 +52,29 @@ def test_a_claim_of_a_dead_process_on_this_machine_is_taken_over_at_once(tmp_pat
     assert db.claim(runs[0].run_id, f"{socket.gethostname()}:{os.getpid()}:y")
 
 
+def test_a_retried_ray_task_takes_over_its_dead_attempt_and_no_other_claim(tmp_path):
+    """Ray re-runs a task only after its attempt died (on a node this process cannot look at): the
+    retry, same task id, takes the claim at once; a claim of another task, or a prefix with LIKE
+    wildcards in it, does not."""
+    spec, runs = _runs(tmp_path, 2)
+    db = ResultsDB(spec.database_url)
+    db.register("tiny", runs)
+    first, other = runs[0].run_id, runs[1].run_id
+    assert db.claim(first, "ray-task-aa01:node1:7:x", lease_seconds=3600)
+    assert db.claim(other, "ray-task-bb02:node1:8:y", lease_seconds=3600)
+    assert not db.claim(first, "ray-task-cc03:node2:9:z", succeeding="ray-task-cc03:")  # another task
+    assert not db.claim(first, "ray-task-a_01:node2:9:z", succeeding="ray-task-a_01:")  # _ is no wildcard
+    assert db.claim(first, "ray-task-aa01:node2:9:z", succeeding="ray-task-aa01:")  # its retry
+    assert db.holder(first) == "ray-task-aa01:node2:9:z"
+    db.note_resumed(first, "ray-task-aa01:node2:9:z", 3)
+    db.note_resumed(first, "ray-task-aa01:node1:7:x", 99)  # the dead attempt: ignored
+    assert db.run(first).resumed_from == 3 and db.run(first).attempts == 2
+    # Ray gave up on a task: its claim is released at once; nobody else's is touched
+    assert not db.abandon(other, "ray-task-aa01:", "lost")
+    assert db.abandon(other, "ray-task-bb02:", "NodeDiedError: lost") and db.status(other) == "failed"
+    assert db.claimable(other) and not db.claimable(first)
+
+
 def _claim_all(url, run_ids, owner, queue):
     db = ResultsDB(url)
     queue.put([run_id for run_id in run_ids if db.claim(run_id, owner, lease_seconds=60)])

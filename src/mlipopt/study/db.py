@@ -78,6 +78,8 @@ class Run(Base):
     owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     lease_until: Mapped[float | None] = mapped_column(Float, nullable=True)
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the epoch after which the attempt that finished the run resumed from its checkpoint (0: from scratch)
+    resumed_from: Mapped[int | None] = mapped_column(Integer, nullable=True)
     host: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started: Mapped[str | None] = mapped_column(String(40), nullable=True)
     finished: Mapped[str | None] = mapped_column(String(40), nullable=True)
@@ -409,16 +411,25 @@ class ResultsDB:
         expired = and_(Run.status == "running", or_(Run.lease_until.is_(None), Run.lease_until < now))
         return or_(Run.status.in_(("pending", "failed")), expired)
 
-    def claim(self, run_id: str, owner: str, lease_seconds: float | None = None) -> bool:
+    def claim(
+        self, run_id: str, owner: str, lease_seconds: float | None = None, succeeding: str | None = None
+    ) -> bool:
         """Take ``run_id`` for ``owner`` if nobody holds it, in one atomic UPDATE (SQLite and PostgreSQL
         alike): of several processes claiming at once exactly one succeeds. The claim lapses after
-        ``lease_seconds`` unless renewed (:meth:`renew`), so a killed holder cannot block a run forever."""
+        ``lease_seconds`` unless renewed (:meth:`renew`), so a killed holder cannot block a run forever.
+        ``succeeding``: an owner prefix whose claims are known dead — an earlier attempt of the same Ray
+        task, which Ray re-runs only once that attempt's worker or node has died — taken over at once
+        rather than after the lease (its node may be another machine, whose processes cannot be checked)."""
         now = time.time()
         lease = lease_seconds or lease_duration()
         condition = self._claimable(now)
         stale = self._dead_local_owner(run_id)
         if stale is not None:  # its holder on this machine is gone: no need to wait for the lease
             condition = or_(condition, and_(Run.status == "running", Run.owner == stale))
+        if succeeding:
+            condition = or_(
+                condition, and_(Run.status == "running", Run.owner.startswith(succeeding, autoescape=True))
+            )
         with self.engine.begin() as connection:
             result = connection.execute(
                 update(Run)
@@ -481,6 +492,29 @@ class ResultsDB:
         with Session(self.engine) as session, session.begin():
             run = session.get(Run, run_id)
             run.status, run.started, run.host, run.error = "running", _now(), socket.gethostname(), None
+
+    def abandon(self, run_id: str, owner_prefix: str, error: str) -> bool:
+        """Mark ``run_id`` failed if it is still held by an owner starting with ``owner_prefix`` (a Ray
+        task that Ray gave up on: its last attempt died with its node), so the study can retry it at once;
+        False when someone else holds or finished it."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(Run)
+                .where(
+                    Run.id == run_id,
+                    Run.status == "running",
+                    Run.owner.startswith(owner_prefix, autoescape=True),
+                )
+                .values(status="failed", error=error[-4000:], finished=_now(), lease_until=None)
+            )
+            return result.rowcount == 1
+
+    def note_resumed(self, run_id: str, owner: str, epoch: int) -> None:
+        """Record that ``owner``'s attempt starts after ``epoch`` (0: from scratch)."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(Run).where(Run.id == run_id, Run.owner == owner).values(resumed_from=int(epoch))
+            )
 
     def mark_failed(self, run_id: str, error: str, owner: str | None = None) -> None:
         """Status ``failed`` (a fault: retried when the study is re-run) or, for a divergence, ``diverged``

@@ -33,8 +33,12 @@ from .db import ResultsDB, lease_duration
 from .spec import ExecutorSpec
 
 
-def execute_run(task: dict[str, Any]) -> dict[str, Any]:
-    """Train (or resume) one run and record it; never raises, failures are recorded and returned."""
+def execute_run(
+    task: dict[str, Any], owner: str | None = None, succeeding: str | None = None
+) -> dict[str, Any]:
+    """Train (or resume) one run and record it; never raises, failures are recorded and returned.
+    ``owner``: who claims the run (default ``host:pid:token``); ``succeeding``: see
+    :meth:`ResultsDB.claim`."""
     import torch
 
     torch.set_num_threads(int(task.get("threads", 1)))
@@ -46,16 +50,18 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         return _execute_spectrum(task, db)
     if db.status(run_id) == "done":
         return {"run_id": run_id, "status": "done", "skipped": True}
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-    if not db.claim(run_id, owner):
+    owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    if not db.claim(run_id, owner, succeeding=succeeding):
         return {"run_id": run_id, "status": "claimed"}  # another process trains it
     try:
         with heartbeat(db, run_id, owner):
             if int(task.get("ranks", 1)) > 1 or task.get("python"):
+                db.note_resumed(run_id, owner, checkpoint_epoch(load_config(task["config"]).run_dir))
                 final, history = train_in_subprocess(task)
             else:
                 trainer = Trainer(load_config(task["config"]), log=lambda _: None)
                 trainer.resume()
+                db.note_resumed(run_id, owner, trainer.epoch)
                 final, history = trainer.fit(), trainer.history
         if not db.record_result(run_id, final, history, owner=owner):
             return {"run_id": run_id, "status": "claimed"}  # our claim lapsed; the new holder reports
@@ -64,6 +70,27 @@ def execute_run(task: dict[str, Any]) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}"
         db.mark_failed(run_id, message + "\n" + traceback.format_exc(), owner=owner)
         return {"run_id": run_id, "status": "failed", "error": message}
+
+
+def execute_ray_task(task: dict[str, Any]) -> dict[str, Any]:
+    """:func:`execute_run` as a Ray task: the claim's owner names the task (``ray-task-<id>:``, the same
+    for every attempt) and the node, so a retry after its node died takes the run over at once."""
+    import ray
+
+    context = ray.get_runtime_context()
+    prefix = ray_owner_prefix(context.get_task_id())
+    owner = f"{prefix}{context.get_node_id()[:12]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    return execute_run(task, owner=owner, succeeding=prefix)
+
+
+def ray_owner_prefix(task_id: str) -> str:
+    return f"ray-task-{task_id}:"
+
+
+def checkpoint_epoch(run_dir: str | Path) -> int:
+    """The last epoch in ``run_dir``'s checkpoint (0 when it has none): where a resumed run goes on."""
+    path = Path(run_dir) / "checkpoint.pt"
+    return int(load_torch(path)["epoch"]) if path.exists() else 0
 
 
 def launch_command(ranks: int, launcher: str | None, python: str | None = None) -> list[str]:
@@ -242,13 +269,34 @@ class RayExecutor:
             ray.init(address=spec.address, ignore_reinit_error=True, log_to_driver=False)
 
     def map(self, tasks: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """Runs as Ray tasks, yielded as they finish. A task whose worker or node dies is re-run by Ray
+        (``max_retries`` times, on any live node; it resumes from the checkpoint in the shared study
+        folder); one that Ray gives up on is marked failed, to be retried when the study is re-run."""
         threads, ranks = max(1, self.spec.threads_per_run), max(1, self.spec.ranks_per_run)
-        remote = self.ray.remote(num_cpus=threads * ranks, num_gpus=self.spec.num_gpus)(execute_run)
+        remote = self.ray.remote(
+            num_cpus=threads * ranks, num_gpus=self.spec.num_gpus, max_retries=self.spec.max_retries
+        )(execute_ray_task)
         where = (self.spec.launcher, self.spec.python)
-        pending = [remote.remote({**t, **_placement(t, threads, ranks, *where)}) for t in tasks]
+        submitted = {}
+        for task in tasks:
+            submitted[remote.remote({**task, **_placement(task, threads, ranks, *where)})] = task
+        pending = list(submitted)
         while pending:
             done, pending = self.ray.wait(pending, num_returns=1)
-            yield self.ray.get(done[0])
+            try:
+                yield self.ray.get(done[0])
+            except self.ray.exceptions.RayError as exc:  # the task's last attempt died: not a training fault
+                yield self._lost(submitted[done[0]], done[0], exc)
+
+    def _lost(self, task: dict[str, Any], ref: Any, exc: Exception) -> dict[str, Any]:
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        message = (
+            f"{type(exc).__name__}: Ray lost the task after {self.spec.max_retries} retries: {first_line}"
+        )
+        if task.get("kind") is None:  # a training run: release the dead attempt's claim
+            ResultsDB(task["db_url"]).abandon(task["run_id"], ray_owner_prefix(ref.task_id().hex()), message)
+        lost = {"run_id": task["run_id"], "status": "failed", "error": message}
+        return {**lost, "kind": task["kind"]} if task.get("kind") else lost
 
     def describe(self) -> str:
         resources = self.ray.cluster_resources()

@@ -104,6 +104,7 @@ class ExecutorSpec:
     python: str | None = None  # train each run in a subprocess of this interpreter (another environment)
     num_gpus: float = 0.0  # ray: GPUs per run
     address: str | None = None  # ray: cluster address (None: start or join a local instance)
+    max_retries: int = 3  # ray: times a run is re-run after its worker or node died (it resumes)
 
 
 @dataclass
