@@ -400,7 +400,8 @@ class ResultsDB:
             return session.get(Run, run_id)
 
     def status(self, run_id: str) -> str | None:
-        """pending, running, done, failed or diverged (None: not registered). A run that diverged
+        """pending, running, done, pruned (stopped by a halving sweep), failed or diverged (None: not
+        registered). A run that diverged
         before ``diverged`` was a status of its own reads ``diverged`` too."""
         with Session(self.engine) as session:
             run = session.get(Run, run_id)
@@ -409,7 +410,9 @@ class ResultsDB:
     def _claimable(self, now: float) -> Any:
         """SQL condition: a run nobody holds — pending, failed, or running under an expired lease."""
         expired = and_(Run.status == "running", or_(Run.lease_until.is_(None), Run.lease_until < now))
-        return or_(Run.status.in_(("pending", "failed")), expired)
+        # a pruned run is finished for a halving sweep (which does not claim it again), and resumed to its
+        # full schedule by a grid sweep: its checkpoint is the first epochs of that run
+        return or_(Run.status.in_(("pending", "failed", "pruned")), expired)
 
     def claim(
         self, run_id: str, owner: str, lease_seconds: float | None = None, succeeding: str | None = None
@@ -538,7 +541,7 @@ class ResultsDB:
                 return False
             run.lease_until = None
             test = final.get("test") or {}
-            run.status, run.finished = "done", _now()
+            run.status, run.finished = "pruned" if final.get("stop_reason") == "pruned" else "done", _now()
             run.final = json.dumps(final, default=str)
             run.test_e_mae, run.test_e_rmse = _finite(test.get("e_mae")), _finite(test.get("e_rmse"))
             run.test_f_mae, run.test_f_rmse = _finite(test.get("f_mae")), _finite(test.get("f_rmse"))

@@ -30,6 +30,7 @@ from ..train.checkpoint import load_torch, save_text
 from ..train.config import dump_config
 from ..train.refine import refine
 from .db import ResultsDB, lease_duration
+from .halving import HalvingTrial, TrialRef
 from .spec import ExecutorSpec
 
 
@@ -48,11 +49,13 @@ def execute_run(
         return _execute_refinement(task, db)
     if task.get("kind") == "spectrum":
         return _execute_spectrum(task, db)
-    if db.status(run_id) == "done":
-        return {"run_id": run_id, "status": "done", "skipped": True}
+    status = db.status(run_id)
+    if status == "done" or (status == "pruned" and task.get("halving")):
+        return {"run_id": run_id, "status": status, "skipped": True}
     owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     if not db.claim(run_id, owner, succeeding=succeeding):
         return {"run_id": run_id, "status": "claimed"}  # another process trains it
+    trial = HalvingTrial(TrialRef(**task["halving"])) if task.get("halving") else None
     try:
         with heartbeat(db, run_id, owner):
             if int(task.get("ranks", 1)) > 1 or task.get("python"):
@@ -62,13 +65,20 @@ def execute_run(
                 trainer = Trainer(load_config(task["config"]), log=lambda _: None)
                 trainer.resume()
                 db.note_resumed(run_id, owner, trainer.epoch)
-                final, history = trainer.fit(), trainer.history
+                if trial is not None:
+                    trial.resume(trainer.history)
+                final, history = trainer.fit(prune=trial and trial.prune), trainer.history
         if not db.record_result(run_id, final, history, owner=owner):
             return {"run_id": run_id, "status": "claimed"}  # our claim lapsed; the new holder reports
-        return {"run_id": run_id, "status": "done", "final": final}
+        if trial is not None:
+            trial.finish(final)
+        status = "pruned" if final.get("stop_reason") == "pruned" else "done"
+        return {"run_id": run_id, "status": status, "final": final}
     except Exception as exc:  # recorded, reported, and the study goes on with the other runs
         message = f"{type(exc).__name__}: {exc}"
         db.mark_failed(run_id, message + "\n" + traceback.format_exc(), owner=owner)
+        if trial is not None:
+            trial.finish(None)
         return {"run_id": run_id, "status": "failed", "error": message}
 
 

@@ -370,6 +370,28 @@ ARCHITECTURES_3BPA: dict[str, Any] = {
     },
 }
 
+#: Issue 26's question: does a successive-halving sweep choose as well as the full grid, for less? AdamW
+#: and SOAP on the benchmark's 3BPA data at s = 1, their default rate grids (6 rates) × the default
+#: decays {0, 1e-5, 1e-4, 1e-3} swept jointly (24 points, 20 epochs on seed 7, extended past an edge),
+#: then 3 seeds × 100 epochs. ``sweep-3bpa-halving`` prunes the sweep with ASHA (η = 3, rungs at 2, 6 and
+#: 18 epochs); ``sweep-3bpa-grid`` trains every point; benchmarks/halving_vs_grid.py compares the two.
+SWEEP_3BPA_GRID: dict[str, Any] = {
+    **BENCHMARK_3BPA,
+    "name": "sweep-3bpa-grid",
+    "optimizers": {
+        "adamw": {"weight_decay": [0.0, 1e-5, 1e-4, 1e-3]},
+        "soap": {"weight_decay": [0.0, 1e-5, 1e-4, 1e-3]},
+    },
+    "force_fractions": [1.0],
+    "step_cost": None,  # not this comparison's question (benchmark-3bpa measures it)
+    "executor": {"workers": 1},
+}
+SWEEP_3BPA_HALVING: dict[str, Any] = {
+    **SWEEP_3BPA_GRID,
+    "name": "sweep-3bpa-halving",
+    "sweep": {"method": "halving", "reduction_factor": 3},
+}
+
 STUDY_PRESETS = {
     "demo": DEMO,
     "architectures-3bpa": ARCHITECTURES_3BPA,
@@ -380,6 +402,8 @@ STUDY_PRESETS = {
     "paper-allegro": PAPER_ALLEGRO,
     "finetune-ethanol": FINETUNE_ETHANOL,
     "finetune-3bpa": FINETUNE_3BPA,
+    "sweep-3bpa-grid": SWEEP_3BPA_GRID,
+    "sweep-3bpa-halving": SWEEP_3BPA_HALVING,
 }
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +18,7 @@ from ..train.diagnostics import FLAGS, training_checks, verdicts
 from . import axes
 from .db import ResultsDB, is_divergence, run_flags
 from .executors import make_executor
+from .halving import TrialRef, register_trials
 from .spec import (
     RunSpec,
     StudySpec,
@@ -84,6 +87,7 @@ class StudyRunner:
         self.executor = make_executor(spec.executor)
         self.outcome = StudyOutcome(database_url=spec.database_url)
         self.poll_seconds = 5.0  # while waiting for runs other processes hold
+        self.trials: dict[str, TrialRef] = {}  # run id → its trial, for the runs of a halving sweep
 
     def _resolve_dataset(self) -> None:
         if self.spec.dataset is None:
@@ -116,7 +120,9 @@ class StudyRunner:
         (and taken over if that process stops renewing its claim). A run that diverged is a result and
         is not trained again; one that failed (a fault) is retried once per call."""
         self.db.register(self.spec.name, runs)
-        finished = ("done", "diverged")
+        finished = (
+            ("done", "diverged", "pruned") if self.spec.sweep.method == "halving" else ("done", "diverged")
+        )
         todo = [r for r in runs if self.db.status(r.run_id) not in finished]
         self.progress(
             f"{label}: {len(runs)} runs ({len(runs) - len(todo)} already done, {len(todo)} to run); "
@@ -128,11 +134,16 @@ class StudyRunner:
         while todo:
             ready = [r for r in todo if r.run_id not in attempted and self.db.claimable(r.run_id)]
             tasks = [{"run_id": r.run_id, "config": r.config, "db_url": self.db.url} for r in ready]
+            for task in tasks:
+                if task["run_id"] in self.trials:  # a trial of a halving sweep: pruned epoch by epoch
+                    task["halving"] = dataclasses.asdict(self.trials[task["run_id"]])
             for result in self.executor.map(tasks):
                 run = by_id[result["run_id"]]
                 attempted.add(run.run_id)
                 if result["status"] == "claimed":
                     continue  # another process took it first: waited for below
+                if result["status"] == "pruned" and result.get("skipped"):
+                    continue
                 clock.finished((result.get("final") or {}).get("train_time_s"))
                 self._report_result(run, result, clock)
             held = [r for r in todo if self.db.status(r.run_id) == "running" and r.run_id not in attempted]
@@ -151,7 +162,13 @@ class StudyRunner:
         what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed} lr {run.lr:g}"
         what += f" wd {run.weight_decay:g}" if run.weight_decay else ""
         where = f"[{clock.n:>3}/{clock.total}]"
-        if result["status"] == "done" and "final" in result:
+        if result["status"] == "pruned" and "final" in result:
+            final, budget = result["final"], run.config["training"]["max_epochs"]
+            self.progress(
+                f"  {where} {what}: pruned after epoch {final['epochs']} of {budget} "
+                f"(best val metric {final['best_val_metric']:.1f})  ({clock})"
+            )
+        elif result["status"] == "done" and "final" in result:
             test = result["final"].get("test") or {}
             metric = result["final"]["best_val_metric"]
             e_mae, f_mae = test.get("e_mae"), test.get("f_mae")
@@ -229,6 +246,26 @@ class StudyRunner:
             grid=rates, extensions=extensions, position=position, note=note,
         )  # fmt: skip
 
+    def _as_trials(self, stage: str, key: tuple[str, float], runs: list[RunSpec]) -> list[RunSpec]:
+        """A halving sweep: register ``runs`` as trials of the Optuna study of (``stage``, ``key``) and
+        return them in a fixed shuffled order (seeded by ``sweep_seed``): asynchronous halving lets the
+        first run at a rung go on, so a grid in ascending order of rate would promote every run whose
+        metric improves on the ones before it. A grid sweep: ``runs`` as they are."""
+        sweep = self.spec.sweep
+        if sweep.method != "halving" or (stage == "ratio" and not sweep.ratios):
+            return runs
+        order = sorted(runs, key=lambda r: r.run_id)
+        random.Random(self.spec.sweep_seed).shuffle(order)
+        params = [
+            (r.run_id, {"lr": r.lr, "weight_decay": r.weight_decay, "energy_weight": r.loss_ratio[0],
+                        "force_weight": r.loss_ratio[1]})
+            for r in order
+        ]  # fmt: skip
+        name = f"{self.spec.name}/{stage}/{key[0]}/s{key[1]:g}"
+        first = sweep.first_rung(self.spec.short_epochs())
+        self.trials.update(register_trials(self.db.url, name, params, sweep.reduction_factor, first))
+        return order
+
     def sweep_stage(self, groups: dict[tuple[str, float], list[RunSpec]]) -> dict[tuple[str, float], RunSpec]:
         """Learning rate × weight decay per (optimizer, force fraction). A best rate on the edge of its
         grid adds the next rate beyond that edge (every weight decay), up to ``sweep_extensions`` times,
@@ -240,6 +277,8 @@ class StudyRunner:
         chosen: dict[tuple[str, float], RunSpec] = {}
         notes: dict[tuple[str, float], str | None] = {}
         while pending:
+            pending = [r for key, runs in groups.items() for r in self._as_trials(
+                "sweep", key, [r for r in runs if r in pending])]  # fmt: skip
             self.execute(pending, label)
             pending = []
             for key, runs in groups.items():
@@ -288,7 +327,7 @@ class StudyRunner:
                            spec.short_epochs(), "sweep")
                 for wd in decays if wd not in tried
             ]  # fmt: skip
-        pending = [r for runs in added.values() for r in runs]
+        pending = [r for key, runs in added.items() for r in self._as_trials("sweep", key, runs)]
         if not pending:
             return
         self.execute(pending, "sweep: weight decay on the selected rate")
@@ -338,7 +377,8 @@ class StudyRunner:
                     for ratio in spec.loss_ratios
                 ]
         if ratio_groups:
-            self.execute([r for g in ratio_groups.values() for r in g], "loss-ratio sweep at full forces")
+            ratio_runs = [r for o, g in ratio_groups.items() for r in self._as_trials("ratio", (o, 1.0), g)]
+            self.execute(ratio_runs, "loss-ratio sweep at full forces")
             for opt, runs in ratio_groups.items():
                 best, note = self._select(runs, f"{opt} loss ratio")
                 if best is not None:

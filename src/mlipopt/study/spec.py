@@ -198,6 +198,24 @@ class ArchitectureChecksSpec:
 
 
 @dataclass
+class SweepSpec:
+    """How the sweep stages search their grids. ``grid``: every point trained for ``sweep_epochs``.
+    ``halving``: asynchronous successive halving (ASHA; Li et al. 2020) with Optuna's
+    ``SuccessiveHalvingPruner``: every point starts, and at ``min_epochs`` × ``reduction_factor``^k epochs
+    a run continues only if its validation metric is among the best 1/``reduction_factor`` of the runs
+    that reached that epoch; the others stop there, marked ``pruned``. The trials live in the study's
+    own database (Optuna's tables beside mlipopt's), so ``optuna-dashboard <database>`` shows them too."""
+
+    method: str = "grid"  # grid or halving
+    reduction_factor: int = 3
+    min_epochs: int | None = None  # first rung; default sweep_epochs / reduction_factor², at least 1
+    ratios: bool = True  # halving: the loss-ratio sweep too (else it stays a grid)
+
+    def first_rung(self, sweep_epochs: int) -> int:
+        return self.min_epochs or max(1, sweep_epochs // self.reduction_factor**2)
+
+
+@dataclass
 class StudySpec:
     name: str = "study"
     base: dict[str, Any] = field(default_factory=dict)  # a `mlipopt train` config (without optimizer)
@@ -210,6 +228,7 @@ class StudySpec:
     sweep_epochs: int | None = None  # default: a fifth of the final schedule
     # a best learning rate on the edge of its grid adds the next rate beyond it, up to this many times
     sweep_extensions: int = 2
+    sweep: SweepSpec = field(default_factory=SweepSpec)
     study_dir: str | None = None  # default: studies/<name>
     database: str | None = None  # SQLAlchemy URL; default sqlite:///<study_dir>/results.db
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)
@@ -322,6 +341,7 @@ def load_study(
         )
     if spec.sweep_extensions < 0:
         raise ConfigError(f"study.sweep_extensions must be ≥ 0, got {spec.sweep_extensions}")
+    check_sweep(spec)
     if spec.executor.kind not in ("local", "ray"):
         raise ConfigError(f"study.executor.kind must be local or ray, got {spec.executor.kind!r}")
     e = spec.executor
@@ -421,3 +441,28 @@ def default_ratio(spec: StudySpec) -> tuple[float, float]:
     if len(spec.loss_ratios) == 1:
         return tuple(spec.loss_ratios[0])
     return (float(loss.get("energy_weight", 1.0)), float(loss.get("force_weight", 1.0)))
+
+
+def check_sweep(spec: StudySpec) -> None:
+    """A halving sweep needs Optuna and runs whose epochs the study process's workers see one by one."""
+    sweep = spec.sweep
+    if sweep.method not in ("grid", "halving"):
+        raise ConfigError(f"study.sweep.method must be grid or halving, got {sweep.method!r}")
+    if sweep.method == "grid":
+        return
+    if sweep.reduction_factor < 2:
+        raise ConfigError(f"study.sweep.reduction_factor must be ≥ 2, got {sweep.reduction_factor}")
+    if sweep.min_epochs is not None and not 1 <= sweep.min_epochs < spec.short_epochs():
+        raise ConfigError(
+            f"study.sweep.min_epochs must be ≥ 1 and below the sweep's {spec.short_epochs()} epochs, "
+            f"got {sweep.min_epochs}"
+        )
+    if spec.executor.ranks_per_run > 1 or spec.executor.python or any(m.python for m in spec.models.values()):
+        raise ConfigError(
+            "study.sweep.method=halving prunes runs epoch by epoch inside the worker: it needs "
+            "executor.ranks_per_run=1 and no other environment's python (use method=grid there)"
+        )
+    try:
+        import optuna  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError("study.sweep.method=halving needs Optuna: pip install 'mlipopt[study]'") from exc

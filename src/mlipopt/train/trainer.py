@@ -211,8 +211,11 @@ class Trainer(Session):
             sums["train_force_loss"] += weight * force_loss
         return sums
 
-    def fit(self) -> dict[str, Any]:
-        """Train until max_epochs or early stopping, then test the best model; returns final metrics."""
+    def fit(self, prune: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, Any]:
+        """Train until max_epochs or early stopping, then test the best model; returns final metrics.
+        ``prune``: asked after every epoch with its row (a hyperparameter search's pruner, e.g.
+        successive halving); True stops the run there (``stop_reason`` "pruned"), checkpointed, so the
+        same run can later be continued to its full schedule."""
         c = self.config
         main = self.ranks.is_main  # rank 0 writes; the other ranks compute alongside
         if main:
@@ -274,6 +277,9 @@ class Trainer(Session):
             self._log_epoch(row)
             self.ranks.check_identical(self.model)
             stop = self._stop_reason()
+            if stop is None and prune is not None and self.epoch < c.training.max_epochs and prune(row):
+                stop = "pruned"
+                self.log(f"pruned after epoch {self.epoch} (validation metric {metric:.4g})")
             if (
                 self.epoch % c.training.checkpoint_every == 0
                 or stop is not None
@@ -318,7 +324,7 @@ class Trainer(Session):
             self.config.training.max_epochs,
             self.best_epoch,
             self.constant_energy_mae.get("val"),
-            converged=stop_reason != "max_epochs",
+            converged=None if stop_reason == "pruned" else stop_reason != "max_epochs",
         )
         final = {
             **measured,
@@ -327,7 +333,8 @@ class Trainer(Session):
             "best_val_metric": self.best_metric,
             "epochs": self.epoch,
             "stopped_early": stop_reason != "max_epochs",
-            # patience, lr_floor (both: converged by the run's rule) or max_epochs (capped: not converged)
+            # patience, lr_floor (both: converged by the run's rule), max_epochs (capped: not converged) or
+            # pruned (stopped by a hyperparameter search's pruner)
             "stop_reason": stop_reason,
             "train_time_s": self.train_time,
             "steps_per_epoch": math.ceil(len(self.sets["train"]) / self.config.data.batch_size),
