@@ -33,6 +33,7 @@ from .aggregate import (
     stored_config,
     time_to_target,
 )
+from .halving import halving_section
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
 from .spectra import spectra_section
 from .speedup import speedup_figure, time_to_target_section
@@ -462,6 +463,7 @@ def make_report(database: str, out_dir: str | Path | None = None, study: str | N
         *cost,
         "",
         *selections_section(db, study, out),
+        *halving_section(db, study, out),
         *refinement_section(db, study),
         *extra_tests_section(db, study, out),
         *forgetting_section(db, study, out),

@@ -224,6 +224,8 @@ def landscape_figure(db: ResultsDB, runs: list[Run], selections: list, path: Pat
             best_per_lr: dict[float, tuple[float, bool]] = {}
             failed = []
             for r in mine:
+                if r.status == "pruned":  # stopped early by a halving sweep: not comparable (report.halving)
+                    continue
                 if r.status != "done" or r.best_val_metric is None:
                     failed.append(r.lr)
                     continue
