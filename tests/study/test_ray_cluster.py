@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from mlipopt.study import ResultsDB, load_study
 from mlipopt.study.db import Epoch, Run, lease_duration
-from mlipopt.study.executors import checkpoint_epoch
+from mlipopt.study.jobs import checkpoint_epoch
 from mlipopt.train import Trainer, load_config
 
 from .helpers import tiny_study

@@ -78,7 +78,7 @@ def test_a_final_seed_that_diverges_twice_is_reported_as_diverged_and_the_study_
 def test_a_final_seed_that_diverges_is_rerun_at_the_next_lower_rate_of_its_grid(tmp_path, monkeypatch):
     """Seed 2 diverges at the selected rate (made to, here): its retry at the grid's next lower rate is
     the run in the table, and the report says so beside it."""
-    from mlipopt.study import executors
+    from mlipopt.study import jobs
     from mlipopt.train import Trainer, TrainingDiverged
 
     class DivergesAtTheSelectedRate(Trainer):
@@ -88,7 +88,7 @@ def test_a_final_seed_that_diverges_is_rerun_at_the_next_lower_rate_of_its_grid(
                 raise TrainingDiverged("loss is nan at epoch 2, batch 1; made to diverge")
             return super().fit()
 
-    monkeypatch.setattr(executors, "Trainer", DivergesAtTheSelectedRate)
+    monkeypatch.setattr(jobs, "Trainer", DivergesAtTheSelectedRate)
     raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [1e-3, 5e-3]}}, loss_ratios=[[1, 1]])
     raw["force_fractions"] = [1.0]
     spec = load_study(raw)
@@ -114,7 +114,7 @@ def test_a_cell_whose_selected_rate_fails_on_most_seeds_is_rerun_at_the_next_low
     every seed is re-run once at the next lower rate (1e-3) and the table reports the cell at that rate,
     all three seeds, the runs at 3e-3 kept but superseded; a re-run of the study trains nothing."""
     from mlipopt.cli import _run_study_and_report
-    from mlipopt.study import executors
+    from mlipopt.study import jobs
     from mlipopt.train import Trainer, TrainingDiverged
 
     class DivergesAtTheSelectedRate(Trainer):
@@ -124,7 +124,7 @@ def test_a_cell_whose_selected_rate_fails_on_most_seeds_is_rerun_at_the_next_low
                 raise TrainingDiverged("loss is nan at epoch 2, batch 1; made to diverge")
             return super().fit()
 
-    monkeypatch.setattr(executors, "Trainer", DivergesAtTheSelectedRate)
+    monkeypatch.setattr(jobs, "Trainer", DivergesAtTheSelectedRate)
     raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [3e-3]}}, loss_ratios=[[1, 1]], seeds=[1, 2, 3])
     raw["force_fractions"] = [1.0]
     spec = load_study(raw)
@@ -155,7 +155,7 @@ def test_a_run_that_fails_with_an_error_is_recorded_and_the_study_goes_on(tmp_pa
     """A fault (not a divergence) is recorded as failed, the other runs go on, the command exits 1 with
     advice that can work, and a re-run retries only the failed run."""
     from mlipopt.cli import _run_study_and_report
-    from mlipopt.study import executors
+    from mlipopt.study import jobs
     from mlipopt.train import Trainer
 
     class FailsOnce(Trainer):
@@ -164,7 +164,7 @@ def test_a_run_that_fails_with_an_error_is_recorded_and_the_study_goes_on(tmp_pa
                 raise OSError(28, "No space left on device")
             return super().fit()
 
-    monkeypatch.setattr(executors, "Trainer", FailsOnce)
+    monkeypatch.setattr(jobs, "Trainer", FailsOnce)
     raw = tiny_study(tmp_path, optimizers={"adamw": {"lr": [1e-3]}, "soap": {"lr": [5e-3]}},
                      loss_ratios=[[1, 1]], force_fractions=[1.0])  # fmt: skip
     spec = load_study(raw)
@@ -175,7 +175,7 @@ def test_a_run_that_fails_with_an_error_is_recorded_and_the_study_goes_on(tmp_pa
     [failed] = db.runs("tiny", status="failed")
     assert failed.optimizer == "soap" and failed.seed == 2 and "No space left" in failed.error
     assert len(db.runs("tiny", status="done")) == 3
-    monkeypatch.setattr(executors, "Trainer", Trainer)
+    monkeypatch.setattr(jobs, "Trainer", Trainer)
     assert _run_study_and_report(load_study(raw), None) == 0
     assert len(db.runs("tiny", status="done")) == 4
 

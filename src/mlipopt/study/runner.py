@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
@@ -19,6 +18,7 @@ from . import axes
 from .db import ResultsDB, is_divergence, run_flags
 from .executors import make_executor
 from .halving import TrialRef, register_trials
+from .jobs import RefineJob, SpectrumJob, TrainJob
 from .spec import (
     RunSpec,
     StudySpec,
@@ -133,11 +133,9 @@ class StudyRunner:
         attempted: set[str] = set()
         while todo:
             ready = [r for r in todo if r.run_id not in attempted and self.db.claimable(r.run_id)]
-            tasks = [{"run_id": r.run_id, "config": r.config, "db_url": self.db.url} for r in ready]
-            for task in tasks:
-                if task["run_id"] in self.trials:  # a trial of a halving sweep: pruned epoch by epoch
-                    task["halving"] = dataclasses.asdict(self.trials[task["run_id"]])
-            for result in self.executor.map(tasks):
+            # a trial of a halving sweep is pruned epoch by epoch
+            jobs = [TrainJob(r.run_id, r.config, self.db.url, self.trials.get(r.run_id)) for r in ready]
+            for result in self.executor.map(jobs):
                 run = by_id[result["run_id"]]
                 attempted.add(run.run_id)
                 if result["status"] == "claimed":
@@ -517,24 +515,25 @@ class StudyRunner:
         stored = {
             (run_id, checkpoint) for run_id, checkpoint, _ in self.db.spectra([r.run_id for r in chosen])
         }
-        tasks = [
-            {"run_id": r.run_id, "kind": "spectrum", "run_dir": r.config["run_dir"], "checkpoint": checkpoint,
-             "spectrum": {"k": settings.k, "frames": settings.frames, "density": settings.density,
-                          "probes": settings.probes, "steps": settings.steps},
-             "db_url": self.db.url}
-            for r in chosen for checkpoint in settings.checkpoints if (r.run_id, checkpoint) not in stored
-        ]  # fmt: skip
-        self.progress(f"spectra: {len(chosen) * len(settings.checkpoints)} ({len(tasks)} to compute)")
+        options = {"k": settings.k, "frames": settings.frames, "density": settings.density,
+                   "probes": settings.probes, "steps": settings.steps}  # fmt: skip
+        jobs = [
+            SpectrumJob(r.run_id, r.config["run_dir"], checkpoint, options, self.db.url)
+            for r in chosen
+            for checkpoint in settings.checkpoints
+            if (r.run_id, checkpoint) not in stored
+        ]
+        self.progress(f"spectra: {len(chosen) * len(settings.checkpoints)} ({len(jobs)} to compute)")
         by_id = {r.run_id: r for r in chosen}
-        for n, result in enumerate(self.executor.map(tasks), start=1):
+        for n, result in enumerate(self.executor.map(jobs), start=1):
             run = by_id[result["run_id"]]
             what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed} [{result.get('checkpoint')}]"
             if result["status"] == "done":
                 h, ph = result["summary"]["H"], result["summary"].get("PH")
                 text = f"κ_top(H) {h:.3g}" + (f", κ_top(P·H) {ph:.3g}" if ph is not None else "")
-                self.progress(f"  [{n:>3}/{len(tasks)}] {what}: {text}")
+                self.progress(f"  [{n:>3}/{len(jobs)}] {what}: {text}")
             else:
-                self.progress(f"  [{n:>3}/{len(tasks)}] {what}: FAILED — {result['error']}")
+                self.progress(f"  [{n:>3}/{len(jobs)}] {what}: FAILED — {result['error']}")
 
     def step_cost_stage(self, finals: list[RunSpec]) -> None:
         """A controlled step-time measurement per optimizer (same batch, interleaved), once per study."""
@@ -592,13 +591,9 @@ class StudyRunner:
             "patience": settings.patience,
             "criterion": settings.criterion,
         }
-        tasks = [
-            {"run_id": r.run_id, "kind": "refine", "run_dir": r.config["run_dir"], "refine": options,
-             "db_url": self.db.url}
-            for r in todo
-        ]  # fmt: skip
+        jobs = [RefineJob(r.run_id, r.config["run_dir"], options, self.db.url) for r in todo]
         by_id = {r.run_id: r for r in todo}
-        for n, result in enumerate(self.executor.map(tasks), start=1):
+        for n, result in enumerate(self.executor.map(jobs), start=1):
             run = by_id[result["run_id"]]
             what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed}"
             if result["status"] == "done" and "summary" in result:
