@@ -82,6 +82,11 @@ def test_an_architectures_study_runs_every_cell_and_reports_curves_cost_and_equi
     assert {r.study for r in finals} == {
         f"tiny__{m}__N{n}" for m in ("nequip-tiny", "cartesian-tiny") for n in (4, 8)
     }
+    # every run carries its cell as columns, which the report selects by
+    assert {(r.parent, r.model, r.train_size) for r in finals} == {
+        ("tiny", m, n) for m in ("nequip-tiny", "cartesian-tiny") for n in (4, 8)
+    }
+    assert db.cells("tiny")["tiny__cartesian-tiny__N8"] == ("cartesian-tiny", 8)
     costs = db.checks("tiny", "inference_cost")
     assert set(costs) == {"nequip-tiny", "cartesian-tiny"}
     assert {r["structure"] for r in costs["cartesian-tiny"][0]} == {"3bpa", "water-96", "diamond-256"}

@@ -146,3 +146,24 @@ def test_fidelity_results_of_an_older_database_are_carried_over(tmp_path):
     assert db.fidelity("r1", "molecule", 600.0) == result
     ResultsDB(f"sqlite:///{path}")  # reopening copies nothing twice
     assert len(db.fidelity_results(["r1"])) == 1
+
+
+def test_runs_of_an_older_architectures_database_get_their_cell_columns_from_the_name(tmp_path):
+    """Databases written before runs had cell columns: filled once when opened, so the report reads
+    columns only; an ordinary study stays without a cell."""
+    from mlipopt.study.db import Run
+
+    spec = load_study(tiny_study(tmp_path))
+    runs = [run_config(spec, "adamw", 1.0, seed, 1e-3, 0.0, (1.0, 1.0), 2, "final") for seed in (1, 2, 3)]
+    db = ResultsDB(spec.database_url)
+    db.register("arch__nequip-tiny__N50", runs[:1])
+    db.register("arch__cartesian-tiny", runs[1:2])
+    db.register("tiny", runs[2:])
+    assert db.cells("arch") == {}  # registered without a cell, as an older mlipopt did
+    assert ResultsDB(spec.database_url).cells("arch") == {
+        "arch__nequip-tiny__N50": ("nequip-tiny", 50),
+        "arch__cartesian-tiny": ("cartesian-tiny", None),
+    }
+    plain = ResultsDB(spec.database_url).run(runs[2].run_id)
+    assert isinstance(plain, Run) and (plain.parent, plain.model, plain.train_size) == (None, None, None)
+    assert ResultsDB(spec.database_url).parents() == ({"arch"}, False)

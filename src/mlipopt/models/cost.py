@@ -14,11 +14,8 @@ the architecture: the model is built by its family for H, C, N, O, the elements 
 
 from __future__ import annotations
 
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -182,15 +179,11 @@ def time_block(
 def _block_in_process(
     job: dict[str, Any], python: str | None = None
 ) -> list[tuple[str, str, int, list[float]]]:
-    """:func:`time_block` in a fresh process of ``python`` (default: this one's interpreter);
-    ``python -m mlipopt.models.cost`` reads the job as JSON on stdin, writes the rows as JSON on stdout."""
-    done = subprocess.run(
-        [python or sys.executable, "-m", "mlipopt.models.cost"], input=json.dumps(job), capture_output=True,
-        text=True,
-    )  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"an inference-cost block failed in its own process:\n{done.stderr[-3000:]}")
-    return [tuple(row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
+    """:func:`time_block` in a fresh process of ``python`` (default: this one's interpreter)."""
+    from ..elsewhere import call_elsewhere
+
+    rows = call_elsewhere("mlipopt.models.cost:time_block", job, python, what="an inference-cost block in its own process")
+    return [tuple(row) for row in rows]
 
 
 def _summary(
@@ -209,7 +202,3 @@ def _summary(
             "low_us": min(medians), "high_us": max(medians), "repeats": repeats, "blocks": blocks,
         })  # fmt: skip
     return rows
-
-
-if __name__ == "__main__":  # one isolated block: see _block_in_process
-    print(json.dumps(time_block(**json.loads(sys.stdin.read()))))

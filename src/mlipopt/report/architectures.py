@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -28,7 +27,6 @@ import numpy as np
 
 from ..figures import save_figure
 from ..optim.registry import baseline_first
-from ..study.axes import SEPARATOR
 from ..study.db import ResultsDB
 from ..train.diagnostics import VERDICT, verdicts
 from .aggregate import mean_std
@@ -79,15 +77,8 @@ class ArchitectureCell:
 
 
 def sub_studies(db: ResultsDB, parent: str) -> dict[str, tuple[str, int | None]]:
-    """Sub-study name → (model label, N) of an architectures study."""
-    out = {}
-    for name in db.studies():
-        parts = name.split(SEPARATOR)
-        if parts[0] != parent or len(parts) < 2:
-            continue
-        size = re.fullmatch(r"N(\d+)", parts[-1])
-        out[name] = (parts[1], int(size.group(1)) if size and len(parts) == 3 else None)
-    return out
+    """Sub-study name → (model label, N) of an architectures study, from the runs' cell columns."""
+    return db.cells(parent)
 
 
 def collect(db: ResultsDB, parent: str) -> list[ArchitectureCell]:
@@ -494,10 +485,8 @@ def symmetrized_accuracy_lines(finals: list[tuple[dict[str, Any], Any]]) -> list
 
 def is_architectures_database(db: ResultsDB) -> str | None:
     """The parent name when every study of ``db`` is a cell of one architectures study."""
-    parents = {name.split(SEPARATOR)[0] for name in db.studies()}
-    if len(parents) == 1 and all(SEPARATOR in name for name in db.studies()):
-        return parents.pop()
-    return None
+    parents, every_run = db.parents()
+    return parents.pop() if len(parents) == 1 and every_run else None
 
 
 __all__ = ["fit_power_law", "make_architectures_report", "pareto_front"]

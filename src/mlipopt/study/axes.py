@@ -24,11 +24,13 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from ..models import family
+from ..elsewhere import call_elsewhere
+from ..fidelity.architecture import equivariance_of_run
 from .db import ResultsDB
-from .spec import ModelAxisEntry, StudySpec
+from .spec import CellKey, ModelAxisEntry, StudySpec
 
 SEPARATOR = "__"
+CHECKS = "mlipopt.fidelity.architecture:equivariance_of_run"
 
 
 @dataclasses.dataclass
@@ -73,13 +75,10 @@ def cells(spec: StudySpec) -> list[Cell]:
                 database=spec.database_url,
                 models={},
                 train_sizes=[],
+                cell=CellKey(spec.name, label, size),
             )
             out.append(Cell(label, size, sub))
     return out
-
-
-def parent_of(study: str) -> str:
-    return study.split(SEPARATOR)[0]
 
 
 def run_cells(
@@ -141,90 +140,9 @@ def measure_checks(spec: StudySpec, todo: list[Cell], progress: Callable[[str], 
             if run.id in done:
                 continue
             progress(f"equivariance: {label} {run.optimizer} s = {run.force_fraction:g}")
-            measured = (
-                _equivariance_in_process(python, run.run_dir, settings, label)
-                if python
-                else equivariance_of_run(run.run_dir, settings, label)
-            )
+            job = {"run_dir": run.run_dir, "settings": dataclasses.asdict(settings), "label": label}
+            if python:  # the model's own environment
+                measured = call_elsewhere(CHECKS, job, python, what=f"the checks of {label}")
+            else:
+                measured = equivariance_of_run(**job)
             db.record_check(spec.name, "equivariance", run.id, measured)
-
-
-def _equivariance_in_process(python: str, run_dir: str, settings: Any, label: str) -> dict[str, Any]:
-    """:func:`equivariance_of_run` in another environment's Python (a model family installed there):
-    ``python -m mlipopt.study.axes`` reads the job as JSON on stdin and writes the result on stdout."""
-    import json
-    import subprocess
-
-    job = {"run_dir": run_dir, "settings": dataclasses.asdict(settings), "label": label}
-    done = subprocess.run([python, "-m", "mlipopt.study.axes"], input=json.dumps(job), capture_output=True,
-                          text=True)  # fmt: skip
-    if done.returncode != 0:
-        raise RuntimeError(f"the checks of {label} failed in {python}:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def equivariance_of_run(run_dir: str, settings: Any, label: str) -> dict[str, Any]:
-    """Equivariance errors of a trained run on its first test frames, raw and (for models without built-in
-    symmetry) symmetrized, and the loop work of its forces. A model without built-in symmetry also gets
-    its test errors raw and symmetrized on the first ``symmetrized_test_frames`` test frames: whether the
-    inference-time fix costs or gains accuracy. For a molecule (``geometry``), the first test frame is
-    relaxed turned two ways and vibrated (:func:`orientation_dependence`), raw and symmetrized. NVE MD
-    from the first test frame (300 K) gives the drift of the total energy: a stability check that an
-    error table cannot give (a direct force head, or a model that lets atoms collapse, drifts)."""
-    import numpy as np
-
-    from ..calculator import load_model
-    from ..fidelity.symmetry import (
-        SymmetrizedCalculator,
-        calculator_errors,
-        equivariance_errors,
-        loop_work,
-        nve_energy_drift,
-        orientation_dependence,
-    )
-    from ..train.data import split_frames
-
-    model, config = load_model(run_dir)  # once: its family makes the calculator
-    calc = family(config.model).calculator(model, config.model.type_names, config.model.r_max, "cpu")
-    _, splits = split_frames(config)  # the run's own test split, read or generated as in training
-    frames = [a.copy() for a in splits["test"].atoms[: settings.equivariance_frames]]
-    unconstrained = family(config.model).name == "cartesian"
-    out: dict[str, Any] = {"model": label, "unconstrained": unconstrained, "frames": len(frames)}
-
-    def mean_errors(calculator: Any) -> dict[str, float]:
-        rows = [
-            equivariance_errors(calculator, a, settings.equivariance_rotations, seed=k)
-            for k, a in enumerate(frames)
-        ]
-        return {key: float(np.mean([r[key] for r in rows])) for key in ("energy_std", "force_error")}
-
-    out["raw"] = mean_errors(calc)
-    if unconstrained:
-        symmetrized = SymmetrizedCalculator(calc, settings.symmetrize_order)
-        out["symmetrized"] = mean_errors(symmetrized)
-        out["symmetrize_order"] = settings.symmetrize_order
-        scored = splits["test"].subset(range(min(settings.symmetrized_test_frames, len(splits["test"]))))
-        out["test_raw"] = calculator_errors(calc, scored)  # the same frames, so the two compare directly
-        out["test_symmetrized"] = calculator_errors(symmetrized, scored)
-    if settings.geometry and not frames[0].pbc.any():  # a molecule: relax it turned two ways, vibrate
-        steps = settings.geometry_steps
-        out["geometry_raw"] = orientation_dependence(calc, frames[0], steps=steps)
-        if unconstrained:
-            out["geometry_symmetrized"] = orientation_dependence(symmetrized, frames[0], steps=steps)
-    out["loop_work_eV"] = float(loop_work(calc, frames[0], index=0))
-    if settings.nve_steps > 0:
-        out["nve"] = nve_energy_drift(
-            calc, frames[0], timestep_fs=settings.nve_timestep_fs, steps=settings.nve_steps
-        ) | {"steps": settings.nve_steps, "timestep_fs": settings.nve_timestep_fs}
-    return out
-
-
-if __name__ == "__main__":  # the checks of one run in this environment: see _equivariance_in_process
-    import json
-    import sys
-
-    from .spec import ArchitectureChecksSpec
-
-    job = json.loads(sys.stdin.read())
-    result = equivariance_of_run(job["run_dir"], ArchitectureChecksSpec(**job["settings"]), job["label"])
-    print(json.dumps(result))

@@ -72,6 +72,10 @@ class Run(Base):
     # training diagnostics (mlipopt.train.diagnostics), comma-separated; "" when the run looks sound
     flags: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # an architectures study's cell (mlipopt.study.axes): the parent study, model label, training frames
+    parent: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    train_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # a final run re-run at the next lower learning rate after this run diverged (study.runner)
     retry_of: Mapped[str | None] = mapped_column(String(120), nullable=True)
     # who trains it (host:pid:token) and until when (epoch seconds) the claim holds without a heartbeat
@@ -215,6 +219,13 @@ class ArchitectureCheck(Base):
     recorded: Mapped[str] = mapped_column(String(40))
 
 
+def cell_columns(cell: Any) -> dict[str, Any]:
+    """The columns of an architectures study's cell (none for an ordinary study)."""
+    if cell is None:
+        return {}
+    return {"parent": cell.parent, "model": cell.model, "train_size": cell.train_size}
+
+
 def lease_duration() -> float:
     """Seconds a claim on a run holds without a heartbeat (``MLIPOPT_LEASE_SECONDS``, default 120)."""
     return float(os.environ.get("MLIPOPT_LEASE_SECONDS", 120))
@@ -300,6 +311,20 @@ class ResultsDB:
                         kind = column.type.compile(dialect=self.engine.dialect)
                         connection.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
         self._copy_old_fidelity_table(existing)
+        self._fill_cells_of_old_runs()
+
+    def _fill_cells_of_old_runs(self) -> None:
+        """Databases written before runs had cell columns knew a cell only by its sub-study's name,
+        ``<parent>__<model>[__N<size>]``: read once here, so the report needs nothing but the columns."""
+        with Session(self.engine) as session, session.begin():
+            names = session.scalars(
+                select(Run.study).where(Run.parent.is_(None), Run.study.contains("__", autoescape=True)).distinct()
+            ).all()
+            for name in names:
+                parts = name.split("__")
+                size = parts[2][1:] if len(parts) == 3 and parts[2][1:].isdigit() else None
+                values = {"parent": parts[0], "model": parts[1], "train_size": int(size) if size else None}
+                session.execute(update(Run).where(Run.study == name, Run.parent.is_(None)).values(**values))
 
     def _copy_old_fidelity_table(self, existing: Any) -> None:
         """mlipopt < 0.2 kept fidelity results in a table ``fidelity`` keyed by (run, protocol); the
@@ -375,6 +400,9 @@ class ResultsDB:
                         known[r.run_id].stage = "final"
                     if retry_of and known[r.run_id].retry_of is None:
                         known[r.run_id].retry_of = retry_of
+                    if known[r.run_id].parent is None:
+                        for key, value in cell_columns(getattr(r, "cell", None)).items():
+                            setattr(known[r.run_id], key, value)
                     continue
                 session.add(
                     Run(
@@ -392,6 +420,7 @@ class ResultsDB:
                         config=json.dumps(r.config),
                         run_dir=r.config["run_dir"],
                         retry_of=retry_of,
+                        **cell_columns(getattr(r, "cell", None)),
                     )
                 )
 
@@ -702,6 +731,20 @@ class ResultsDB:
     def curve(self, run_id: str) -> list[Epoch]:
         with Session(self.engine, expire_on_commit=False) as session:
             return list(session.scalars(select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)))
+
+    def cells(self, parent: str) -> dict[str, tuple[str, int | None]]:
+        """Sub-study → (model label, training frames) of the architectures study ``parent``."""
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(Run.study, Run.model, Run.train_size).where(Run.parent == parent).distinct()
+            ).all()
+        return {study: (model, size) for study, model, size in rows}
+
+    def parents(self) -> tuple[set[str], bool]:
+        """The architectures studies of this database, and whether every run belongs to one."""
+        with Session(self.engine) as session:
+            parents = set(session.scalars(select(Run.parent).distinct()))
+        return {p for p in parents if p is not None}, None not in parents
 
     def studies(self) -> list[str]:
         with Session(self.engine) as session:

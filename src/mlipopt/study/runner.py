@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -502,8 +503,7 @@ class StudyRunner:
             lr = next_lower_rate(run.lr, grids.get((run.optimizer, run.force_fraction), [run.lr]))
             retry = run_config(self.spec, run.optimizer, run.force_fraction, run.seed, lr, run.weight_decay,
                                run.loss_ratio, self.spec.final_epochs(), "final")  # fmt: skip
-            retry.retry_of = run.run_id
-            out.append(retry)
+            out.append(dataclasses.replace(retry, retry_of=run.run_id))
         return out
 
     def spectrum_stage(self, finals: list[RunSpec]) -> None:

@@ -14,6 +14,7 @@ A stage whose grid has a single point is not run: its point is selected directly
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -197,6 +198,16 @@ class ArchitectureChecksSpec:
     nve_timestep_fs: float = 0.5
 
 
+@dataclass(frozen=True)
+class CellKey:
+    """Where a sub-study sits on an architectures study's axes (:mod:`mlipopt.study.axes`): stored with
+    every run as columns, so the report selects runs by them and never reads a study name."""
+
+    parent: str  # the architectures study
+    model: str  # label of the models axis ("base" without one)
+    train_size: int | None = None  # training frames (None: the base split)
+
+
 @dataclass
 class SweepSpec:
     """How the sweep stages search their grids. ``grid``: every point trained for ``sweep_epochs``.
@@ -240,6 +251,7 @@ class StudySpec:
     train_sizes: list[int] = field(default_factory=list)
     architecture_checks: ArchitectureChecksSpec = field(default_factory=ArchitectureChecksSpec)
     published: PublishedSpec | None = None  # literature figures on the same data (architectures report)
+    cell: CellKey | None = None  # set by mlipopt.study.axes on each sub-study of an architectures study
 
     @property
     def folder(self) -> Path:
@@ -260,9 +272,10 @@ class StudySpec:
 UNSET_IDENTITY = [("data", "train_subset")]
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunSpec:
-    """One training run of a study."""
+    """One training run of a study: its key (stage, optimizer, force fraction, seed, the swept settings
+    and, in an architectures study, its cell) and its checked config, whose hash is its id."""
 
     stage: str
     optimizer: str
@@ -275,8 +288,9 @@ class RunSpec:
     # a final run re-run at the next lower rate of its grid: the id of the run that diverged at the
     # selected rate (not part of the run's identity, which is its config)
     retry_of: str | None = None
+    cell: CellKey | None = None
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         """Content hash of the config (run_dir and display options excluded) and of the data files'
         contents: same config on the same data, same run — so the ratio sweep's default-ratio point
@@ -291,7 +305,7 @@ class RunSpec:
                 identity[section].pop(key)
         identity["data_fingerprint"] = from_dict(RunConfig, self.config).data_fingerprint()
         digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
-        return f"{self.optimizer}-s{self.force_fraction:g}-seed{self.seed}-{digest}"
+        return f"{self.optimizer}-s{self.force_fraction:g}-seed{self.seed}-{digest}"  # once: cached
 
 
 def load_study(
@@ -405,7 +419,8 @@ def run_config(
     config["training"]["progress"] = False
     config["run_dir"] = None
     checked = asdict(load_config(config))  # fail at expansion, not in a worker an hour later
-    run = RunSpec(stage, optimizer, force_fraction, seed, lr, weight_decay, tuple(loss_ratio), checked)
+    run = RunSpec(stage, optimizer, force_fraction, seed, lr, weight_decay, tuple(loss_ratio), checked,
+                  cell=spec.cell)  # fmt: skip
     checked["run_dir"] = str((spec.folder / "runs" / run.run_id).resolve())
     return run
 

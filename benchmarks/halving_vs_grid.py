@@ -1,0 +1,74 @@
+"""Does a successive-halving sweep select as well as the full grid, for less? (issue 26, part 3)
+
+Compares two finished (or partly finished) studies of the same protocol, one swept as a grid and one
+with ``sweep: {method: halving}``: per optimizer and force fraction, the epochs each sweep trained, the
+selected learning rate and weight decay, and the final runs' test force MAE (mean ± std over seeds).
+"Within the spread" means the halving selection's mean differs from the grid's by at most the larger of
+the two seed standard deviations. Usage::
+
+    mlipopt study --preset sweep-3bpa-grid        # ~3 h on 2 cores (one worker)
+    mlipopt study --preset sweep-3bpa-halving     # ~1 h
+    python benchmarks/halving_vs_grid.py studies/sweep-3bpa-grid studies/sweep-3bpa-halving
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from mlipopt.study import ResultsDB
+
+
+def summary(folder: Path) -> dict[tuple[str, float], dict]:
+    db = ResultsDB(f"sqlite:///{(folder / 'results.db').resolve()}")
+    (study,) = db.studies()
+    out: dict[tuple[str, float], dict] = {}
+    for run in db.runs(study):
+        cell = out.setdefault((run.optimizer, run.force_fraction), {"sweep_epochs": 0, "finals": []})
+        if run.stage in ("sweep", "ratio"):
+            cell["sweep_epochs"] += run.epochs or 0
+        elif run.stage == "final" and run.status == "done" and run.test_f_mae is not None:
+            cell["finals"].append(run.test_f_mae)
+    for s in db.selections(study, "sweep"):
+        if (s.optimizer, s.force_fraction) in out:
+            out[(s.optimizer, s.force_fraction)]["selected"] = (s.lr, s.weight_decay)
+    return out
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("grid", type=Path, help="folder of the grid-swept study")
+    parser.add_argument("halving", type=Path, help="folder of the halving-swept study")
+    args = parser.parse_args()
+    grid, halving = summary(args.grid), summary(args.halving)
+    print(
+        "| optimizer | s | grid sweep epochs | halving sweep epochs | share | grid selection "
+        "| halving selection | grid test F MAE | halving test F MAE | within the spread |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key in sorted(grid.keys() & halving.keys()):
+        g, h = grid[key], halving[key]
+        share = h["sweep_epochs"] / g["sweep_epochs"] if g["sweep_epochs"] else float("nan")
+        if g["finals"] and h["finals"]:
+            (gm, gs), (hm, hs) = _mean_std(g["finals"]), _mean_std(h["finals"])
+            errors = f"{gm:.1f} ± {gs:.1f} ({len(g['finals'])}) | {hm:.1f} ± {hs:.1f} ({len(h['finals'])})"
+            verdict = "yes" if hm - gm <= max(gs, hs) else "no"
+        else:
+            errors, verdict = "— | —", "(final runs not finished)"
+
+        def point(c: dict) -> str:
+            return "—" if "selected" not in c else f"lr {c['selected'][0]:g}, wd {c['selected'][1]:g}"
+
+        print(
+            f"| {key[0]} | {key[1]:g} | {g['sweep_epochs']} | {h['sweep_epochs']} | {share:.0%} | {point(g)} "
+            f"| {point(h)} | {errors} | {verdict} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
