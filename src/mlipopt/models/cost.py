@@ -182,7 +182,9 @@ def _block_in_process(
     """:func:`time_block` in a fresh process of ``python`` (default: this one's interpreter)."""
     from ..elsewhere import call_elsewhere
 
-    rows = call_elsewhere("mlipopt.models.cost:time_block", job, python, what="an inference-cost block in its own process")
+    rows = call_elsewhere(
+        "mlipopt.models.cost:time_block", job, python, what="an inference-cost block in its own process"
+    )
     return [tuple(row) for row in rows]
 
 

@@ -318,7 +318,9 @@ class ResultsDB:
         ``<parent>__<model>[__N<size>]``: read once here, so the report needs nothing but the columns."""
         with Session(self.engine) as session, session.begin():
             names = session.scalars(
-                select(Run.study).where(Run.parent.is_(None), Run.study.contains("__", autoescape=True)).distinct()
+                select(Run.study)
+                .where(Run.parent.is_(None), Run.study.contains("__", autoescape=True))
+                .distinct()
             ).all()
             for name in names:
                 parts = name.split("__")
