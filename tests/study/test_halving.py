@@ -125,3 +125,31 @@ def test_a_sweep_that_cannot_run_says_why(tmp_path, sweep, executor, message):
     raw["executor"] = {**raw["executor"], **executor}
     with pytest.raises(ConfigError, match=message):
         load_study(raw)
+
+
+def _register(url, runs, queue):
+    from mlipopt.study.halving import register_trials
+
+    queue.put({k: v.trial for k, v in register_trials(url, "race", runs, 3, 1).items()})
+
+
+def test_study_processes_registering_trials_at_once_agree_on_one_live_trial_per_run(tmp_path):
+    """Several study processes on one database register the same sweep at once (a lock serialises it):
+    each run is served by one trial, the same in every process, and no run has a second live trial."""
+    import multiprocessing
+
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    runs = [(f"run-{k}", {"lr": 10.0**-k, "weight_decay": 0.0}) for k in range(12)]
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    workers = [context.Process(target=_register, args=(url, runs, queue)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    maps = [queue.get(timeout=120) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    assert maps[0] == maps[1] == maps[2] and sorted(maps[0]) == sorted(k for k, _ in runs)
+    trials = optuna.load_study(study_name="race", storage=url).get_trials()
+    live = [t for t in trials if t.state.name != "FAIL"]
+    assert sorted(t.user_attrs["run_id"] for t in live) == sorted(k for k, _ in runs)
+    assert {maps[0][t.user_attrs["run_id"]] for t in live} == {t.number for t in live}

@@ -16,6 +16,8 @@ can differ (which runs finish first varies).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +27,20 @@ REPORTED = "best validation metric so far"
 
 
 def _storage(url: str) -> Any:
+    """Optuna's storage in the study database. Study processes starting at once all create Optuna's
+    tables on first use and all but one fail on the unique schema-version row: those retry, and find
+    the tables made."""
+    import time
+
     import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(20):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, OperationalError):
+            time.sleep(0.1 * (attempt + 1))
     return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
 
 
@@ -43,7 +56,7 @@ def _distributions(params: dict[str, float]) -> dict[str, Any]:
     """Wide fixed ranges: enqueued grid values (extensions beyond the grid included) always fit."""
     from optuna.distributions import FloatDistribution
 
-    ranges = {"lr": (1e-9, 1e3, True), "weight_decay": (0.0, 1e3, False)}
+    ranges = {"lr": (1e-12, 1e3, True), "weight_decay": (0.0, 1e3, False)}
     ranges |= {"energy_weight": (0.0, 1e6, False), "force_weight": (0.0, 1e6, False)}
     return {k: FloatDistribution(*ranges[k][:2], log=ranges[k][2]) for k in params}
 
@@ -74,18 +87,41 @@ def register_trials(
         pruner=_pruner(reduction_factor, min_epochs),
         load_if_exists=True,
     )
-    known = {}
-    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        known.setdefault(trial.user_attrs.get("run_id"), trial.number)
-    out = {}
-    for run_id, params in runs:
-        if run_id not in known:
-            study.enqueue_trial(params, user_attrs={"run_id": run_id})
-            trial = study.ask(_distributions(params))
-            assert trial.user_attrs.get("run_id") == run_id, "another process enqueued into this study"
-            known[run_id] = trial.number
-        out[run_id] = TrialRef(url, name, known[run_id], reduction_factor, min_epochs)
-    return out
+
+    with registration_lock(url):  # study processes starting at once create each trial once
+        known: dict[str, int] = {}
+        for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+            known.setdefault(trial.user_attrs.get("run_id"), trial.number)
+        for run_id, params in runs:
+            if run_id not in known:
+                study.enqueue_trial(params, user_attrs={"run_id": run_id})
+                known[run_id] = study.ask(_distributions(params)).number
+    return {run_id: TrialRef(url, name, known[run_id], reduction_factor, min_epochs) for run_id, _ in runs}
+
+
+@contextlib.contextmanager
+def registration_lock(url: str) -> Iterator[None]:
+    """One study process at a time registers trials: a lock file beside an SQLite database, a PostgreSQL
+    advisory lock (held by one connection for the block) otherwise."""
+    if url.startswith("sqlite:///"):
+        from .._filelock import exclusive
+
+        with exclusive(url.removeprefix("sqlite:///") + ".optuna.lock"):
+            yield
+        return
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    key = 0x6D6C6970  # "mlip": one lock for every study of the database; registration is brief
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    finally:
+        engine.dispose()
 
 
 class HalvingTrial:
