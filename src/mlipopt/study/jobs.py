@@ -110,16 +110,20 @@ class TrainJob:
         return {"run_id": self.run_id, "status": "failed", "error": message}
 
 
+class _AnalysisJob:
+    """A job on a finished run: one process of this interpreter, on the placement's threads only."""
+
+    def placed(self, placement: Placement) -> Any:
+        return dataclasses.replace(self, placement=Placement(threads=placement.threads))
+
+
 @dataclass(frozen=True)
-class RefineJob:
+class RefineJob(_AnalysisJob):
     run_id: str
     run_dir: str
     options: dict[str, Any]  # mlipopt.train.refine.refine's settings
     db_url: str
     placement: Placement = field(default_factory=Placement)
-
-    def placed(self, placement: Placement) -> RefineJob:
-        return dataclasses.replace(self, placement=Placement(threads=placement.threads))
 
     def run(self, owner: str | None = None, succeeding: str | None = None) -> dict[str, Any]:
         from ..train.refine import refine
@@ -142,16 +146,13 @@ class RefineJob:
 
 
 @dataclass(frozen=True)
-class SpectrumJob:
+class SpectrumJob(_AnalysisJob):
     run_id: str
     run_dir: str
     checkpoint: str
     options: dict[str, Any]  # mlipopt.spectrum.analysis.analyse_run's settings
     db_url: str
     placement: Placement = field(default_factory=Placement)
-
-    def placed(self, placement: Placement) -> SpectrumJob:
-        return dataclasses.replace(self, placement=Placement(threads=placement.threads))
 
     def run(self, owner: str | None = None, succeeding: str | None = None) -> dict[str, Any]:
         from ..spectrum.analysis import analyse_run
