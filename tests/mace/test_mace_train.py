@@ -103,10 +103,40 @@ def test_the_optimizer_keeps_maces_groups_and_gets_the_blocks(frames, tmp_path, 
     )
 
 
-def test_restart_latest_restores_the_optimizer_state_exactly(frames, tmp_path, monkeypatch):
-    mace_train.main(_args(frames, tmp_path, "soap", 2, "--lr", "0.01"))
-    [checkpoint] = (tmp_path / "checkpoints").glob("t_run-1_epoch-1.pt")
+#: A child that is SIGKILLed by itself right after MACE's second checkpoint write completes: a kill
+#: mid-run at a known point (a kill at a random moment could land inside torch.save, which MACE does
+#: not write atomically, and the test would be about MACE's checkpoint format, not the optimizer).
+KILLED_AFTER_SECOND_CHECKPOINT = """
+import os, signal, sys
+from mace.tools import checkpoint
+from mlipopt.integrations import mace_train
+save, saves = checkpoint.CheckpointIO.save, []
+def save_then_die(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    saves.append(1)
+    if len(saves) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+checkpoint.CheckpointIO.save = save_then_die
+mace_train.main(sys.argv[1:])
+"""
+
+
+def test_restart_latest_after_a_kill_restores_the_optimizer_state_exactly(frames, tmp_path, monkeypatch):
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            KILLED_AFTER_SECOND_CHECKPOINT,
+            *_args(frames, tmp_path, "soap", 20, "--lr", "0.01"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]  # it died mid-run, by SIGKILL
+    [checkpoint] = (tmp_path / "checkpoints").glob("t_run-1_epoch-*.pt")  # MACE keeps the latest only
+    killed_at = int(checkpoint.stem.rsplit("-", 1)[1])
     saved = torch.load(checkpoint, weights_only=False)["optimizer"]
+    assert saved["state"] and not (tmp_path / "t.model").exists()  # no model: the run never finished
     at_resume = []
     original = mace_train.mlipopt_optimizer
 
@@ -118,17 +148,16 @@ def test_restart_latest_restores_the_optimizer_state_exactly(frames, tmp_path, m
         return optimizer
 
     monkeypatch.setattr(mace_train, "mlipopt_optimizer", capture)
-    mace_train.main(_args(frames, tmp_path, "soap", 3, "--lr", "0.01", "--restart_latest"))
+    mace_train.main(_args(frames, tmp_path, "soap", killed_at + 2, "--lr", "0.01", "--restart_latest"))
     assert at_resume, "the resumed run took no step"
     loaded = at_resume[0]
     assert loaded["param_groups"] == saved["param_groups"]
-    assert loaded["state"].keys() == saved["state"].keys() and saved["state"]
+    assert loaded["state"].keys() == saved["state"].keys()
     for index, state in saved["state"].items():
         for key, value in state.items():
             assert same_state(value, loaded["state"][index][key]), (index, key)
-    assert (
-        max(r["epoch"] for r in _evaluations(tmp_path) if r["epoch"] is not None) == 2
-    )  # and it trained on after the restart
+    epochs = [r["epoch"] for r in _evaluations(tmp_path) if r["epoch"] is not None]
+    assert max(epochs) == killed_at + 1 and (tmp_path / "t.model").is_file()  # it trained on, to the end
 
 
 def test_a_wrong_use_fails_in_one_line(frames, tmp_path, capsys, monkeypatch):
