@@ -79,9 +79,32 @@ def test_continuing_a_soap_run_restores_its_optimizer_state_exactly(tmp_path):
         _continue_soap(tmp_path)
 
 
+#: ``mlipopt-sevenn`` SIGKILLed by itself right after SevenNet writes epoch 2's checkpoint: a kill
+#: mid-run at a known point (at a random moment it could land inside torch.save, which is not atomic).
+KILLED_AFTER_SECOND_CHECKPOINT = """
+import os, signal, sys
+from sevenn.train.trainer import Trainer
+from mlipopt.integrations import sevenn_train
+write = Trainer.write_checkpoint
+def write_then_die(self, path, **extra):
+    write(self, path, **extra)
+    if os.path.basename(path) == "checkpoint_2.pth":
+        os.kill(os.getpid(), signal.SIGKILL)
+Trainer.write_checkpoint = write_then_die
+sevenn_train.main(sys.argv[1:])
+"""
+
+
 def _continue_soap(tmp_path):
-    _train("mlipopt-sevenn", _input(tmp_path, "soap", 1e-3, 2), tmp_path / "first")
+    config = _input(tmp_path, "soap", 1e-3, 10)
+    (tmp_path / "first").mkdir()
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_AFTER_SECOND_CHECKPOINT, str(config), "-s"],
+        cwd=tmp_path / "first", capture_output=True, text=True,
+    )  # fmt: skip
+    assert killed.returncode == -9, (killed.stdout + killed.stderr)[-3000:]  # died mid-run, by SIGKILL
     checkpoint = tmp_path / "first" / "checkpoint_2.pth"
+    assert checkpoint.is_file() and not (tmp_path / "first" / "checkpoint_3.pth").exists()
     # SevenNet's continue path, in this process: Trainer.from_config, then load_state_dicts
     from sevenn.train.trainer import Trainer
     from sevenn.util import load_checkpoint
