@@ -135,10 +135,16 @@ def _register(url, runs, queue):
 
 def test_study_processes_registering_trials_at_once_agree_on_one_live_trial_per_run(tmp_path):
     """Several study processes on one database register the same sweep at once (a lock serialises it):
-    each run is served by one trial, the same in every process, and no run has a second live trial."""
+    each run is served by one trial, the same in every process, and no run has a second live trial.
+    (On PostgreSQL, with its advisory lock: tests/study/test_postgres.py.)"""
+    registering_at_once_gives_one_live_trial_per_run(f"sqlite:///{tmp_path / 'race.db'}")
+
+
+def registering_at_once_gives_one_live_trial_per_run(url: str) -> None:
     import multiprocessing
 
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+    from mlipopt.study.db import database_url
+
     runs = [(f"run-{k}", {"lr": 10.0**-k, "weight_decay": 0.0}) for k in range(12)]
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -149,7 +155,7 @@ def test_study_processes_registering_trials_at_once_agree_on_one_live_trial_per_
     for w in workers:
         w.join(timeout=60)
     assert maps[0] == maps[1] == maps[2] and sorted(maps[0]) == sorted(k for k, _ in runs)
-    trials = optuna.load_study(study_name="race", storage=url).get_trials()
+    trials = optuna.load_study(study_name="race", storage=database_url(url)).get_trials()
     live = [t for t in trials if t.state.name != "FAIL"]
     assert sorted(t.user_attrs["run_id"] for t in live) == sorted(k for k, _ in runs)
     assert {maps[0][t.user_attrs["run_id"]] for t in live} == {t.number for t in live}

@@ -19,6 +19,7 @@ from mlipopt.study.db import Epoch, Run, database_url
 
 from .helpers import tiny_study
 from .postgres_server import postgres_server, server_binaries
+from .test_halving import registering_at_once_gives_one_live_trial_per_run
 
 pytest.importorskip("psycopg", reason="the PostgreSQL driver: pip install 'mlipopt[postgres]'")
 if server_binaries() is None:
@@ -46,6 +47,11 @@ def test_a_bare_postgresql_url_gets_the_installed_driver():
     assert database_url("postgresql://u@h:5/d") == "postgresql+psycopg://u@h:5/d"
     assert database_url("postgresql+psycopg2://u@h/d") == "postgresql+psycopg2://u@h/d"  # named: kept
     assert database_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+def test_halving_trials_registered_at_once_on_postgresql_are_one_per_run(postgres_url):
+    """Three processes register one sweep's trials at once under PostgreSQL's advisory lock."""
+    registering_at_once_gives_one_live_trial_per_run(postgres_url)
 
 
 def test_two_studies_on_postgresql_survive_a_kill_and_report_what_sqlite_does(tmp_path, postgres_url):
