@@ -3,8 +3,10 @@
 Compares two finished (or partly finished) studies of the same protocol, one swept as a grid and one
 with ``sweep: {method: halving}``: per optimizer and force fraction, the epochs each sweep trained, the
 selected learning rate and weight decay, and the final runs' test force MAE (mean ± std over seeds).
-"Within the spread" means the halving selection's mean differs from the grid's by at most the larger of
-the two seed standard deviations. Usage::
+The verdict is "better" where the halving selection's mean is below the grid's by more than the larger
+of the two seed standard deviations, "within the spread" where the two differ by at most that, "worse"
+otherwise; the medians are printed beside the means because one diverged seed (a selection at the edge
+of stability) dominates a mean of three. The last row sums both sweeps' epochs over every cell. Usage::
 
     mlipopt study --preset sweep-3bpa-grid        # ~3 h on 2 cores (one worker)
     mlipopt study --preset sweep-3bpa-halving     # ~1 h
@@ -48,16 +50,22 @@ def main() -> None:
     grid, halving = summary(args.grid), summary(args.halving)
     print(
         "| optimizer | s | grid sweep epochs | halving sweep epochs | share | grid selection "
-        "| halving selection | grid test F MAE | halving test F MAE | within the spread |"
+        "| halving selection | grid test F MAE: mean ± std (seeds), median | halving test F MAE | verdict |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
+    totals = [0, 0]
     for key in sorted(grid.keys() & halving.keys()):
         g, h = grid[key], halving[key]
+        totals[0], totals[1] = totals[0] + g["sweep_epochs"], totals[1] + h["sweep_epochs"]
         share = h["sweep_epochs"] / g["sweep_epochs"] if g["sweep_epochs"] else float("nan")
         if g["finals"] and h["finals"]:
             (gm, gs), (hm, hs) = _mean_std(g["finals"]), _mean_std(h["finals"])
-            errors = f"{gm:.1f} ± {gs:.1f} ({len(g['finals'])}) | {hm:.1f} ± {hs:.1f} ({len(h['finals'])})"
-            verdict = "yes" if hm - gm <= max(gs, hs) else "no"
+            errors = " | ".join(
+                f"{m:.1f} ± {sd:.1f} ({len(c['finals'])}), {statistics.median(c['finals']):.1f}"
+                for m, sd, c in ((gm, gs, g), (hm, hs, h))
+            )
+            spread = max(gs, hs)
+            verdict = "better" if hm < gm - spread else "within the spread" if hm - gm <= spread else "worse"
         else:
             errors, verdict = "— | —", "(final runs not finished)"
 
@@ -68,6 +76,7 @@ def main() -> None:
             f"| {key[0]} | {key[1]:g} | {g['sweep_epochs']} | {h['sweep_epochs']} | {share:.0%} | {point(g)} "
             f"| {point(h)} | {errors} | {verdict} |"
         )
+    print(f"| all | | {totals[0]} | {totals[1]} | {totals[1] / max(totals[0], 1):.0%} | | | | | |")
 
 
 if __name__ == "__main__":
