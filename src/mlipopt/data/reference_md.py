@@ -60,7 +60,7 @@ def run_reference_md(
     reached. ``calculator`` builds the reference calculator (default: the system's xTB method) and
     ``atoms`` the starting structure (default: the built-in one of ``settings.system``)."""
     from ase.md.bussi import Bussi
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
 
     from .xtb import initial_structure, xtb_calculator
 
@@ -73,7 +73,7 @@ def run_reference_md(
         _truncate_frames(folder / FRAMES, step // settings.frame_every)
     else:
         atoms = (atoms or initial_structure(settings.system, settings.seed)).copy()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature_K, rng=rng)
+        thermalize_momenta(atoms, temperature_K=settings.temperature_K, rng=rng)
         Stationary(atoms)
         step = 0
         (folder / FRAMES).unlink(missing_ok=True)
