@@ -207,7 +207,7 @@ def test_isotropic_refresh_falls_back_to_rayleigh_ritz_when_the_live_part_is_not
     gram, basis, null = _with_new_directions(20, 2, 17, seed=12)  # 17 live of 18: above the cap of 16
     sizes = _eigenbasis_sizes(monkeypatch)
     q, _, flags, failed = _linalg.isotropic_refresh(gram, basis, null)
-    assert failed == 0 and sizes == [20]  # one d × d eigh, the determined positions shifted apart
+    assert failed == 0 and sizes == [18]  # one (d − r) × (d − r) eigh of the complement, not d × d
     torch.testing.assert_close(q[0].T @ q[0], torch.eye(20, dtype=torch.float64))
     tail = q[0, :, 2:]
     compressed = tail.T @ gram[0] @ tail
