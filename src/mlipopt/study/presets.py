@@ -391,6 +391,13 @@ SWEEP_3BPA_HALVING: dict[str, Any] = {
     "name": "sweep-3bpa-halving",
     "sweep": {"method": "halving", "reduction_factor": 3},
 }
+#: The same with the first rung at 4 epochs (rungs 4 and 12): at 2 and 6 epochs the halving sweep pruned
+#: AdamW's lr 0.1, which the grid's full 20 epochs select (it overtakes lr 0.03 after epoch 7).
+SWEEP_3BPA_HALVING_4: dict[str, Any] = {
+    **SWEEP_3BPA_HALVING,
+    "name": "sweep-3bpa-halving-4",
+    "sweep": {"method": "halving", "reduction_factor": 3, "min_epochs": 4},
+}
 
 STUDY_PRESETS = {
     "demo": DEMO,
@@ -404,6 +411,7 @@ STUDY_PRESETS = {
     "finetune-3bpa": FINETUNE_3BPA,
     "sweep-3bpa-grid": SWEEP_3BPA_GRID,
     "sweep-3bpa-halving": SWEEP_3BPA_HALVING,
+    "sweep-3bpa-halving-4": SWEEP_3BPA_HALVING_4,
 }
 
 
