@@ -150,6 +150,21 @@ def test_a_cell_whose_selected_rate_fails_on_most_seeds_is_rerun_at_the_next_low
     assert all("0 to run" in line for line in lines if "runs (" in line)
     assert sorted((r.seed, r.lr) for r in db.runs("tiny", stage="final")) == [(s, 1e-3) for s in (1, 2, 3)]
 
+    # a second study process on the database, at the end of its first final runs (at 3e-3), finds the
+    # revision the first process recorded: it goes on to the revised runs instead of ending its stage
+    from mlipopt.study.runner import StudyRunner
+    from mlipopt.study.spec import run_config
+
+    again = load_study(raw)
+    runner = StudyRunner(again, progress=lambda _: None)
+
+    def at(lr: float) -> list:
+        return [run_config(again, "adamw", 1.0, r.seed, lr, r.weight_decay, (r.energy_weight, r.force_weight),
+                           again.final_epochs(), "final") for r in superseded]  # fmt: skip
+
+    assert runner.revise(at(3e-3)) and not runner.revise(at(1e-3))
+    assert len(db.selections("tiny", "revision")) == 1  # recorded once
+
 
 def test_a_run_that_fails_with_an_error_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
     """A fault (not a divergence) is recorded as failed, the other runs go on, the command exits 1 with

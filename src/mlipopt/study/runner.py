@@ -447,10 +447,13 @@ class StudyRunner:
         The sweep picks the rate on one seed and a short schedule; a rate on the edge of stability can
         win it by a hair (in the demo 180.4 against 182.2 at 0.3 and 0.1) and then fail on other seeds,
         and which rate wins such a near tie depends on the summation order (threads, CPU). Only the
-        validation curves and the loss decide, never the test set. Returns whether any cell was revised."""
+        validation curves and the loss decide, never the test set. Returns whether any cell of ``finals``
+        now has another rate than its runs: revised here, or by another study process on the same
+        database (which then trains the revised runs too: without that, a process that found the
+        revision recorded ended its final stage and reported the revised runs as not trained)."""
         spec = self.spec
         done = {r.id: r for r in self.db.runs(spec.name, status="done")}
-        revised = {(r.optimizer, r.force_fraction) for r in self.db.selections(spec.name, "revision")}
+        revised = {(r.optimizer, r.force_fraction): r.lr for r in self.db.selections(spec.name, "revision")}
         grids = {(s.optimizer, s.force_fraction): json.loads(s.grid) for s in self.db.selections(
             spec.name, "sweep")}  # fmt: skip
         cells: dict[tuple[str, float], list[RunSpec]] = {}
@@ -459,7 +462,8 @@ class StudyRunner:
                 cells.setdefault((run.optimizer, run.force_fraction), []).append(run)
         changed = False
         for key, runs in cells.items():
-            if key in revised or not runs:
+            if key in revised:
+                changed |= any(r.lr != revised[key] for r in runs)
                 continue
             diverged = sum(self.db.status(r.run_id) == "diverged" for r in runs)
             untrained = sum(
