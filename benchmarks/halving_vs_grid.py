@@ -35,6 +35,9 @@ def summary(folder: Path) -> dict[tuple[str, float], dict]:
     for s in db.selections(study, "sweep"):
         if (s.optimizer, s.force_fraction) in out:
             out[(s.optimizer, s.force_fraction)]["selected"] = (s.lr, s.weight_decay)
+    for s in db.selections(study, "revision"):  # the selected rate failed on most final seeds
+        if (s.optimizer, s.force_fraction) in out:
+            out[(s.optimizer, s.force_fraction)]["revised"] = s.lr
     return out
 
 
@@ -70,7 +73,10 @@ def main() -> None:
             errors, verdict = "— | —", "(final runs not finished)"
 
         def point(c: dict) -> str:
-            return "—" if "selected" not in c else f"lr {c['selected'][0]:g}, wd {c['selected'][1]:g}"
+            if "selected" not in c:
+                return "—"
+            lr = f"{c['selected'][0]:g}" + (f" → {c['revised']:g} (revised)" if "revised" in c else "")
+            return f"lr {lr}, wd {c['selected'][1]:g}"
 
         print(
             f"| {key[0]} | {key[1]:g} | {g['sweep_epochs']} | {h['sweep_epochs']} | {share:.0%} | {point(g)} "
