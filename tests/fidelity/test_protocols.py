@@ -165,3 +165,31 @@ def test_geometry_optimisation_against_the_reference():
     off = geometry_errors(_Stretched(1.03), EMT(), start)
     assert off["geometry_rmsd_A"] > 1e-2  # a 3 % smaller molecule
     assert off["geometry_energy_meV_atom"] > 0.1 and off["geometry_ref_fmax_eV_A"] > 0.05
+
+
+def test_the_reference_diffusion_is_read_at_the_reference_trajectorys_own_spacing():
+    """A recorded reference (frames every 20 fs, ``time_fs`` in their info) against model MD sampled every
+    5 fs: both random walks have D = 0.5 Å²/ps, and so must both estimates."""
+    from ase import Atoms
+
+    from mlipopt.fidelity.protocols import _diffusion, reference_spacing_ps
+    from mlipopt.md import MDResult
+
+    rng = np.random.default_rng(4)
+
+    def walk(n: int, dt_ps: float, time_fs: bool) -> list[Atoms]:
+        positions = np.cumsum(rng.normal(scale=np.sqrt(2 * 0.5 * dt_ps), size=(n, 300, 3)), axis=0)
+        frames = [Atoms("H300", positions=x) for x in positions]
+        for i, f in enumerate(frames):
+            if time_fs:
+                f.info["time_fs"] = 1000 * dt_ps * i
+        return frames
+
+    settings = FidelitySettings(timestep_fs=0.5, interval=10)  # model frames every 5 fs
+    model = [MDResult(frames=walk(801, 0.005, False))]
+    reference = walk(400, 0.020, True)  # 8 ps at 20 fs: covers the model's 4 ps
+    assert reference_spacing_ps(reference) == pytest.approx(0.020)
+    assert reference_spacing_ps(model[0].frames) is None
+    stats, _ = _diffusion(model, reference, settings)
+    assert stats["D_A2_per_ps"] == pytest.approx(0.5, rel=0.1)
+    assert stats["D_reference"] == pytest.approx(0.5, rel=0.1)

@@ -240,6 +240,18 @@ def _msd(frames: list[Atoms], dt_ps: float) -> tuple[np.ndarray, np.ndarray]:
     return dt_ps * np.arange(len(msd)), msd
 
 
+def reference_spacing_ps(frames: list[Atoms]) -> float | None:
+    """The time between a recorded trajectory's frames from their ``time_fs`` (what
+    :mod:`mlipopt.data.reference_md` writes), or None when they do not record an even spacing."""
+    times = [f.info.get("time_fs") for f in frames[:50]]
+    if len(times) < 2 or any(t is None for t in times):
+        return None
+    steps = np.diff(np.asarray(times, dtype=float))
+    if steps[0] <= 0 or not np.allclose(steps, steps[0]):
+        return None
+    return float(steps[0]) / 1000
+
+
 def _diffusion(
     runs: list[MDResult], reference_frames: list[Atoms], settings: FidelitySettings
 ) -> tuple[dict[str, float], tuple[list[float], list[float]]]:
@@ -249,8 +261,11 @@ def _diffusion(
     n = min(len(c[1]) for c in curves)
     lag, msd = curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0)
     fits = [diffusion_coefficient(*c) for c in curves]
-    # the reference trajectory concatenates seeds; use its first seed's stretch of the same length
-    ref = diffusion_coefficient(*_msd(reference_frames[: len(runs[0].frames)], dt_ps))
+    # the reference trajectory concatenates seeds (or is one long recorded run, mlipopt.data.reference_md):
+    # its first stretch of the model's duration, at its own frame spacing where its frames record it
+    ref_dt_ps = reference_spacing_ps(reference_frames) or dt_ps
+    n_ref = round((len(runs[0].frames) - 1) * dt_ps / ref_dt_ps) + 1
+    ref = diffusion_coefficient(*_msd(reference_frames[:n_ref], ref_dt_ps))
     D = float(np.mean([f.D for f in fits]))
     stats_out = {
         "D_A2_per_ps": D,
