@@ -8,6 +8,7 @@ never raises: a failure is recorded and returned as ``{"run_id", "status": "fail
 - :class:`TrainJob`: train (or resume) one run, claimed in the database for its duration.
 - :class:`RefineJob`: L-BFGS refinement of a finished run (Liu et al.; :mod:`mlipopt.train.refine`).
 - :class:`SpectrumJob`: Hessian spectra of one checkpoint of a finished run (:mod:`mlipopt.spectrum`).
+- :class:`FidelityJob`: MD with a finished run's model against a reference (:mod:`mlipopt.fidelity`).
 """
 
 from __future__ import annotations
@@ -174,7 +175,37 @@ class SpectrumJob(_AnalysisJob):
         return {"run_id": self.run_id, "status": "failed", "error": message, "checkpoint": self.checkpoint}
 
 
-Job = TrainJob | RefineJob | SpectrumJob
+@dataclass(frozen=True)
+class FidelityJob(_AnalysisJob):
+    run_id: str
+    run_dir: str
+    protocol: str
+    reference: str
+    settings: dict[str, Any]  # mlipopt.fidelity.FidelitySettings
+    db_url: str
+    placement: Placement = field(default_factory=Placement)
+
+    def run(self, owner: str | None = None, succeeding: str | None = None) -> dict[str, Any]:
+        from ..fidelity.protocols import FidelitySettings
+        from ..fidelity.references import evaluate_runs
+
+        try:
+            settings = FidelitySettings(**self.settings)
+            [result], _ = evaluate_runs(
+                [self.run_dir], self.protocol, self.reference, settings, lambda _: None
+            )
+            record = dataclasses.asdict(result)
+            ResultsDB(self.db_url).record_fidelity(self.run_id, self.protocol, settings.temperature_K, record)
+            return {"run_id": self.run_id, "status": "done", "survived": result.survived,
+                    "structure_error": result.structure_error}  # fmt: skip
+        except Exception as exc:
+            return _failure(self.run_id, exc)[1]
+
+    def lost(self, owner_prefix: str, message: str) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": "failed", "error": message}
+
+
+Job = TrainJob | RefineJob | SpectrumJob | FidelityJob
 
 
 def execute(job: Job, owner: str | None = None, succeeding: str | None = None) -> dict[str, Any]:

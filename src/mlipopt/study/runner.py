@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from . import axes
 from .db import ResultsDB, is_divergence, run_flags
 from .executors import make_executor
 from .halving import TrialRef, register_trials
-from .jobs import RefineJob, SpectrumJob, TrainJob
+from .jobs import FidelityJob, RefineJob, SpectrumJob, TrainJob
 from .spec import (
     RunSpec,
     StudySpec,
@@ -395,6 +395,8 @@ class StudyRunner:
             self.refine_stage(finals)
         if spec.spectrum is not None:
             self.spectrum_stage(finals)
+        if spec.fidelity is not None:
+            self.fidelity_stage(finals)
         return out
 
     def final_runs(self, epochs: int) -> list[RunSpec]:
@@ -535,6 +537,38 @@ class StudyRunner:
             if result["status"] == "done":
                 h, ph = result["summary"]["H"], result["summary"].get("PH")
                 text = f"κ_top(H) {h:.3g}" + (f", κ_top(P·H) {ph:.3g}" if ph is not None else "")
+                self.progress(f"  [{n:>3}/{len(jobs)}] {what}: {text}")
+            else:
+                self.progress(f"  [{n:>3}/{len(jobs)}] {what}: FAILED — {result['error']}")
+
+    def fidelity_stage(self, finals: list[RunSpec]) -> None:
+        """MD with every finished final model (:class:`~.spec.FidelityStageSpec`), once per model: a result
+        stored for the run, protocol and temperature is not computed again."""
+        stage = self.spec.fidelity
+        done = {r.id for r in self.db.runs(self.spec.name, status="done")}
+        chosen = [r for r in finals if r.run_id in done]
+        results = self.db.fidelity_results([r.run_id for r in chosen])
+        stored = {run_id for run_id, protocol, temperature, _ in results
+                  if protocol == stage.protocol and temperature == stage.temperature_K}  # fmt: skip
+        settings = {
+            f.name: getattr(stage, f.name) for f in fields(stage) if f.name not in ("protocol", "reference")
+        }
+        jobs = [
+            FidelityJob(r.run_id, r.config["run_dir"], stage.protocol, stage.reference, settings, self.db.url)
+            for r in chosen
+            if r.run_id not in stored
+        ]
+        self.progress(
+            f"fidelity ({stage.protocol}, {stage.temperature_K:g} K, {stage.seeds} × {stage.steps} MD steps "
+            f"per model, reference {stage.reference}): {len(chosen)} models ({len(jobs)} to run)"
+        )
+        by_id = {r.run_id: r for r in chosen}
+        for n, result in enumerate(self.executor.map(jobs), start=1):
+            run = by_id[result["run_id"]]
+            what = f"{run.optimizer} s={run.force_fraction:g} seed {run.seed}"
+            if result["status"] == "done":
+                survived, error = 100 * result["survived"], result["structure_error"]
+                text = f"MD runs survived {survived:.0f} %, structure error {error:.3f}"
                 self.progress(f"  [{n:>3}/{len(jobs)}] {what}: {text}")
             else:
                 self.progress(f"  [{n:>3}/{len(jobs)}] {what}: FAILED — {result['error']}")

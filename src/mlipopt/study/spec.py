@@ -143,6 +143,24 @@ class SpectrumSpec:
 
 
 @dataclass
+class FidelityStageSpec:
+    """Stage "fidelity" (mlipopt fidelity): MD with every final model under ``protocol``, stability,
+    structure and (liquids) diffusion against ``reference`` — a recorded trajectory file (e.g. one of
+    :mod:`mlipopt.data.reference_md`) or a calculator name (``xtb``, ``emt``), which then runs its own MD
+    once per model, so give a file for an expensive reference. ``seeds`` MD runs per model."""
+
+    protocol: str = "liquid"
+    reference: str = "xtb"
+    temperature_K: float = 300.0
+    steps: int = 2000
+    timestep_fs: float = 0.5
+    seeds: int = 2
+    interval: int = 10
+    ensemble: str = "langevin"
+    rmax: float = 6.0
+
+
+@dataclass
 class ModelAxisEntry:
     """One model of the ``models`` axis: its ``model`` config section, and what differs for it — base config
     overrides (e.g. fewer epochs for a large pretrained model), optimizer grids, training-set sizes."""
@@ -246,6 +264,7 @@ class StudySpec:
     refine: RefineSpec | None = None
     step_cost: StepCostSpec | None = field(default_factory=StepCostSpec)  # null: not measured
     spectrum: SpectrumSpec | None = None
+    fidelity: FidelityStageSpec | None = None
     # architectures and training-set sizes as axes (mlipopt.study.axes): one sub-study per (model, N)
     models: dict[str, ModelAxisEntry] = field(default_factory=dict)
     train_sizes: list[int] = field(default_factory=list)
