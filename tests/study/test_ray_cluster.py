@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from sqlalchemy import func, select
 
@@ -27,7 +28,7 @@ from .helpers import tiny_study
 ray = pytest.importorskip("ray", reason="the Ray executor: pip install 'mlipopt[ray]'")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-EPOCHS = 8
+EPOCHS = 24  # caught past epoch 2: 22 epochs of margin, so the run cannot finish before its node dies
 
 
 @pytest.fixture
@@ -143,7 +144,12 @@ def test_a_worker_node_killed_mid_run_loses_nothing_and_its_run_resumes_exactly(
 
     config = {**json.loads(again.config), "run_dir": str(tmp_path / "uninterrupted")}
     trainer = Trainer(load_config(config), log=lambda _: None)  # the same run, never interrupted
-    reference = trainer.fit()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as on the worker node (threads_per_run: 1): bitwise needs the same threads
+    try:
+        reference = trainer.fit()
+    finally:
+        torch.set_num_threads(threads)
     assert json.loads(again.final)["test"] == reference["test"]
     assert [row["val_f_mae"] for row in trainer.history] == [e.val_f_mae for e in db.curve(again.id)]
 
