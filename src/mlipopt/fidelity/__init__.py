@@ -10,7 +10,7 @@ _EXPORTS = {
     "RDFDrift": ".md",
     "PROTOCOLS": ".protocols",
     "FidelityResult": ".protocols",
-    "FidelitySettings": ".protocols",
+    "FidelitySettings": ".settings",
     "evaluate": ".protocols",
     "evaluate_runs": ".references",
 }

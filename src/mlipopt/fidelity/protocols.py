@@ -33,20 +33,9 @@ from .observables import (
     phonon_bands,
     rdf,
 )
+from .settings import FidelitySettings
 
 PROTOCOLS = ("molecule", "liquid", "crystal")
-
-
-@dataclass
-class FidelitySettings:
-    temperature_K: float = 600.0
-    steps: int = 2000
-    timestep_fs: float = 0.5
-    seeds: int = 2
-    interval: int = 10
-    ensemble: str = "langevin"
-    rmax: float = 6.0
-    rdf_threshold: float = 1.0  # minimum windowed ∫|Δg| dr counted as failure (liquids, crystals)
 
 
 @dataclass

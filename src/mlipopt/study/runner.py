@@ -8,7 +8,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -550,9 +550,7 @@ class StudyRunner:
         results = self.db.fidelity_results([r.run_id for r in chosen])
         stored = {run_id for run_id, protocol, temperature, _ in results
                   if protocol == stage.protocol and temperature == stage.temperature_K}  # fmt: skip
-        settings = {
-            f.name: getattr(stage, f.name) for f in fields(stage) if f.name not in ("protocol", "reference")
-        }
+        settings = asdict(stage.settings())
         jobs = [
             FidelityJob(r.run_id, r.config["run_dir"], stage.protocol, stage.reference, settings, self.db.url)
             for r in chosen

@@ -18,11 +18,12 @@ import functools
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ..data.xtb import XTBDatasetSpec
+from ..fidelity.settings import FidelitySettings
 from ..optim.registry import BASELINE, DEFAULT_WEIGHT_DECAYS, optimizer_spec
 from ..train.config import (
     ConfigError,
@@ -143,21 +144,22 @@ class SpectrumSpec:
 
 
 @dataclass
-class FidelityStageSpec:
+class FidelityStageSpec(FidelitySettings):
     """Stage "fidelity" (mlipopt fidelity): MD with every final model under ``protocol``, stability,
     structure and (liquids) diffusion against ``reference`` — a recorded trajectory file (e.g. one of
     :mod:`mlipopt.data.reference_md`) or a calculator name (``xtb``, ``emt``), which then runs its own MD
-    once per model, so give a file for an expensive reference. ``seeds`` MD runs per model."""
+    once per model, so give a file for an expensive reference. The MD settings are
+    :class:`~mlipopt.fidelity.settings.FidelitySettings`' (``seeds`` MD runs per model), at 300 K by
+    default; ``observed``: an experimental reference for the report (:mod:`mlipopt.fidelity.experiment`)."""
 
     protocol: str = "liquid"
     reference: str = "xtb"
     temperature_K: float = 300.0
-    steps: int = 2000
-    timestep_fs: float = 0.5
-    seeds: int = 2
-    interval: int = 10
-    ensemble: str = "langevin"
-    rmax: float = 6.0
+    observed: str | None = None
+
+    def settings(self) -> FidelitySettings:
+        """The MD settings alone, as the fidelity job receives them."""
+        return FidelitySettings(**{f.name: getattr(self, f.name) for f in fields(FidelitySettings)})
 
 
 @dataclass
