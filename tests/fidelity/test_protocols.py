@@ -92,6 +92,13 @@ def test_liquid_protocol_gives_diffusion_and_arrhenius(tmp_path):
         reference = run_md(liquid, EMT(), temperature, 300, 2.0, "langevin", 5, seed=7).frames
         result = evaluate("emt", EMT(), liquid, "liquid", reference, settings)
         assert result.extra["D_A2_per_ps"] > 0 and result.msd[0]
+        # per-pair curves of model and reference on the total g(r)'s grid, and the reference's MSD
+        assert (
+            len(result.pair_curves["Cu-Cu"])
+            == len(result.curve[0])
+            == len(result.reference_pair_curves["Cu-Cu"])
+        )
+        assert result.reference_msd[0] and result.reference_msd[1][-1] > 0
         results.append(result)
         references.append(FidelityResult("reference", 1.0, 0.6, 0.6, 0.0, temperature_K=temperature))
     rows = arrhenius_summary(results)
@@ -190,6 +197,6 @@ def test_the_reference_diffusion_is_read_at_the_reference_trajectorys_own_spacin
     reference = walk(400, 0.020, True)  # 8 ps at 20 fs: covers the model's 4 ps
     assert reference_spacing_ps(reference) == pytest.approx(0.020)
     assert reference_spacing_ps(model[0].frames) is None
-    stats, _ = _diffusion(model, reference, settings)
+    stats, _, _ = _diffusion(model, reference, settings)
     assert stats["D_A2_per_ps"] == pytest.approx(0.5, rel=0.1)
     assert stats["D_reference"] == pytest.approx(0.5, rel=0.1)

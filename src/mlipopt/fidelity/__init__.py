@@ -8,7 +8,7 @@ _EXPORTS = {
     "run_md": "..md",
     "BondLength": ".md",
     "RDFDrift": ".md",
-    "PROTOCOLS": ".protocols",
+    "PROTOCOLS": ".settings",
     "FidelityResult": ".protocols",
     "FidelitySettings": ".settings",
     "evaluate": ".protocols",

@@ -33,9 +33,7 @@ from .observables import (
     phonon_bands,
     rdf,
 )
-from .settings import FidelitySettings
-
-PROTOCOLS = ("molecule", "liquid", "crystal")
+from .settings import PROTOCOLS, FidelitySettings
 
 
 @dataclass
@@ -47,10 +45,14 @@ class FidelityResult:
     structure_error: float  # ∫|Δp| (molecule) or ∫|Δg| (liquid, crystal) against the reference
     failures: list[str] = field(default_factory=list)
     pair_errors: dict[str, float] = field(default_factory=dict)  # ∫|Δ| per element pair
+    # p(r) or g(r) per element pair of the model and of the reference, on ``curve``'s r (plots, peaks)
+    pair_curves: dict[str, list[float]] = field(default_factory=dict)
+    reference_pair_curves: dict[str, list[float]] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     curve: tuple[list[float], list[float]] = ((), ())  # r, p(r) or g(r) for plots
     msd: tuple[list[float], list[float]] = ((), ())  # lag [ps], MSD [Å²] (liquid)
+    reference_msd: tuple[list[float], list[float]] = ((), ())  # the reference's, over the same duration
     phonons: dict[str, Any] = field(default_factory=dict)  # bands of model and reference (crystal)
     temperature_K: float = 0.0
 
@@ -61,10 +63,13 @@ def _structure(frames: list[Atoms], protocol: str, rmax: float) -> tuple[np.ndar
     return rdf(frames, min(rmax, 0.49 * min(frames[0].cell.lengths())))
 
 
-def _pair_errors(frames: list[Atoms], reference: list[Atoms], protocol: str, rmax: float) -> dict[str, float]:
-    """∫|Δp| (molecules) or ∫|Δg| (periodic) for every element pair present."""
+def _pair_structure(
+    frames: list[Atoms], reference: list[Atoms], protocol: str, rmax: float
+) -> tuple[dict[str, float], dict[str, list[float]], dict[str, list[float]]]:
+    """Per element pair present: ∫|Δp| (molecules) or ∫|Δg| (periodic), and the model's and the
+    reference's curves."""
     elements = sorted(set(reference[0].get_chemical_symbols()), key=atomic_numbers.__getitem__)
-    out = {}
+    errors, curves, reference_curves = {}, {}, {}
     for i, a in enumerate(elements):
         for b in elements[i:]:
             if protocol == "molecule":
@@ -74,8 +79,10 @@ def _pair_errors(frames: list[Atoms], reference: list[Atoms], protocol: str, rma
                 cut = min(rmax, 0.49 * min(reference[0].cell.lengths()))
                 r, p = rdf(frames, cut, elements=(a, b))
                 _, p_ref = rdf(reference, cut, elements=(a, b))
-            out[f"{a}-{b}"] = integrated_absolute_difference(r, p, p_ref)
-    return out
+            errors[f"{a}-{b}"] = integrated_absolute_difference(r, p, p_ref)
+            curves[f"{a}-{b}"] = list(map(float, p))
+            reference_curves[f"{a}-{b}"] = list(map(float, p_ref))
+    return errors, curves, reference_curves
 
 
 def _slug(label: str) -> str:
@@ -148,16 +155,21 @@ def evaluate(
     frames = [f for r in runs for f in (r.frames if r.stable else r.frames[:-1])]
     r, ref_curve = _structure(reference_frames, protocol, settings.rmax)
     pair_errors: dict[str, float] = {}
+    pair_curves: dict[str, list[float]] = {}
+    reference_pair_curves: dict[str, list[float]] = {}
     if frames:
         _, curve = _structure(frames, protocol, settings.rmax)
         error = integrated_absolute_difference(r, curve, ref_curve)
-        pair_errors = _pair_errors(frames, reference_frames, protocol, settings.rmax)
+        pair_errors, pair_curves, reference_pair_curves = _pair_structure(
+            frames, reference_frames, protocol, settings.rmax
+        )
     else:
         curve, error = np.zeros_like(ref_curve), float("nan")
     extra: dict[str, float] = {}
     msd: tuple[list[float], list[float]] = ((), ())
+    reference_msd: tuple[list[float], list[float]] = ((), ())
     if protocol == "liquid" and all(r.stable for r in runs):
-        diffusion, msd = _diffusion(runs, reference_frames, settings)
+        diffusion, msd, reference_msd = _diffusion(runs, reference_frames, settings)
         extra.update(diffusion)
     if protocol == "molecule" and reference_calc is not None:
         extra.update(geometry_errors(calculator, reference_calc, start))
@@ -179,10 +191,13 @@ def evaluate(
         structure_error=error,
         failures=[r.reason for r in runs if r.reason],
         pair_errors=pair_errors,
+        pair_curves=pair_curves,
+        reference_pair_curves=reference_pair_curves,
         extra=extra,
         seconds=time.perf_counter() - begin,
         curve=(list(map(float, r)), list(map(float, curve))),
         msd=msd,
+        reference_msd=reference_msd,
         phonons=phonons,
         temperature_K=settings.temperature_K,
     )
@@ -243,8 +258,9 @@ def reference_spacing_ps(frames: list[Atoms]) -> float | None:
 
 def _diffusion(
     runs: list[MDResult], reference_frames: list[Atoms], settings: FidelitySettings
-) -> tuple[dict[str, float], tuple[list[float], list[float]]]:
-    """D of the model (mean over seeds) and of the reference; the model's mean MSD curve."""
+) -> tuple[dict[str, float], tuple[list[float], list[float]], tuple[list[float], list[float]]]:
+    """D of the model (mean over seeds) and of the reference; the model's mean MSD curve and the
+    reference's over the same duration."""
     dt_ps = settings.interval * settings.timestep_fs / 1000
     curves = [_msd(r.frames, dt_ps) for r in runs]
     n = min(len(c[1]) for c in curves)
@@ -254,7 +270,8 @@ def _diffusion(
     # its first stretch of the model's duration, at its own frame spacing where its frames record it
     ref_dt_ps = reference_spacing_ps(reference_frames) or dt_ps
     n_ref = round((len(runs[0].frames) - 1) * dt_ps / ref_dt_ps) + 1
-    ref = diffusion_coefficient(*_msd(reference_frames[:n_ref], ref_dt_ps))
+    ref_lag, ref_msd = _msd(reference_frames[:n_ref], ref_dt_ps)
+    ref = diffusion_coefficient(ref_lag, ref_msd)
     D = float(np.mean([f.D for f in fits]))
     stats_out = {
         "D_A2_per_ps": D,
@@ -262,7 +279,11 @@ def _diffusion(
         "D_relative_error": abs(D - ref.D) / abs(ref.D),
         "msd_loglog_slope": float(np.mean([f.loglog_slope for f in fits])),
     }
-    return stats_out, (list(map(float, lag)), list(map(float, msd)))
+    return (
+        stats_out,
+        (list(map(float, lag)), list(map(float, msd))),
+        (list(map(float, ref_lag)), list(map(float, ref_msd))),
+    )
 
 
 def _crystal(

@@ -32,6 +32,18 @@ def reference_calculator(kind: str, atoms: Atoms) -> Calculator:
     raise ValueError(f"unknown reference calculator {kind!r}; use xtb, emt or a trajectory file")
 
 
+def trajectory_file(source: str) -> tuple[Path, str] | None:
+    """``source`` as a recorded trajectory: a file, optionally with ASE's ``@`` frame selection
+    (``trajectory.extxyz@50:`` skips the first 50 frames, e.g. a reference MD's equilibration); None
+    when it names no file (a calculator name)."""
+    path, _, index = source.partition("@")
+    if not Path(path).is_file():
+        if index:
+            raise FileNotFoundError(f"reference trajectory {path} does not exist")
+        return None
+    return Path(path), index or ":"
+
+
 def reference_trajectory(
     source: str, start: Atoms, protocol: str, settings: FidelitySettings
 ) -> tuple[list[Atoms], Calculator | None, list[MDResult]]:
@@ -41,8 +53,10 @@ def reference_trajectory(
     "fails" means the criterion is too strict at that temperature); the run continues regardless, so
     the reference trajectory always has its full length.
     """
-    if Path(source).is_file():
-        return list(ase.io.read(source, index=":")), None, []
+    recorded = trajectory_file(source)
+    if recorded is not None:
+        path, index = recorded
+        return list(ase.io.read(path, index=index)), None, []
     calc = reference_calculator(source, start)
     frames: list[Atoms] = []
     runs = []
@@ -108,6 +122,10 @@ def start_structure(run_dir: Path) -> Atoms:
     return generate_frames(**data["generate"]).atoms[0]
 
 
+def _same_system(a: Atoms, b: Atoms) -> bool:
+    return len(a) == len(b) and (a.numbers == b.numbers).all() and np.allclose(a.cell.array, b.cell.array)
+
+
 def evaluate_runs(
     run_dirs: list[str | Path],
     protocol: str,
@@ -127,6 +145,10 @@ def evaluate_runs(
     )
     begin = time.perf_counter()
     ref_frames, ref_calc, ref_runs = reference_trajectory(reference, start, protocol, settings)
+    if protocol == "liquid" and ref_calc is None and _same_system(ref_frames[0], start):
+        # a recorded liquid reference: start from its (equilibrated) first selected frame rather than
+        # from the first data frame, which for a reference-MD data set is the unequilibrated start
+        start = Atoms(ref_frames[0].numbers, ref_frames[0].positions, cell=ref_frames[0].cell, pbc=True)
     if trajectory_dir is not None and ref_calc is not None:
         trajectory_dir.mkdir(parents=True, exist_ok=True)
         ase.io.write(trajectory_dir / "reference.xyz", ref_frames, format="extxyz")

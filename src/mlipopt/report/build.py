@@ -14,7 +14,6 @@ import io
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from .aggregate import (
     stored_config,
     time_to_target,
 )
+from .fidelity import fidelity_section
 from .halving import halving_section
 from .heldout import extra_tests_section, forgetting_section, pretrained_summary
 from .spectra import spectra_section
@@ -367,69 +367,6 @@ def refinement_section(db: ResultsDB, study: str) -> list[str]:
         lines.append(
             f"| {100 * frac:g} % | {opt} | {len(c['n'])} | {' | '.join(errors)} | {evaluations} | {check} |"
         )
-    return lines + [""]
-
-
-def stability_table(rows: list[tuple[str, str, float, dict[str, Any]]], runs: dict[str, Any]) -> list[str]:
-    """Per (protocol, temperature, force fraction, optimizer) over the final models: how many models ran
-    every MD seed without failure, the mean share of MD runs that survived, the median over models of the
-    median time to failure (≥ when a model survived), and the structure and diffusion errors."""
-    cells: dict[tuple[str, float, float, str], list[dict[str, Any]]] = {}
-    for run_id, protocol, temperature, result in rows:
-        run = runs.get(run_id)
-        if run is not None and run.stage == "final":
-            cells.setdefault((protocol, temperature, run.force_fraction, run.optimizer), []).append(result)
-    if not cells:
-        return []
-    lines = [
-        "| protocol | temperature | force labels | optimizer | models stable | MD runs survived "
-        "| median time to failure | structure error ∫\\|Δ\\| | D relative error |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (protocol, temperature, frac, opt), results in sorted(
-        cells.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][2], kv[0][3])
-    ):
-        stable = sum(r["survived"] == 1.0 for r in results)
-        times = [r["median_time_to_failure_ps"] for r in results]
-        ttf = (
-            "≥ " if all(r["survived"] > 0.5 for r in results) else ""
-        ) + f"{float(np.median(times)):.3f} ps"
-        errors = [r["structure_error"] for r in results if np.isfinite(r["structure_error"])]
-        d_errors = [
-            r["extra"]["D_relative_error"] for r in results if "D_relative_error" in r.get("extra", {})
-        ]
-        lines.append(
-            f"| {protocol} | {temperature:g} K | {100 * frac:g} % | {opt} | {stable}/{len(results)} | "
-            f"{100 * np.mean([r['survived'] for r in results]):.0f} % | {ttf} | "
-            f"{mean_std(errors, 3) if errors else '—'} | {mean_std(d_errors, 2) if d_errors else '—'} |"
-        )
-    return lines + [""]
-
-
-def fidelity_section(db: ResultsDB, study: str, out: Path) -> list[str]:
-    """Stability and structure of evaluated runs (``mlipopt fidelity``), if any were stored."""
-    runs = {r.id: r for r in db.runs(study)}
-    rows = db.fidelity_results(list(runs))
-    if not rows:
-        return []
-    lines = (
-        ["## Physical fidelity", ""]
-        + stability_table(rows, runs)
-        + [
-            "| run | protocol | temperature | survived | median time to failure | structure error ∫\\|Δ\\| |",
-            "|---|---|---|---|---|---|",
-        ]
-    )
-    for _, protocol, temperature, r in rows:
-        ttf = r.get("median_time_to_failure_ps")
-        ttf_text = "—" if ttf is None else ("≥ " if r["survived"] > 0 else "") + f"{ttf:.3f} ps"
-        survived = f"{100 * r['survived']:.0f} %"
-        lines.append(
-            f"| {r['label']} | {protocol} | {temperature:g} K | {survived} | {ttf_text} | "
-            f"{r['structure_error']:.3f} |"
-        )
-    if (out / "fidelity" / "index.md").is_file():
-        lines += ["", "Details, overlays and trajectories: [fidelity/index.md](fidelity/index.md)"]
     return lines + [""]
 
 

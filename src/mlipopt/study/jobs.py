@@ -184,6 +184,7 @@ class FidelityJob(_AnalysisJob):
     settings: dict[str, Any]  # mlipopt.fidelity.FidelitySettings
     db_url: str
     placement: Placement = field(default_factory=Placement)
+    observed: str | None = None  # an experimental reference the report compares with (fidelity.experiment)
 
     def run(self, owner: str | None = None, succeeding: str | None = None) -> dict[str, Any]:
         from ..fidelity.protocols import FidelitySettings
@@ -194,7 +195,7 @@ class FidelityJob(_AnalysisJob):
             [result], _ = evaluate_runs(
                 [self.run_dir], self.protocol, self.reference, settings, lambda _: None
             )
-            record = dataclasses.asdict(result)
+            record = dataclasses.asdict(result) | {"observed": self.observed}
             ResultsDB(self.db_url).record_fidelity(self.run_id, self.protocol, settings.temperature_K, record)
             return {"run_id": self.run_id, "status": "done", "survived": result.survived,
                     "structure_error": result.structure_error}  # fmt: skip

@@ -552,7 +552,15 @@ class StudyRunner:
                   if protocol == stage.protocol and temperature == stage.temperature_K}  # fmt: skip
         settings = asdict(stage.settings())
         jobs = [
-            FidelityJob(r.run_id, r.config["run_dir"], stage.protocol, stage.reference, settings, self.db.url)
+            FidelityJob(
+                r.run_id,
+                r.config["run_dir"],
+                stage.protocol,
+                stage.reference,
+                settings,
+                self.db.url,
+                observed=stage.observed,
+            )  # fmt: skip
             for r in chosen
             if r.run_id not in stored
         ]

@@ -377,6 +377,8 @@ def load_study(
     if spec.sweep_extensions < 0:
         raise ConfigError(f"study.sweep_extensions must be ≥ 0, got {spec.sweep_extensions}")
     check_sweep(spec)
+    if spec.fidelity is not None:
+        check_fidelity(spec.fidelity, base_dir)
     if spec.executor.kind not in ("local", "ray"):
         raise ConfigError(f"study.executor.kind must be local or ray, got {spec.executor.kind!r}")
     e = spec.executor
@@ -392,6 +394,35 @@ def load_study(
     if spec.dataset is None and "train" not in data and "generate" not in data:
         raise ConfigError("study: give a dataset (built-in xTB) or base.data.train / base.data.generate")
     return spec
+
+
+def check_fidelity(stage: FidelityStageSpec, base_dir: Path) -> None:
+    """A known protocol and experimental reference, and a reference trajectory file that exists (a
+    relative path taken from ``base_dir``; ASE's ``@`` frame selection kept)."""
+    from ..fidelity.experiment import OBSERVATIONS
+    from ..fidelity.settings import PROTOCOLS, REFERENCE_CALCULATORS
+
+    if stage.protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"study.fidelity.protocol must be one of {', '.join(PROTOCOLS)}, got {stage.protocol!r}"
+        )
+    if stage.observed is not None and stage.observed not in OBSERVATIONS:
+        raise ConfigError(
+            f"study.fidelity.observed: no experimental reference {stage.observed!r}; "
+            f"known: {', '.join(OBSERVATIONS)}"
+        )
+    if stage.reference in REFERENCE_CALCULATORS:
+        return
+    path, at, index = stage.reference.partition("@")
+    file = Path(path).expanduser()
+    file = file if file.is_absolute() else base_dir / file
+    if not file.is_file():
+        raise ConfigError(
+            f"study.fidelity.reference: {path} is neither a reference calculator "
+            f"({', '.join(REFERENCE_CALCULATORS)}) nor a trajectory file; record a reference MD with "
+            "python -m mlipopt.data.reference_md FOLDER --steps N"
+        )
+    stage.reference = f"{file}{at}{index}"
 
 
 def interpreter(path: str, base_dir: Path, where: str) -> str:
