@@ -66,7 +66,9 @@ def run_md(
     seed: int = 0,
     friction: float = 0.01,
 ) -> MDResult:
-    """Run ``steps`` of MD (``langevin``, ``nose_hoover`` or ``nve``); ``monitors`` run every ``interval``."""
+    """Run ``steps`` of MD (``langevin``, ``bussi``, ``nose_hoover`` or ``nve``); ``monitors`` run every
+    ``interval``. For diffusion use ``bussi`` (Bussi et al. 2007, what mlipopt.data.reference_md records
+    with) or ``nve``: Langevin friction (``friction`` per fs) slows diffusion."""
     atoms = atoms.copy()
     atoms.calc = calculator
     rng = np.random.default_rng(seed)
@@ -76,12 +78,16 @@ def run_md(
         dyn = Langevin(
             atoms, dt, temperature_K=temperature_K, friction=friction / units.fs, fixcm=False, rng=rng
         )
+    elif ensemble == "bussi":  # stochastic velocity rescaling: canonical, dynamics close to NVE's
+        from ase.md.bussi import Bussi
+
+        dyn = Bussi(atoms, dt, temperature_K=temperature_K, taut=100 * units.fs, rng=rng)
     elif ensemble == "nose_hoover":
         dyn = NoseHooverChainNVT(atoms, dt, temperature_K=temperature_K, tdamp=100 * dt)
     elif ensemble == "nve":
         dyn = VelocityVerlet(atoms, dt)
     else:
-        raise ValueError(f"unknown ensemble {ensemble!r}; choose langevin, nose_hoover or nve")
+        raise ValueError(f"unknown ensemble {ensemble!r}; choose langevin, bussi, nose_hoover or nve")
     result = MDResult(duration_ps=steps * timestep_fs / 1000)
     monitors = list(monitors) or [BlowUp()]
 

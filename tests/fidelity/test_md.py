@@ -59,7 +59,7 @@ def test_nan_forces_are_a_blow_up():
     assert result.reason == "non-finite energy or forces" and result.failed_at_ps == 0.0
 
 
-@pytest.mark.parametrize("ensemble", ["langevin", "nose_hoover"])
+@pytest.mark.parametrize("ensemble", ["langevin", "bussi", "nose_hoover"])
 def test_thermostats_heat_to_the_target(ensemble):
     copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     result = run_md(

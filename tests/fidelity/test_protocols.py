@@ -200,3 +200,18 @@ def test_the_reference_diffusion_is_read_at_the_reference_trajectorys_own_spacin
     stats, _, _ = _diffusion(model, reference, settings)
     assert stats["D_A2_per_ps"] == pytest.approx(0.5, rel=0.1)
     assert stats["D_reference"] == pytest.approx(0.5, rel=0.1)
+
+
+def test_rdf_drift_windows_span_the_same_time_for_model_and_reference():
+    """Model frames every 5 fs against a reference every 20 fs: the model's window holds 4× the frames
+    (200 fs each), so its correlated frames are judged against the noise of an equally long stretch."""
+    from ase import Atoms
+
+    from mlipopt.fidelity.protocols import rdf_windows
+
+    settings = FidelitySettings(timestep_fs=0.5, interval=10)
+    recorded = [Atoms("H", info={"time_fs": 20.0 * i}) for i in range(30)]
+    assert rdf_windows(recorded, settings) == (40, 10)
+    assert rdf_windows([Atoms("H") for _ in range(30)], settings) == (10, 10)  # no spacing recorded
+    coarse = FidelitySettings(timestep_fs=2.0, interval=20)  # model frames every 40 fs
+    assert rdf_windows(recorded, coarse) == (10, 20)

@@ -104,9 +104,22 @@ def _monitors(protocol: str, start: Atoms, reference_frames: list[Atoms], settin
     if protocol == "molecule":
         return [BlowUp(), BondLength(start)]
     rmax = min(settings.rmax, 0.49 * min(start.cell.lengths()))
-    window = 10
-    threshold = _rdf_threshold(reference_frames, rmax, window, settings.rdf_threshold)
-    return [BlowUp(), RDFDrift(reference_frames, rmax=rmax, window=window, threshold=threshold)]
+    model_window, reference_window = rdf_windows(reference_frames, settings)
+    threshold = _rdf_threshold(reference_frames, rmax, reference_window, settings.rdf_threshold)
+    return [BlowUp(), RDFDrift(reference_frames, rmax=rmax, window=model_window, threshold=threshold)]
+
+
+def rdf_windows(
+    reference_frames: list[Atoms], settings: FidelitySettings, frames: int = 10
+) -> tuple[int, int]:
+    """Frames per window of the RDF-drift monitor, for the model's MD and for the reference's noise
+    (its threshold): both span the same time, ``frames`` frames of the coarser of the two spacings. A
+    window of closely spaced, correlated model frames judged against the noise of widely spaced
+    reference frames would fail a faithful model."""
+    model_dt = settings.interval * settings.timestep_fs / 1000
+    reference_dt = reference_spacing_ps(reference_frames) or model_dt
+    span = frames * max(model_dt, reference_dt)
+    return max(frames, round(span / model_dt)), max(2, round(span / reference_dt))
 
 
 def _median_time_to_failure(results: list[MDResult]) -> float:

@@ -399,6 +399,58 @@ SWEEP_3BPA_HALVING_4: dict[str, Any] = {
     "sweep": {"method": "halving", "reduction_factor": 3, "min_epochs": 4},
 }
 
+#: Issue 27: seed 001's second claim on a periodic liquid. 27 water molecules at 1 g/cm³ under GFN1-xTB,
+#: from mlipopt.data.reference_md (Bussi NVT, 0.5 fs, a frame every 20 fs; committed under studies/water-md,
+#: resumable: ``python -m mlipopt.data.reference_md studies/water-md/reference-300K --steps 20000``).
+#: NequIP and Allegro (the small presets) × AdamW, SOAP and SOAP-Muon (ρ = 0) × s ∈ {1, 0.1, 0.05}, on
+#: 100 of the first 250 frames (5 ps) at 300 K, 50 for validation, 100 as the in-distribution test, and
+#: a 400 K run of the same box as the out-of-distribution test; three-point rate grids on seed 7 over
+#: 8 epochs, then 2 seeds × 30 epochs with cosine annealing. Every final model then runs 2 × 2 ps of Bussi
+#: NVT MD at 300 K from an equilibrated reference frame: stability, O–O/O–H/H–H g(r) against the reference
+#: MD after its first picosecond, D against the reference's, and g_OO's first peak and D against
+#: experiment (mlipopt.fidelity.experiment).
+WATER_MD: dict[str, Any] = {
+    "name": "water-md",
+    "base": {
+        "data": {
+            "train": "PROJECT/studies/water-md/reference-300K/trajectory.extxyz",
+            "max_frames": 250,
+            "split": [100, 50, 100],
+            "batch_size": 5,
+            "extra_tests": {"hot400K": {"file": "PROJECT/studies/water-md/reference-400K/trajectory.extxyz"}},
+        },
+        "model": {"preset": "nequip-small"},
+        "scheduler": {"name": "cosine"},
+        "training": {"max_epochs": 30},
+    },
+    "models": {
+        "nequip-small": {"model": {"preset": "nequip-small"}},
+        "allegro-small": {"model": {"preset": "allegro-small"}},
+    },
+    "optimizers": {
+        "adamw": {"lr": [1e-2, 3e-2, 1e-1], "weight_decay": [0.0]},
+        "soap": {"lr": [1e-2, 3e-2, 1e-1], "weight_decay": [0.0]},
+        "soap_muon": {"lr": [3e-3, 1e-2, 3e-2], "weight_decay": [0.0], "options": {"rho": 0.0}},
+    },
+    "force_fractions": [1.0, 0.1, 0.05],
+    "seeds": [7, 42],
+    "loss_ratios": [[1.0, 1.0]],
+    "sweep_epochs": 8,
+    "step_cost": None,
+    "executor": {"workers": 2},
+    "fidelity": {
+        "protocol": "liquid",
+        "reference": "PROJECT/studies/water-md/reference-300K/trajectory.extxyz@50:",
+        "observed": "water",
+        "temperature_K": 300.0,
+        "steps": 4000,
+        "timestep_fs": 0.5,
+        "seeds": 2,
+        "interval": 10,
+        "ensemble": "bussi",
+    },
+}
+
 STUDY_PRESETS = {
     "demo": DEMO,
     "architectures-3bpa": ARCHITECTURES_3BPA,
@@ -412,12 +464,14 @@ STUDY_PRESETS = {
     "sweep-3bpa-grid": SWEEP_3BPA_GRID,
     "sweep-3bpa-halving": SWEEP_3BPA_HALVING,
     "sweep-3bpa-halving-4": SWEEP_3BPA_HALVING_4,
+    "water-md": WATER_MD,
 }
 
 
 def preset(name: str, shared: str | None = None) -> dict[str, Any]:
     """A copy of study preset ``name``; ``SHARED`` in data paths becomes ``shared`` (default: the
-    ``../shared/data`` folder beside the project, or ``$MLIPOPT_SHARED_DATA``)."""
+    ``../shared/data`` folder beside the project, or ``$MLIPOPT_SHARED_DATA``), ``PROJECT`` the project's
+    folder (reference trajectories recorded in its ``studies/``)."""
     import json
     import os
     from pathlib import Path
@@ -430,6 +484,8 @@ def preset(name: str, shared: str | None = None) -> dict[str, Any]:
             f"unknown study preset {name!r}{did_you_mean(name, STUDY_PRESETS)}; choose one of "
             f"{', '.join(STUDY_PRESETS)}"
         )
-    default = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    project = Path(__file__).resolve().parents[3]
+    default = project.parent / "shared" / "data"
     root = shared or os.environ.get("MLIPOPT_SHARED_DATA", str(default))
-    return json.loads(json.dumps(STUDY_PRESETS[name]).replace("SHARED", root))
+    text = json.dumps(STUDY_PRESETS[name]).replace("SHARED", root).replace("PROJECT", str(project))
+    return json.loads(text)
