@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from mlipopt.study import OptimizerGrid, load_study, run_config
@@ -80,8 +82,37 @@ def test_presets_expand(tmp_path, name):
     for optimizer in spec.optimizers:
         lr = spec.optimizers[optimizer].learning_rates(optimizer)[0]
         run_config(spec, optimizer, spec.force_fractions[-1], spec.seeds[0], lr, 0.0, (1, 10), 3, "final")
+    if name == "water-md":  # trains on, and compares MD with, the recorded xTB water reference
+        assert Path(spec.fidelity.reference.partition("@")[0]).is_file()
+        assert spec.fidelity.reference.endswith("trajectory.extxyz@50:") and spec.fidelity.ensemble == "bussi"
+        assert spec.fidelity.settings().steps == spec.fidelity.steps == 4000
     if name == "paper-nequip":
         assert spec.seeds == [7, 42, 123, 2026, 1618]
         # seed 001 table 4 (water): AdamW/Muon/SOAP at 1e-2 or 5e-3, SOAP-Muon at 1e-3 or 3e-4
         assert spec.optimizers["adamw"].learning_rates("adamw") == [3e-3, 5e-3, 1e-2, 3e-2]
         assert spec.optimizers["soap_muon"].learning_rates("soap_muon") == [3e-4, 5e-4, 1e-3, 3e-3]
+
+
+@pytest.mark.parametrize(
+    ("stage", "message"),
+    [
+        ({"protocol": "gas"}, "protocol must be one of molecule, liquid, crystal"),
+        ({"observed": "ammonia"}, "no experimental reference 'ammonia'; known: water"),
+        (
+            {"reference": "missing.extxyz@50:"},
+            "neither a reference calculator .* python -m mlipopt.data.reference_md",
+        ),
+    ],
+)
+def test_a_bad_fidelity_stage_is_refused_before_any_run(tmp_path, stage, message):
+    raw = {"name": "s", "base": {"data": {"train": str(tmp_path / "d.xyz")}}, "optimizers": {"adamw": {}}}
+    raw["fidelity"] = stage
+    with pytest.raises(ConfigError, match=message):
+        load_study(raw, base_dir=tmp_path)
+
+
+def test_a_relative_fidelity_reference_is_taken_from_the_study_folder(tmp_path):
+    (tmp_path / "ref.extxyz").write_text("")
+    raw = {"name": "s", "base": {"data": {"train": "d.xyz"}}, "optimizers": {"adamw": {}},
+           "fidelity": {"reference": "ref.extxyz@10:"}}  # fmt: skip
+    assert load_study(raw, base_dir=tmp_path).fidelity.reference == f"{tmp_path / 'ref.extxyz'}@10:"
