@@ -197,9 +197,15 @@ def test_the_reference_diffusion_is_read_at_the_reference_trajectorys_own_spacin
     reference = walk(400, 0.020, True)  # 8 ps at 20 fs: covers the model's 4 ps
     assert reference_spacing_ps(reference) == pytest.approx(0.020)
     assert reference_spacing_ps(model[0].frames) is None
-    stats, _, _ = _diffusion(model, reference, settings)
+    stats, _, reference_msd = _diffusion(model, reference, settings)
     assert stats["D_A2_per_ps"] == pytest.approx(0.5, rel=0.1)
     assert stats["D_reference"] == pytest.approx(0.5, rel=0.1)
+    assert reference_msd[0][-1] == pytest.approx(2.0)  # lags to half the model's 4 ps
+    # a model whose MD failed has no D, but the reference's is still reported (over the planned 1 ps)
+    failed = [MDResult(frames=model[0].frames[:50], failed_at_ps=0.25, reason="blow-up")]
+    stats, msd, reference_msd = _diffusion(failed, reference, settings)
+    assert "D_A2_per_ps" not in stats and msd == ((), ())
+    assert stats["D_reference"] == pytest.approx(0.5, rel=0.25) and reference_msd[0][-1] == pytest.approx(0.5)
 
 
 def test_rdf_drift_windows_span_the_same_time_for_model_and_reference():

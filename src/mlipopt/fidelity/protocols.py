@@ -181,7 +181,7 @@ def evaluate(
     extra: dict[str, float] = {}
     msd: tuple[list[float], list[float]] = ((), ())
     reference_msd: tuple[list[float], list[float]] = ((), ())
-    if protocol == "liquid" and all(r.stable for r in runs):
+    if protocol == "liquid":
         diffusion, msd, reference_msd = _diffusion(runs, reference_frames, settings)
         extra.update(diffusion)
     if protocol == "molecule" and reference_calc is not None:
@@ -272,19 +272,24 @@ def reference_spacing_ps(frames: list[Atoms]) -> float | None:
 def _diffusion(
     runs: list[MDResult], reference_frames: list[Atoms], settings: FidelitySettings
 ) -> tuple[dict[str, float], tuple[list[float], list[float]], tuple[list[float], list[float]]]:
-    """D of the model (mean over seeds) and of the reference; the model's mean MSD curve and the
-    reference's over the same duration."""
+    """D of the reference over the model MD's duration, and the model's (mean over seeds) when every
+    seed survived; the model's mean MSD curve (empty then otherwise) and the reference's."""
     dt_ps = settings.interval * settings.timestep_fs / 1000
+    stable = all(r.stable for r in runs)
+    n_model = len(runs[0].frames) if stable else settings.steps // settings.interval + 1
+    # the reference trajectory concatenates seeds (or is one long recorded run, mlipopt.data.reference_md):
+    # its first stretch of the model's duration, at its own frame spacing where its frames record it
+    ref_dt_ps = reference_spacing_ps(reference_frames) or dt_ps
+    n_ref = round((n_model - 1) * dt_ps / ref_dt_ps) + 1
+    ref_lag, ref_msd = _msd(reference_frames[:n_ref], ref_dt_ps)
+    ref = diffusion_coefficient(ref_lag, ref_msd)
+    reference_curve = (list(map(float, ref_lag)), list(map(float, ref_msd)))
+    if not stable:
+        return {"D_reference": ref.D}, ((), ()), reference_curve
     curves = [_msd(r.frames, dt_ps) for r in runs]
     n = min(len(c[1]) for c in curves)
     lag, msd = curves[0][0][:n], np.mean([c[1][:n] for c in curves], axis=0)
     fits = [diffusion_coefficient(*c) for c in curves]
-    # the reference trajectory concatenates seeds (or is one long recorded run, mlipopt.data.reference_md):
-    # its first stretch of the model's duration, at its own frame spacing where its frames record it
-    ref_dt_ps = reference_spacing_ps(reference_frames) or dt_ps
-    n_ref = round((len(runs[0].frames) - 1) * dt_ps / ref_dt_ps) + 1
-    ref_lag, ref_msd = _msd(reference_frames[:n_ref], ref_dt_ps)
-    ref = diffusion_coefficient(ref_lag, ref_msd)
     D = float(np.mean([f.D for f in fits]))
     stats_out = {
         "D_A2_per_ps": D,
@@ -292,11 +297,7 @@ def _diffusion(
         "D_relative_error": abs(D - ref.D) / abs(ref.D),
         "msd_loglog_slope": float(np.mean([f.loglog_slope for f in fits])),
     }
-    return (
-        stats_out,
-        (list(map(float, lag)), list(map(float, msd))),
-        (list(map(float, ref_lag)), list(map(float, ref_msd))),
-    )
+    return stats_out, (list(map(float, lag)), list(map(float, msd))), reference_curve
 
 
 def _crystal(

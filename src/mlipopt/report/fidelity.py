@@ -158,7 +158,8 @@ def structure_figures(rows: Rows, runs: dict[str, Any], out: Path) -> list[str]:
                         ax.set_xlabel("r [Å]" if kind == "rdf" else "lag [ps]")
                     if j == 0:
                         ax.set_ylabel((f"g_{pair}(r)" if pair else "g(r)") if kind == "rdf" else "MSD [Å²]")
-            axes[0][0].legend(fontsize=7)
+            if axes[0][0].get_legend_handles_labels()[0]:
+                axes[0][0].legend(fontsize=7)
             name = f"fidelity_{kind}_{temperature:g}K.png"
             save_figure(fig, out / name)
             what = "pair-distribution functions" if kind == "rdf" else "mean squared displacements"
