@@ -161,6 +161,35 @@ def replay(
         added += 1
 
 
+def sequential(
+    points: dict[Point, Recorded], initial: list[Point], extensions: int
+) -> tuple[Point | None, int]:
+    """The engine's default sweep, no pruning: every rate at weight decay 0 (extended past an edge, as the
+    study does), then the default decays on the selected rate; returns the selection and its epochs.
+    Order does not matter here."""
+    from mlipopt.optim.registry import DEFAULT_WEIGHT_DECAYS
+
+    def best(chosen: list[Point]) -> Point | None:
+        done = [p for p in chosen if points[p].finished]
+        sound = [p for p in done if not points[p].untrained] or done
+        return min(sound, key=lambda p: min(points[p].curve)) if sound else None
+
+    tried = [p for p in initial if p[1] == 0.0]
+    chosen, added = best(tried), 0
+    while chosen is not None and added < extensions:
+        rates = sorted({p[0] for p in tried})
+        edge = -1 if chosen[0] == rates[0] else 1 if chosen[0] == rates[-1] else 0
+        new = [p for p in points if p[1] == 0.0 and abs(p[0] / neighbour_rate(chosen[0], edge) - 1) < 1e-9]
+        if edge == 0 or not new:
+            break
+        tried += new
+        chosen, added = best(tried), added + 1
+    if chosen is not None:
+        tried += [p for p in points if p[0] == chosen[0] and p[1] in DEFAULT_WEIGHT_DECAYS and p not in tried]
+        chosen = best(tried)
+    return chosen, sum(len(points[p].curve) for p in tried)
+
+
 def recorded_order(
     folder: Path, key: tuple[str, float]
 ) -> tuple[list[Point], dict[Point, int], dict[Point, list[float]], str]:
@@ -284,6 +313,22 @@ def main() -> None:
                   f"({100 * statistics.mean(costs) / grid_cost:.0f} %) | {top} | "
                   f"{100 * picks[grid_choice] / args.orders:.0f} % | {100 * same_rate / args.orders:.0f} % | "
                   f"{error_text} |")  # fmt: skip
+    print(
+        "\n## The engine's default sweep without pruning: rates at weight decay 0, then decays on the best\n"
+    )
+    print("| optimizer | s | sweep epochs (share of grid) | selects | grid's rate | final test F MAE |")
+    print("|---|---|---|---|---|---|")
+    for key in sorted(cells):
+        grid_choice = (
+            (initial_rates[key].lr, initial_rates[key].weight_decay) if key in initial_rates else None
+        )
+        grid_cost = sum(len(r.curve) for r in cells[key].values())
+        selected, cost = sequential(cells[key], initial(key), args.extensions)
+        same = _final_rate(finals, key, selected) == _final_rate(finals, key, grid_choice)
+        error = finals.get((*key, selected))
+        error_text = f"{error[0]:.1f} ± {error[1]:.1f} ({error[2]})" if error else "no finals trained"
+        print(f"| {key[0]} | {key[1]:g} | {cost} ({100 * cost / grid_cost:.0f} %) | {_point(selected)} | "
+              f"{'yes' if same else 'no'} | {error_text} |")  # fmt: skip
     known = [
         f"{k[0]} s={k[1]:g} {_point(k[2])}: {v[0]:.1f} ± {v[1]:.1f} ({v[2]})"
         for k, v in sorted(finals.items())

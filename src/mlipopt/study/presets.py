@@ -451,6 +451,15 @@ WATER_MD: dict[str, Any] = {
     },
 }
 
+#: The engine's default sweep on the same protocol, no pruning: every rate at weight decay 0 (extended past
+#: an edge), then the default decays on the selected rate. benchmarks/halving_replay.py predicts from the
+#: grid's curves that it selects the grid's rates for 34 % of its sweep epochs.
+SWEEP_3BPA_SEQUENTIAL: dict[str, Any] = {
+    **SWEEP_3BPA_GRID,
+    "name": "sweep-3bpa-sequential",
+    "optimizers": {"adamw": {}, "soap": {}},
+}
+
 STUDY_PRESETS = {
     "demo": DEMO,
     "architectures-3bpa": ARCHITECTURES_3BPA,
@@ -464,6 +473,7 @@ STUDY_PRESETS = {
     "sweep-3bpa-grid": SWEEP_3BPA_GRID,
     "sweep-3bpa-halving": SWEEP_3BPA_HALVING,
     "sweep-3bpa-halving-4": SWEEP_3BPA_HALVING_4,
+    "sweep-3bpa-sequential": SWEEP_3BPA_SEQUENTIAL,
     "water-md": WATER_MD,
 }
 
