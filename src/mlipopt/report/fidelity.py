@@ -74,8 +74,8 @@ def observed_table(rows: Rows, runs: dict[str, Any]) -> list[str]:
     peak of the observed pair's g(r) and the diffusion coefficient of the models (mean ± std over the
     models whose every MD run survived), of the reference MD and of experiment."""
     cells = final_cells(rows, runs)
-    named = {r.get("observed") for results in cells.values() for r in results} - {None}
-    if not named:
+    named = {r.get("observed") for k, results in cells.items() if k[0] == "liquid" for r in results} - {None}
+    if not named:  # experiment is known for liquids only
         return []
     lines = []
     for name in sorted(named):
