@@ -400,15 +400,15 @@ SWEEP_3BPA_HALVING_4: dict[str, Any] = {
 }
 
 #: Issue 27: seed 001's second claim on a periodic liquid. 27 water molecules at 1 g/cm³ under GFN1-xTB,
-#: from mlipopt.data.reference_md (Bussi NVT, 0.5 fs, a frame every 20 fs; committed under studies/water-md,
-#: resumable: ``python -m mlipopt.data.reference_md studies/water-md/reference-300K --steps 20000``).
-#: NequIP and Allegro (the small presets) × AdamW, SOAP and SOAP-Muon (ρ = 0) × s ∈ {1, 0.1, 0.05}, on
-#: 100 of the first 250 frames (5 ps) at 300 K, 50 for validation, 100 as the in-distribution test, and
-#: a 400 K run of the same box as the out-of-distribution test; three-point rate grids on seed 7 over
-#: 8 epochs, then 2 seeds × 30 epochs with cosine annealing. Every final model then runs 2 × 2 ps of Bussi
-#: NVT MD at 300 K from an equilibrated reference frame: stability, O–O/O–H/H–H g(r) against the reference
-#: MD after its first picosecond, D against the reference's, and g_OO's first peak and D against
-#: experiment (mlipopt.fidelity.experiment).
+#: from mlipopt.data.reference_md (Bussi NVT, 0.5 fs, a frame every 20 fs; committed under
+#: studies/water-md, resumable: ``python -m mlipopt.data.reference_md studies/water-md/reference-300K
+#: --steps 20000``). NequIP and Allegro (the small presets) × AdamW, SOAP and SOAP-Muon (ρ = 0) × s ∈ {1,
+#: 0.1, 0.05}, on 100 of the first 250 frames (5 ps) at 300 K, 50 for validation, 100 as the
+#: in-distribution test, and a 400 K run of the same box (its 100 frames, 2 ps) as the out-of-distribution
+#: test; three-point rate grids on seed 7 over 8 epochs, then 2 seeds × 30 epochs with cosine annealing.
+#: Every final model then runs 2 × 2 ps of Bussi NVT MD at 300 K from an equilibrated reference frame:
+#: stability, O–O/O–H/H–H g(r) against the reference MD after its first picosecond, D against the
+#: reference's, and g_OO's first peak and D against experiment (mlipopt.fidelity.experiment).
 WATER_MD: dict[str, Any] = {
     "name": "water-md",
     "base": {
@@ -417,7 +417,12 @@ WATER_MD: dict[str, Any] = {
             "max_frames": 250,
             "split": [100, 50, 100],
             "batch_size": 5,
-            "extra_tests": {"hot400K": {"file": "PROJECT/studies/water-md/reference-400K/trajectory.extxyz"}},
+            "extra_tests": {
+                "hot400K": {
+                    "file": "PROJECT/studies/water-md/reference-400K/trajectory.extxyz",
+                    "max_frames": 100,
+                }
+            },
         },
         "model": {"preset": "nequip-small"},
         "scheduler": {"name": "cosine"},
