@@ -29,6 +29,7 @@ import argparse
 import random
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def replay(
     name: str,
     sweep_epochs: int,
     extensions: int,
-    extension_order: callable,
+    extension_order: Callable[[list[Point]], list[Point]],
 ) -> tuple[Point | None, int, dict[Point, int]]:
     """The selected point, the epochs trained and each trial's epochs, with the study's edge extensions
     (a best rate on the edge adds the next rate, every weight decay, as trials of the same search)."""
@@ -234,22 +235,22 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cells = grid_points(args.grid)
-    _, grid_study = open_db(args.grid)
-    spec = STUDY_PRESETS[grid_study]
-    sweep_epochs = spec.get("sweep_epochs", 20)
-    initial_rates = {}
-    db, _ = open_db(args.grid)
-    for s in db.selections(grid_study, "sweep"):
-        initial_rates[(s.optimizer, s.force_fraction)] = s
+    db, grid_study = open_db(args.grid)
+    sweep_epochs = STUDY_PRESETS[grid_study].get("sweep_epochs", 20)
+    grid_selection = {(s.optimizer, s.force_fraction): s for s in db.selections(grid_study, "sweep")}
     finals = final_errors([args.grid, *args.recorded])
+    # the grid before its extensions: the points at the rates of each optimizer's default grid
+    from mlipopt.study import load_study
+    from mlipopt.study.presets import preset
+
+    optimizers = load_study(preset(grid_study)).optimizers
+    first_grid = {}
+    for key, points in cells.items():
+        rates = optimizers[key[0]].learning_rates(key[0])
+        first_grid[key] = sorted(p for p in points if any(abs(p[0] / r - 1) < 1e-9 for r in rates))
 
     def initial(key: tuple[str, float]) -> list[Point]:
-        """The grid before its extensions: the rates of the optimizer's default grid."""
-        from mlipopt.study import load_study
-        from mlipopt.study.presets import preset
-
-        rates = load_study(preset(grid_study)).optimizers[key[0]].learning_rates(key[0])
-        return sorted(p for p in cells[key] if any(abs(p[0] / r - 1) < 1e-9 for r in rates))
+        return list(first_grid[key])
 
     print("## Replay of the recorded halving studies (same trial order, same rule)\n")
     print("| study | optimizer | s | rule | trials | curves bitwise the grid's | same epochs "
@@ -264,7 +265,8 @@ def main() -> None:
         for key in sorted(cells):
             order, epochs, curves, name = recorded_order(folder, key)
             identical = sum(c == cells[key][p].curve[: len(c)] for p, c in curves.items())
-            first = [p for p in order if p in set(initial(key))]
+            start = set(first_grid[key])
+            first = [p for p in order if p in start]
             rest = [p for p in order if p not in set(first)]
             selected, cost, trained = replay(
                 cells[key], first, rule, name, sweep_epochs, args.extensions,
@@ -282,7 +284,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for key in sorted(cells):
         grid_choice = (
-            (initial_rates[key].lr, initial_rates[key].weight_decay) if key in initial_rates else None
+            (grid_selection[key].lr, grid_selection[key].weight_decay) if key in grid_selection else None
         )
         grid_cost = sum(len(r.curve) for r in cells[key].values())
         for rule in args.rules.split(","):
@@ -320,7 +322,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for key in sorted(cells):
         grid_choice = (
-            (initial_rates[key].lr, initial_rates[key].weight_decay) if key in initial_rates else None
+            (grid_selection[key].lr, grid_selection[key].weight_decay) if key in grid_selection else None
         )
         grid_cost = sum(len(r.curve) for r in cells[key].values())
         selected, cost = sequential(cells[key], initial(key), args.extensions)
