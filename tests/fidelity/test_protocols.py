@@ -221,3 +221,29 @@ def test_rdf_drift_windows_span_the_same_time_for_model_and_reference():
     assert rdf_windows([Atoms("H") for _ in range(30)], settings) == (10, 10)  # no spacing recorded
     coarse = FidelitySettings(timestep_fs=2.0, interval=20)  # model frames every 40 fs
     assert rdf_windows(recorded, coarse) == (10, 20)
+
+
+def test_a_recorded_reference_selects_frames_and_a_liquid_starts_from_its_first(tmp_path):
+    """``FILE@2:`` skips a reference MD's first frames (its equilibration), and a liquid's MD then starts
+    from the first kept frame, not from the unequilibrated first data frame; a molecule keeps its own."""
+    import ase.io
+
+    from mlipopt.fidelity.references import md_start, reference_trajectory
+
+    box = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    frames = []
+    for i in range(5):
+        frame = box.copy()
+        frame.positions += 0.01 * i
+        frames.append(frame)
+    path = tmp_path / "trajectory.extxyz"
+    ase.io.write(path, frames, format="extxyz")
+    kept, calc, runs = reference_trajectory(f"{path}@2:", box, "liquid", FidelitySettings())
+    assert len(kept) == 3 and calc is None and runs == []
+    assert np.allclose(kept[0].positions, frames[2].positions)
+    start = md_start("liquid", frames[0], kept, None)
+    assert np.allclose(start.positions, frames[2].positions) and start.pbc.all()
+    assert md_start("molecule", frames[0], kept, None) is frames[0]
+    assert md_start("liquid", frames[0].repeat((2, 1, 1)), kept, None).positions.shape[0] == 64  # another box
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        reference_trajectory(f"{tmp_path / 'missing.extxyz'}@2:", box, "liquid", FidelitySettings())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import ase.io
 import numpy as np
@@ -122,8 +123,20 @@ def start_structure(run_dir: Path) -> Atoms:
     return generate_frames(**data["generate"]).atoms[0]
 
 
-def _same_system(a: Atoms, b: Atoms) -> bool:
-    return len(a) == len(b) and (a.numbers == b.numbers).all() and np.allclose(a.cell.array, b.cell.array)
+def md_start(protocol: str, data_start: Atoms, reference_frames: list[Atoms], reference_calc: Any) -> Atoms:
+    """Where the models' MD starts: for a liquid against a recorded reference of the same box, the
+    reference's first selected (equilibrated) frame, since a data set recorded by reference MD begins at
+    the unequilibrated start; otherwise the frame of the run's own data."""
+    first = reference_frames[0]
+    same = len(first) == len(data_start) and (first.numbers == data_start.numbers).all()
+    if (
+        protocol == "liquid"
+        and reference_calc is None
+        and same
+        and np.allclose(first.cell.array, data_start.cell.array)
+    ):
+        return Atoms(first.numbers, first.positions, cell=first.cell, pbc=True)
+    return data_start
 
 
 def evaluate_runs(
@@ -145,10 +158,7 @@ def evaluate_runs(
     )
     begin = time.perf_counter()
     ref_frames, ref_calc, ref_runs = reference_trajectory(reference, start, protocol, settings)
-    if protocol == "liquid" and ref_calc is None and _same_system(ref_frames[0], start):
-        # a recorded liquid reference: start from its (equilibrated) first selected frame rather than
-        # from the first data frame, which for a reference-MD data set is the unequilibrated start
-        start = Atoms(ref_frames[0].numbers, ref_frames[0].positions, cell=ref_frames[0].cell, pbc=True)
+    start = md_start(protocol, start, ref_frames, ref_calc)
     if trajectory_dir is not None and ref_calc is not None:
         trajectory_dir.mkdir(parents=True, exist_ok=True)
         ase.io.write(trajectory_dir / "reference.xyz", ref_frames, format="extxyz")

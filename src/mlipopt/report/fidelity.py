@@ -18,7 +18,7 @@ Rows = list[tuple[str, str, float, dict[str, Any]]]
 CellKey = tuple[str, float, float, str]  # protocol, temperature, force fraction, optimizer
 
 
-def final_cells(rows: Rows, runs: dict[str, Any]) -> dict[CellKey, list[dict[str, Any]]]:
+def fidelity_cells(rows: Rows, runs: dict[str, Any]) -> dict[CellKey, list[dict[str, Any]]]:
     """The fidelity results of final runs per (protocol, temperature, force fraction, optimizer)."""
     cells: dict[CellKey, list[dict[str, Any]]] = {}
     for run_id, protocol, temperature, result in rows:
@@ -32,7 +32,7 @@ def stability_table(rows: Rows, runs: dict[str, Any]) -> list[str]:
     """Per (protocol, temperature, force fraction, optimizer) over the final models: how many models ran
     every MD seed without failure, the mean share of MD runs that survived, the median over models of the
     median time to failure (≥ when a model survived), and the structure and diffusion errors."""
-    cells = final_cells(rows, runs)
+    cells = fidelity_cells(rows, runs)
     if not cells:
         return []
     lines = [
@@ -73,7 +73,7 @@ def observed_table(rows: Rows, runs: dict[str, Any]) -> list[str]:
     """Where the fidelity stage named an experimental reference (``observed``): per cell, the first
     peak of the observed pair's g(r) and the diffusion coefficient of the models (mean ± std over the
     models whose every MD run survived), of the reference MD and of experiment."""
-    cells = final_cells(rows, runs)
+    cells = fidelity_cells(rows, runs)
     named = {r.get("observed") for k, results in cells.items() if k[0] == "liquid" for r in results} - {None}
     if not named:  # experiment is known for liquids only
         return []
@@ -135,7 +135,7 @@ def structure_figures(rows: Rows, runs: dict[str, Any], out: Path) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cells = final_cells(rows, runs)
+    cells = fidelity_cells(rows, runs)
     lines = []
     for temperature in sorted({k[1] for k in cells if k[0] == "liquid"}):
         mine = {k: v for k, v in cells.items() if k[0] == "liquid" and k[1] == temperature}
